@@ -1,0 +1,20 @@
+"""jaxsweep: hierarchical coarse-to-fine learning-rate sweeps for Flax models.
+
+Every stage trains all of its learning rates at once in one vmapped, compiled program.
+"""
+
+from importlib import metadata as _metadata
+
+from ._result import Evaluation as Evaluation
+from ._result import Stage as Stage
+from ._result import SweepResult as SweepResult
+from ._result import load as load
+from ._run import SearchRangeWarning as SearchRangeWarning
+from ._run import run as run
+
+try:
+    __version__ = _metadata.version("jaxsweep")
+except _metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["Evaluation", "SearchRangeWarning", "Stage", "SweepResult", "load", "run"]

@@ -1,0 +1,119 @@
+"""The sweep's scalar configuration: validated once, early, with messages that name the argument."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass
+from typing import Any
+
+LOSS_NAMES = ("auto", "cross_entropy", "mse")
+SCALES = ("log", "linear")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Validated search and training settings (plain Python values only)."""
+
+    hyperparam: str  # the swept entry of the optimizer's hyperparameters
+    value_range: tuple[float, float]  # stage-0 span of the swept value
+    scale: str  # "log" or "linear" spacing
+    points_per_stage: int
+    stages: int
+    top_k: int
+    epochs: int
+    batch_size: int
+    seeds: int
+    seed: int
+    min_improvement: float
+    validation_fraction: float
+    expand: bool
+
+    @property
+    def initial_step(self) -> float:
+        """The spacing of stage 0 on the sweep's scale (a log-ratio on a log scale)."""
+        low, high = self.value_range
+        width = math.log(high / low) if self.scale == "log" else high - low
+        return width / (self.points_per_stage - 1)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["value_range"] = list(self.value_range)
+        return data
+
+
+def _integer(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: must be finite, got {value}")
+    return float(value)
+
+
+def _range(name: str, value, scale: str) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name}: expected a pair (low, high), got {value!r}")
+    low, high = (_real(name, v) for v in value)
+    if scale == "log" and (low <= 0 or high <= 0):
+        raise ValueError(f"{name}: both ends must be positive on a log scale, got {value!r}")
+    if low >= high:
+        raise ValueError(f"{name}: low must be below high, got ({low}, {high})")
+    return low, high
+
+
+def make_config(
+    *,
+    hyperparam: str,
+    value_range,
+    range_name: str,
+    scale: str,
+    points_per_stage,
+    stages,
+    top_k,
+    epochs,
+    batch_size,
+    seeds,
+    seed,
+    min_improvement,
+    validation_fraction,
+    expand,
+) -> SweepConfig:
+    """Checks every scalar argument of ``run`` and returns them as a :class:`SweepConfig`.
+
+    ``range_name`` is the argument name used in messages (``lr_range`` by default).
+    """
+    if not isinstance(hyperparam, str) or not hyperparam:
+        raise TypeError(f"hyperparam: expected a non-empty name, got {hyperparam!r}")
+    if scale not in SCALES:
+        raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
+    fraction = _real("validation_fraction", validation_fraction)
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_fraction: must be in (0, 1), got {fraction}")
+    improvement = _real("min_improvement", min_improvement)
+    if improvement < 0:
+        raise ValueError(f"min_improvement: must be >= 0, got {improvement}")
+    if not isinstance(expand, bool):
+        raise TypeError(f"expand: expected True or False, got {expand!r}")
+    return SweepConfig(
+        hyperparam=hyperparam,
+        value_range=_range(range_name, value_range, scale),
+        scale=scale,
+        points_per_stage=_integer("points_per_stage", points_per_stage, 2),
+        stages=_integer("stages", stages, 1),
+        top_k=_integer("top_k", top_k, 1),
+        epochs=_integer("epochs", epochs, 1),
+        batch_size=_integer("batch_size", batch_size, 1),
+        seeds=_integer("seeds", seeds, 1),
+        seed=_integer("seed", seed, 0),
+        min_improvement=improvement,
+        validation_fraction=fraction,
+        expand=expand,
+    )

@@ -1,0 +1,85 @@
+"""Progress display at the edge: a rich progress bar, or nothing when ``progress=False``."""
+
+from __future__ import annotations
+
+import math
+
+
+class SilentProgress:
+    """Reports nothing; the same methods as :class:`BarProgress`."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def start_stage(self, stage: int, stages: int, values, epochs: int) -> None:
+        pass
+
+    def epoch_done(self, best_score: float) -> None:
+        pass
+
+    def stage_done(self, stage: int, best_value: float, best_score: float, name: str) -> None:
+        pass
+
+    def finish_early(self) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+class BarProgress(SilentProgress):
+    """One bar over all epochs of the sweep, labelled with the stage and the best so far."""
+
+    def __init__(self, total_stages: int, epochs: int, name: str = "lr"):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._console = Console(stderr=True)
+        self._name = name
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("epochs"),
+            TextColumn("{task.fields[best]}"),
+            TimeElapsedColumn(),
+            console=self._console,
+        )
+        self._task = self._bar.add_task("sweep", total=total_stages * epochs, best="best: -")
+
+    def __enter__(self):
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bar.stop()
+
+    def start_stage(self, stage: int, stages: int, values, epochs: int) -> None:
+        shown = ", ".join(f"{v:.3g}" for v in values)
+        self._bar.update(self._task, description=f"stage {stage + 1}/{stages}")
+        self._bar.console.print(f"stage {stage + 1}/{stages}: {self._name} = {shown}")
+
+    def epoch_done(self, best_score: float) -> None:
+        best = "best: -" if math.isinf(best_score) else f"best: {best_score:.4g}"
+        self._bar.update(self._task, advance=1, best=best)
+
+    def stage_done(self, stage: int, best_value: float, best_score: float, name: str) -> None:
+        self._bar.console.print(
+            f"stage {stage + 1} done: best {name} {best_value:.4g} (score {best_score:.4g})"
+        )
+
+    def finish_early(self) -> None:
+        task = self._bar.tasks[self._task]
+        self._bar.update(self._task, total=task.completed)
+
+    def message(self, text: str) -> None:
+        self._bar.console.print(text)

@@ -1,0 +1,487 @@
+"""``run``: checks the input, then drives the stages of a sweep (the only impure loop)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import _selector
+from ._config import LOSS_NAMES, SweepConfig, make_config
+from ._data import Split, prepare, target_kind, to_device
+from ._environment import describe
+from ._model import ModelFunctions, adapt, count_parameters, module_names
+from ._progress import BarProgress, SilentProgress
+from ._result import Evaluation, Stage, SweepResult
+from ._train import BUILTIN_LOSSES, EpochMetrics, Programs, make_programs, split_loss
+
+
+class SearchRangeWarning(UserWarning):
+    """The best value sits on the edge of the searched range; the optimum may lie beyond."""
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def resolve_loss(loss, y_train: np.ndarray) -> tuple[Callable, str]:
+    """The loss function to optimise and its name for the record."""
+    if callable(loss):
+        return loss, getattr(loss, "__name__", type(loss).__name__)
+    if not isinstance(loss, str):
+        raise TypeError(f"loss: expected a name or a callable, got {type(loss).__name__}")
+    if loss not in LOSS_NAMES:
+        raise ValueError(f"loss: unknown name {loss!r}; expected one of {LOSS_NAMES} or a callable")
+    if loss == "auto":
+        loss = "cross_entropy" if target_kind(y_train) == "classes" else "mse"
+    if loss == "cross_entropy" and target_kind(y_train) != "classes":
+        raise ValueError(f"loss: cross_entropy needs integer labels, y has dtype {y_train.dtype}")
+    return BUILTIN_LOSSES[loss], loss
+
+
+def describe_optimizer(optimizer) -> str:
+    """A readable name: ``adam`` or ``sgd(momentum=0.9)`` for a partial."""
+    if isinstance(optimizer, functools.partial):
+        arguments = [repr(a) for a in optimizer.args]
+        arguments += [f"{k}={v!r}" for k, v in sorted(optimizer.keywords.items())]
+        return f"{describe_optimizer(optimizer.func)}({', '.join(arguments)})"
+    return getattr(optimizer, "__name__", type(optimizer).__name__)
+
+
+def resolve_optimizer(optimizer, hyperparam: str) -> optax.GradientTransformation:
+    """Wraps an optax factory so that ``hyperparam`` is array data in the optimizer state."""
+    if isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            "optimizer: pass the factory (e.g. optax.adam or functools.partial(optax.sgd, "
+            "momentum=0.9)), not a built transformation: the sweep sets the learning rate"
+        )
+    if not callable(optimizer):
+        raise TypeError(f"optimizer: expected an optax factory, got {type(optimizer).__name__}")
+    try:
+        inspect.signature(optimizer).bind_partial(**{hyperparam: 1.0})
+    except TypeError:
+        raise TypeError(
+            f"optimizer: {describe_optimizer(optimizer)} does not accept {hyperparam!r}"
+        ) from None
+    except ValueError:  # no signature available; the abstract init below will tell
+        pass
+    return optax.inject_hyperparams(optimizer)(**{hyperparam: 1.0})
+
+
+def _probe(model: ModelFunctions, loss_fn, optimizer, hyperparam: str, split: Split, batch: int):
+    """Traces one step abstractly (no compilation) to check model, loss and optimizer fit."""
+    x, y = split.x_train[:batch], split.y_train[:batch]
+
+    def loss_terms(key):
+        params, constants = model.init(key)
+        return split_loss(loss_fn(model.apply(params, constants, x), y))
+
+    try:
+        loss_value, aux = jax.eval_shape(loss_terms, jax.random.key(0))
+    except KeyError as error:
+        raise TypeError(f"loss: a dict return value needs a 'loss' entry ({error})") from None
+    except Exception as error:
+        raise ValueError(
+            f"model_fn/loss: the model and loss could not be applied to a batch of data "
+            f"with x shape {x.shape} and y shape {y.shape}: {error}"
+        ) from error
+    if loss_value.shape != ():
+        raise ValueError(f"loss: must return a scalar, got shape {loss_value.shape}")
+    for name, value in aux.items():
+        if getattr(value, "shape", None) != ():
+            raise ValueError(f"loss: auxiliary entry {name!r} must be a scalar")
+
+    params = jax.eval_shape(lambda k: model.init(k)[0], jax.random.key(0))
+    try:
+        opt_state = jax.eval_shape(optimizer.init, params)
+    except Exception as error:
+        raise TypeError(f"optimizer: could not be initialised: {error}") from error
+    swept = opt_state.hyperparams.get(hyperparam)
+    if swept is None or getattr(swept, "shape", None) != ():
+        raise TypeError(
+            f"optimizer: {hyperparam!r} is not a numeric hyperparameter of this optimizer "
+            f"(it has {sorted(opt_state.hyperparams)})"
+        )
+    return params
+
+
+def _resolve_devices(devices) -> list:
+    if devices is None:
+        return jax.local_devices()[:1]
+    if not isinstance(devices, Sequence) or not devices:
+        raise TypeError("devices: expected a non-empty list of jax devices or None")
+    if len(devices) > 1:
+        raise NotImplementedError("devices: sharding lanes over several devices is not built yet")
+    return list(devices)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _per_epoch(epochs: list[EpochMetrics], getter) -> np.ndarray:
+    """Stacks one metric over epochs: shape ``(lanes, epochs)``."""
+    return np.stack([np.asarray(getter(m), dtype=np.float64) for m in epochs], axis=1)
+
+
+def _series(values: np.ndarray) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
+def collect_evaluations(
+    stage: int, values: Sequence[float], seeds: int, epochs: list[EpochMetrics]
+) -> list[Evaluation]:
+    """Turns a stage's per-lane, per-epoch metrics into one :class:`Evaluation` per value.
+
+    Lanes are ordered value-major: lane ``i * seeds + s`` is value ``i`` and seed ``s``.
+    """
+
+    def by_value(getter) -> np.ndarray:  # (values, seeds, epochs)
+        return _per_epoch(epochs, getter).reshape(len(values), seeds, -1)
+
+    train, val = by_value(lambda m: m.train_loss), by_value(lambda m: m.val_loss)
+    first = by_value(lambda m: m.first_step_loss)[:, :, 0]
+    diverged = by_value(lambda m: m.diverged).any(axis=(1, 2))
+    grad, grad_max = by_value(lambda m: m.grad_norm_mean), by_value(lambda m: m.grad_norm_max)
+    stability = by_value(lambda m: m.stability)
+
+    def mapping(field: str) -> dict[str, np.ndarray]:
+        names = getattr(epochs[0], field).keys()
+        return {n: by_value(lambda m, n=n: getattr(m, field)[n]).mean(axis=1) for n in names}
+
+    module_grad, update_ratio = mapping("module_grad_norm"), mapping("update_ratio")
+    train_aux, val_aux = mapping("train_aux"), mapping("val_aux")
+
+    evaluations = []
+    for i, value in enumerate(values):
+        mean_train = train[i].mean(axis=0)
+        previous = np.concatenate([[first[i].mean()], mean_train[:-1]])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reduction = 1.0 - mean_train / previous
+        seed_scores = val[i, :, -1]
+        score = float(seed_scores.mean())
+        is_diverged = bool(diverged[i]) or not math.isfinite(score)
+        evaluations.append(
+            Evaluation(
+                lr=float(value),
+                stage=stage,
+                score=math.inf if is_diverged else score,
+                diverged=is_diverged,
+                seed_scores=_series(seed_scores),
+                train_loss=_series(mean_train),
+                val_loss=_series(val[i].mean(axis=0)),
+                seed_val_loss=tuple(_series(row) for row in val[i]),
+                grad_norm=_series(grad[i].mean(axis=0)),
+                grad_norm_max=_series(grad_max[i].max(axis=0)),
+                loss_reduction_rate=_series(reduction),
+                stability=_series(stability[i].mean(axis=0)),
+                module_grad_norm={k: _series(v[i]) for k, v in module_grad.items()},
+                update_ratio={k: _series(v[i]) for k, v in update_ratio.items()},
+                train_aux={k: _series(v[i]) for k, v in train_aux.items()},
+                val_aux={k: _series(v[i]) for k, v in val_aux.items()},
+            )
+        )
+    return evaluations
+
+
+def _memory(compiled, device) -> tuple[int, str]:
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device_peak"
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return 0, "unavailable"
+    total = (
+        analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        + analysis.temp_size_in_bytes
+        - analysis.alias_size_in_bytes
+    )
+    return int(total), "compiled_estimate"
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+class _Lanes(NamedTuple):
+    """Per-lane inputs of a stage, value-major (lane ``i * seeds + s``)."""
+
+    values: jax.Array  # (lanes,) swept values
+    init_keys: jax.Array  # (lanes,) parameter-initialisation keys (one per seed)
+    data_keys: jax.Array  # (lanes,) batch-order keys (one per seed)
+
+
+def _lanes(values: Sequence[float], seed_init_keys, seed_data_keys, seeds: int) -> _Lanes:
+    seed_of_lane = np.tile(np.arange(seeds), len(values))
+    return _Lanes(
+        values=jnp.asarray(np.repeat(np.asarray(values, np.float64), seeds), jnp.float32),
+        init_keys=seed_init_keys[seed_of_lane],
+        data_keys=seed_data_keys[seed_of_lane],
+    )
+
+
+def _seed_keys(seed: int, seeds: int):
+    """Keys derived from (seed, seed index) only: every stage and every rerun sees the same."""
+    base = jax.random.key(seed)
+    per_seed = [jax.random.fold_in(base, s) for s in range(seeds)]
+    init = jnp.stack([jax.random.fold_in(k, 0) for k in per_seed])
+    data = jnp.stack([jax.random.fold_in(k, 1) for k in per_seed])
+    return init, data
+
+
+def run(
+    model_fn: Callable,
+    data,
+    *,
+    loss: str | Callable = "auto",
+    optimizer: Callable[..., optax.GradientTransformation] = optax.adam,
+    lr_range: tuple[float, float] = (1e-5, 1e-2),
+    points_per_stage: int = 5,
+    stages: int = 5,
+    top_k: int = 2,
+    epochs: int = 3,
+    batch_size: int = 128,
+    seeds: int = 1,
+    seed: int = 0,
+    min_improvement: float = 0.01,
+    validation_fraction: float = 0.2,
+    expand: bool = True,
+    checkpoint_dir=None,
+    devices=None,
+    progress: bool = True,
+) -> SweepResult:
+    """Finds the best learning rate of a Flax model with a coarse-to-fine sweep.
+
+    Stage 0 trains ``points_per_stage`` log-spaced rates over ``lr_range``; each later stage
+    keeps the ``top_k`` best intervals between evaluated rates and trains as many new rates
+    inside them. All rates (and seeds) of a stage train at once in one vmapped, compiled
+    program, reused by every stage.
+
+    Args:
+      model_fn: ``() -> flax.linen.Module`` or ``(rngs: nnx.Rngs) -> nnx.Module``.
+      data: ``(x, y)`` (a ``validation_fraction`` is split off) or
+        ``{"train": (x, y), "val": (x, y)}``; numpy or jax arrays.
+      loss: ``"auto"`` (integer labels: cross-entropy, float targets: MSE),
+        ``"cross_entropy"``, ``"mse"``, or ``f(outputs, targets)`` returning a scalar or a dict
+        whose ``"loss"`` is optimised and whose other entries are recorded.
+      optimizer: an optax factory taking ``learning_rate`` (``optax.sgd``,
+        ``functools.partial(optax.sgd, momentum=0.9)``, ...).
+      lr_range: stage-0 span of learning rates; the search follows an optimum beyond it.
+      points_per_stage: rates trained together in each stage.
+      stages: the most stages to run.
+      top_k: intervals refined in each later stage.
+      epochs: epochs each rate is trained for.
+      batch_size: examples per step.
+      seeds: initialisations (and batch orders) per rate; the score is their mean.
+      seed: the root of every random choice (split, init, batch order).
+      min_improvement: stop when a stage improves the best score by less than this fraction.
+      validation_fraction: share of ``(x, y)`` held out for scoring.
+      expand: search beyond ``lr_range`` when the best rate sits on its edge.
+      checkpoint_dir: not built yet (must be None).
+      devices: None for the default device.
+      progress: show a progress bar on stderr.
+
+    Returns:
+      A :class:`SweepResult`; ``result.best_lr`` is the rate with the lowest final validation
+      loss (mean over seeds).
+
+    Example::
+
+      result = jaxsweep.run(lambda: MLP(), (x, y), epochs=3)
+      print(result.best_lr)
+    """
+    config = make_config(
+        hyperparam="learning_rate",
+        value_range=lr_range,
+        range_name="lr_range",
+        scale="log",
+        points_per_stage=points_per_stage,
+        stages=stages,
+        top_k=top_k,
+        epochs=epochs,
+        batch_size=batch_size,
+        seeds=seeds,
+        seed=seed,
+        min_improvement=min_improvement,
+        validation_fraction=validation_fraction,
+        expand=expand,
+    )
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress: expected True or False, got {progress!r}")
+    if checkpoint_dir is not None:
+        raise NotImplementedError("checkpoint_dir: resumable sweeps are not built yet")
+    devices = _resolve_devices(devices)
+    split = prepare(data, config.validation_fraction, config.seed)
+    n_train = len(split.x_train)
+    if config.batch_size > n_train:
+        raise ValueError(
+            f"batch_size: {config.batch_size} is larger than the {n_train} training examples"
+        )
+    loss_fn, loss_name = resolve_loss(loss, split.y_train)
+    tx = resolve_optimizer(optimizer, config.hyperparam)
+    model = adapt(model_fn, split.x_train[:1])
+    abstract_params = _probe(model, loss_fn, tx, config.hyperparam, split, config.batch_size)
+
+    record = {
+        **config.to_json(),
+        "lr_range": list(config.value_range),
+        "loss": loss_name,
+        "optimizer": describe_optimizer(optimizer),
+        "model": model.name,
+        "model_api": model.kind,
+        "n_train": n_train,
+        "n_val": len(split.x_val),
+        "x_shape": list(split.x_train.shape[1:]),
+        "y_shape": list(split.y_train.shape[1:]),
+        "modules": list(module_names(abstract_params)),
+    }
+    programs = make_programs(model, loss_fn, tx, config.hyperparam, config.batch_size, n_train)
+    reporter = BarProgress(config.stages, config.epochs) if progress else SilentProgress()
+    with reporter:
+        return _sweep(
+            config,
+            record,
+            programs,
+            to_device(split),
+            devices,
+            reporter,
+            count_parameters(abstract_params),
+        )
+
+
+def _sweep(
+    config: SweepConfig,
+    record: dict[str, Any],
+    programs: Programs,
+    data: Split,
+    devices: list,
+    reporter,
+    param_count: int,
+) -> SweepResult:
+    seed_init_keys, seed_data_keys = _seed_keys(config.seed, config.seeds)
+    init_lanes = jax.jit(programs.init_lanes)
+    run_epoch = jax.jit(programs.run_epoch)
+    compiled = None
+    points: list[float] = []
+    scores: list[float] = []
+    evaluations: list[Evaluation] = []
+    stage_records: list[Stage] = []
+    notes: list[str] = []
+    stop_reason = "completed"
+    best_score = math.inf
+
+    for stage in range(config.stages):
+        if stage == 0:
+            plan = _selector.StagePlan(
+                _selector.initial_points(config.value_range, config.points_per_stage, config.scale),
+                (),
+                None,
+            )
+        else:
+            plan = _selector.next_stage(
+                points,
+                scores,
+                count=config.points_per_stage,
+                top_k=config.top_k,
+                initial_step=config.initial_step,
+                scale=config.scale,
+                expand=config.expand,
+            )
+        if plan.expansion is not None:
+            edge = "largest" if plan.expansion == "up" else "smallest"
+            note = (
+                f"stage {stage}: the best {config.hyperparam} was the {edge} evaluated, so this "
+                f"stage searches beyond it ({plan.intervals[0][0]:.3g} to "
+                f"{plan.intervals[0][1]:.3g}), outside the given range"
+                if not _inside(plan.intervals[0], config.value_range)
+                else f"stage {stage}: searching beyond the {edge} evaluated value"
+            )
+            notes.append(note)
+            warnings.warn(note, SearchRangeWarning, stacklevel=3)
+
+        started = time.perf_counter()
+        reporter.start_stage(stage, config.stages, plan.points, config.epochs)
+        lanes = _lanes(plan.points, seed_init_keys, seed_data_keys, config.seeds)
+        state = init_lanes(lanes.init_keys, lanes.values)
+        compile_seconds = 0.0
+        if compiled is None:
+            compile_started = time.perf_counter()
+            compiled = run_epoch.lower(state, lanes.data_keys, jnp.int32(0), *data).compile()
+            compile_seconds = time.perf_counter() - compile_started
+        epoch_metrics: list[EpochMetrics] = []
+        epoch_seconds: list[float] = []
+        for epoch in range(config.epochs):
+            epoch_started = time.perf_counter()
+            state, metrics = compiled(state, lanes.data_keys, jnp.int32(epoch), *data)
+            epoch_metrics.append(jax.device_get(metrics))
+            epoch_seconds.append(time.perf_counter() - epoch_started)
+            live_best = float(
+                np.nanmin(
+                    np.where(
+                        np.asarray(epoch_metrics[-1].diverged), np.inf, epoch_metrics[-1].val_loss
+                    ),
+                    initial=best_score,
+                )
+            )
+            reporter.epoch_done(min(best_score, live_best))
+
+        stage_evaluations = collect_evaluations(stage, plan.points, config.seeds, epoch_metrics)
+        evaluations.extend(stage_evaluations)
+        points.extend(e.lr for e in stage_evaluations)
+        scores.extend(e.score for e in stage_evaluations)
+        previous_best = best_score
+        best_value, best_score = _selector.best_point(points, scores)
+        memory, memory_source = _memory(compiled, devices[0])
+        stage_records.append(
+            Stage(
+                index=stage,
+                lrs=tuple(plan.points),
+                intervals=tuple(plan.intervals),
+                expansion=plan.expansion,
+                best_lr=best_value,
+                best_score=best_score,
+                seconds=time.perf_counter() - started,
+                seconds_per_epoch=tuple(epoch_seconds),
+                compile_seconds=compile_seconds,
+                memory_bytes=memory,
+                memory_source=memory_source,
+            )
+        )
+        reporter.stage_done(stage, best_value, best_score, config.hyperparam)
+        if stage > 0 and _selector.should_stop(previous_best, best_score, config.min_improvement):
+            stop_reason = "min_improvement"
+            reporter.finish_early()
+            break
+
+    best_value, best_score = _selector.best_point(points, scores)
+    if math.isinf(best_score):
+        notes.append("every evaluation diverged: try a lower range or a different optimizer")
+        warnings.warn(notes[-1], SearchRangeWarning, stacklevel=3)
+    elif _selector.edge_of_best(points, scores) is not None:
+        notes.append(
+            f"the best {config.hyperparam} {best_value:.3g} is at the edge of what was "
+            "evaluated: the optimum may lie beyond it (run more stages or widen the range)"
+        )
+        warnings.warn(notes[-1], SearchRangeWarning, stacklevel=3)
+    return SweepResult(
+        best_lr=best_value,
+        best_score=best_score,
+        evaluations=tuple(evaluations),
+        stages=tuple(stage_records),
+        config=record,
+        environment=describe(devices),
+        param_count=param_count,
+        stop_reason=stop_reason,
+        warnings=tuple(notes),
+    )
+
+
+def _inside(span: tuple[float, float], value_range: tuple[float, float]) -> bool:
+    return value_range[0] <= span[0] and span[1] <= value_range[1]

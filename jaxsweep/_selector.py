@@ -1,0 +1,207 @@
+"""The coarse-to-fine search: which values to evaluate next, and when to stop.
+
+Everything here is a pure function of the evaluated history (values and scores), so the
+same history always yields the same next stage: no I/O, no globals, no randomness.
+
+Vocabulary:
+  * a *point* is a value of the swept hyperparameter (a learning rate by default);
+  * an *interval* is the open span between two neighbouring evaluated points;
+  * *scale* is ``"log"`` (spacing by ratios, the usual choice for learning rates) or
+    ``"linear"`` (spacing by differences, e.g. for momentum).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+Scale = Literal["log", "linear"]
+Direction = Literal["up", "down"]
+
+
+class Interval(NamedTuple):
+    """An open span between two neighbouring evaluated points, with its ranking key."""
+
+    low: float
+    high: float
+    best_score: float  # the better (lower) of the two endpoint scores
+    worst_score: float  # the worse of the two endpoint scores
+
+
+class StagePlan(NamedTuple):
+    """What the next stage evaluates and why."""
+
+    points: tuple[float, ...]  # new, distinct, sorted values to evaluate
+    intervals: tuple[tuple[float, float], ...]  # the kept intervals (or the expansion span)
+    expansion: Direction | None  # set when the search left the evaluated range
+
+
+def _to_axis(value: float, scale: Scale) -> float:
+    return math.log(value) if scale == "log" else float(value)
+
+
+def _from_axis(coordinate: float, scale: Scale) -> float:
+    return math.exp(coordinate) if scale == "log" else float(coordinate)
+
+
+def clean_score(score: float) -> float:
+    """Maps NaN and infinities to +inf: a diverged evaluation is the worst possible."""
+    score = float(score)
+    return score if math.isfinite(score) else math.inf
+
+
+def initial_points(value_range: tuple[float, float], count: int, scale: Scale = "log") -> tuple:
+    """Stage 0: ``count`` points evenly spaced (on ``scale``) over ``value_range``, ends included.
+
+    >>> [f"{p:.1e}" for p in initial_points((1e-5, 1e-2), 5)]
+    ['1.0e-05', '5.6e-05', '3.2e-04', '1.8e-03', '1.0e-02']
+    """
+    low, high = (_to_axis(v, scale) for v in value_range)
+    step = (high - low) / (count - 1)
+    points = [_from_axis(low + i * step, scale) for i in range(count)]
+    points[0], points[-1] = float(value_range[0]), float(value_range[1])  # exact ends
+    return tuple(points)
+
+
+def rank_intervals(points: Sequence[float], scores: Sequence[float]) -> list[Interval]:
+    """Intervals between neighbouring evaluated points, best first.
+
+    An interval is as good as its better endpoint; ties are broken by the worse endpoint,
+    then by position (lower values first) so that the order is total and deterministic.
+    """
+    pairs = sorted(zip(points, (clean_score(s) for s in scores), strict=True))
+    intervals = [
+        Interval(lo, hi, min(s_lo, s_hi), max(s_lo, s_hi))
+        for (lo, s_lo), (hi, s_hi) in zip(pairs, pairs[1:], strict=False)
+    ]
+    return sorted(intervals, key=lambda iv: (iv.best_score, iv.worst_score, iv.low))
+
+
+def best_point(points: Sequence[float], scores: Sequence[float]) -> tuple[float, float]:
+    """The evaluated point with the lowest score (ties: the smaller value) and that score.
+
+    When every evaluation diverged, the smallest value is returned: smaller steps are the
+    direction in which training becomes stable.
+    """
+    cleaned = [clean_score(s) for s in scores]
+    index = min(range(len(points)), key=lambda i: (cleaned[i], points[i]))
+    return float(points[index]), cleaned[index]
+
+
+def edge_of_best(points: Sequence[float], scores: Sequence[float]) -> Direction | None:
+    """``"up"``/``"down"`` when the best point is the largest/smallest value evaluated."""
+    best, _ = best_point(points, scores)
+    if best >= max(points):
+        return "up"
+    if best <= min(points):
+        return "down"
+    return None
+
+
+def _fill(low: float, high: float, count: int, scale: Scale) -> list[float]:
+    """``count`` points evenly spaced strictly inside (low, high)."""
+    a, b = _to_axis(low, scale), _to_axis(high, scale)
+    return [_from_axis(a + (b - a) * (i + 1) / (count + 1), scale) for i in range(count)]
+
+
+def _split_count(total: int, parts: int) -> list[int]:
+    """Splits ``total`` points over ``parts`` intervals, the better intervals first."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def expansion_span(
+    points: Sequence[float],
+    direction: Direction,
+    initial_step: float,
+    widths: int,
+    scale: Scale,
+) -> tuple[float, float]:
+    """The span just beyond the evaluated range, ``widths`` stage-0 steps wide (on ``scale``).
+
+    On a linear scale a downward span from a positive edge never crosses zero (it stops at half
+    of the edge value), since hyperparameters swept there are usually non-negative.
+    """
+    edge = max(points) if direction == "up" else min(points)
+    width = widths * initial_step
+    e = _to_axis(edge, scale)
+    if direction == "up":
+        return edge, _from_axis(e + width, scale)
+    low = _from_axis(e - width, scale)
+    if scale == "linear" and edge > 0 and low <= 0:
+        low = edge / 2
+    return low, edge
+
+
+def next_stage(
+    points: Sequence[float],
+    scores: Sequence[float],
+    *,
+    count: int,
+    top_k: int,
+    initial_step: float,
+    scale: Scale = "log",
+    expand: bool = True,
+) -> StagePlan:
+    """Plans the next stage from everything evaluated so far.
+
+    Args:
+      points: every value evaluated in earlier stages (any order, distinct).
+      scores: their scores, lower is better; NaN/inf count as diverged (worst).
+      count: how many new points to place.
+      top_k: how many of the best intervals to refine.
+      initial_step: the spacing of stage 0 on ``scale`` (log-ratio for ``"log"``); sets the
+        width of an expansion beyond the evaluated range.
+      scale: ``"log"`` or ``"linear"``.
+      expand: follow an optimum that sits on the edge of the evaluated range.
+
+    Returns:
+      A :class:`StagePlan` with exactly ``count`` new, distinct, sorted points. When the best
+      point is on an edge, every point goes into the span beyond that edge (``expansion`` says
+      which way); otherwise the ``top_k`` best intervals share them, the best interval getting
+      any extra point. No point equals one already evaluated.
+
+    >>> plan = next_stage([1e-3, 1e-2, 1e-1], [0.5, 0.2, 0.9], count=5, top_k=2,
+    ...                   initial_step=math.log(10))
+    >>> len(plan.points), plan.expansion
+    (5, None)
+    """
+    if len(points) < 2:
+        raise ValueError(f"points: need at least 2 evaluated points, got {len(points)}")
+    direction = edge_of_best(points, scores) if expand else None
+    if direction == "down" and scale == "linear" and min(points) <= 0:
+        direction = None  # a linear sweep that reached zero does not go negative
+    if direction is not None:
+        span = expansion_span(points, direction, initial_step, top_k, scale)
+        new = _fill(span[0], span[1], count, scale)
+        return StagePlan(tuple(sorted(new)), (span,), direction)
+
+    ranked = rank_intervals(points, scores)[:top_k]
+    new: list[float] = []
+    for interval, share in zip(ranked, _split_count(count, len(ranked)), strict=True):
+        new.extend(_fill(interval.low, interval.high, share, scale))
+    kept = tuple(sorted((iv.low, iv.high) for iv in ranked))
+    return StagePlan(tuple(sorted(new)), kept, None)
+
+
+def improvement(previous_best: float, new_best: float) -> float:
+    """Relative improvement of the best score (positive is better); +inf from a diverged start."""
+    previous_best, new_best = clean_score(previous_best), clean_score(new_best)
+    if math.isinf(previous_best):
+        return math.inf if math.isfinite(new_best) else 0.0
+    if previous_best == new_best:
+        return 0.0
+    return (previous_best - new_best) / max(abs(previous_best), 1e-30)
+
+
+def should_stop(previous_best: float, new_best: float, min_improvement: float) -> bool:
+    """True when a stage improved the best score by less than ``min_improvement`` (relative).
+
+    A sweep that has only diverged so far keeps going: nothing has been found to refine.
+    """
+    if min_improvement <= 0:
+        return False
+    if math.isinf(clean_score(previous_best)) and math.isinf(clean_score(new_best)):
+        return False
+    return improvement(previous_best, new_best) < min_improvement

@@ -1,0 +1,191 @@
+"""The vmapped training program: one epoch of every lane of a stage in a single call.
+
+A *lane* is one (hyperparameter value, seed) pair. ``make_programs`` closes over the static
+configuration (model, loss, optimizer, batch size) and returns pure functions whose arguments
+are arrays only: the swept value lives in each lane's optax state
+(``optax.inject_hyperparams``), so every stage of a sweep reuses one compiled program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ._data import epoch_batches
+from ._model import ModelFunctions
+
+LossFn = Callable[[Any, Any], Any]
+
+
+class LaneState(NamedTuple):
+    """Everything one lane carries from epoch to epoch (leading axis ``(lanes,)`` when stacked)."""
+
+    params: Any  # trainable parameters
+    opt_state: Any  # optax state; ``hyperparams[name]`` holds the lane's swept value
+    constants: Any  # non-trainable model state, carried unchanged
+
+
+class EpochMetrics(NamedTuple):
+    """One epoch of one lane; every field is a scalar (``(lanes,)`` when stacked)."""
+
+    train_loss: jax.Array  # mean of the step losses
+    val_loss: jax.Array  # loss on the whole validation set after the epoch
+    first_step_loss: jax.Array  # loss of the epoch's first batch, before its update
+    grad_norm_mean: jax.Array  # global gradient norm, mean over steps
+    grad_norm_max: jax.Array  # global gradient norm, max over steps
+    stability: jax.Array  # std / |mean| of the step losses (0 = perfectly steady)
+    diverged: jax.Array  # any NaN/inf loss so far in this epoch or on validation
+    train_aux: dict  # name -> mean of an auxiliary loss entry over the steps
+    val_aux: dict  # name -> auxiliary entry on the validation set
+    module_grad_norm: dict  # top-level module -> gradient norm, mean over steps
+    update_ratio: dict  # top-level module -> |update| / |params|, mean over steps
+
+
+class Programs(NamedTuple):
+    """The pure functions a sweep jit-compiles once and calls for every stage."""
+
+    init_lanes: Callable  # (init_keys (L,), values (L,)) -> LaneState
+    run_epoch: Callable  # (state, data_keys (L,), epoch, x_tr, y_tr, x_val, y_val) -> ...
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def cross_entropy(outputs, targets):
+    """Softmax cross-entropy against integer labels, mean over the batch."""
+    return optax.softmax_cross_entropy_with_integer_labels(
+        outputs, targets.astype(jnp.int32)
+    ).mean()
+
+
+def mean_squared_error(outputs, targets):
+    """Mean squared error; a trailing axis of size 1 is matched to 1-D targets."""
+    if outputs.shape != targets.shape and outputs.size == targets.size:
+        outputs = outputs.reshape(targets.shape)
+    return jnp.mean((outputs - targets) ** 2)
+
+
+BUILTIN_LOSSES = {"cross_entropy": cross_entropy, "mse": mean_squared_error}
+
+
+def split_loss(value) -> tuple[jax.Array, dict]:
+    """A loss function's return value as (optimised loss, auxiliary entries)."""
+    if isinstance(value, dict):
+        aux = {k: v for k, v in value.items() if k != "loss"}
+        return value["loss"], aux
+    return value, {}
+
+
+# ----------------------------------------------------------------------------- norms
+
+
+def _norm(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        return jnp.zeros(())
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in leaves))
+
+
+def _per_module(tree) -> dict:
+    if isinstance(tree, dict):
+        return {str(k): v for k, v in tree.items()}
+    return {"params": tree}
+
+
+def set_hyperparam(opt_state, name: str, value):
+    """Returns ``opt_state`` with ``hyperparams[name] = value`` (cast to the stored dtype)."""
+    current = opt_state.hyperparams[name]
+    hyperparams = {**opt_state.hyperparams, name: jnp.asarray(value, current.dtype)}
+    return opt_state._replace(hyperparams=hyperparams)
+
+
+# ----------------------------------------------------------------------------- programs
+
+
+def make_programs(
+    model: ModelFunctions,
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    hyperparam: str,
+    batch_size: int,
+    n_train: int,
+) -> Programs:
+    """Builds the pure, vmapped programs of a sweep.
+
+    Args:
+      model: the model's pure (init, apply) pair.
+      loss_fn: ``(outputs, targets) -> scalar | {"loss": scalar, ...}``.
+      optimizer: an optax transformation made by ``optax.inject_hyperparams``.
+      hyperparam: the name of the swept entry of ``opt_state.hyperparams``.
+      batch_size: examples per step; the last partial batch of an epoch is dropped.
+      n_train: number of training examples.
+
+    Returns:
+      :class:`Programs` whose functions take a leading lane axis on their per-lane arguments;
+      wrap them in ``jax.jit`` (the sweep compiles each once).
+    """
+
+    def loss_of(params, constants, x, y):
+        return split_loss(loss_fn(model.apply(params, constants, x), y))
+
+    def init_lane(init_key, value) -> LaneState:
+        params, constants = model.init(init_key)
+        opt_state = set_hyperparam(optimizer.init(params), hyperparam, value)
+        return LaneState(params, opt_state, constants)
+
+    def train_step(carry: LaneState, batch):
+        x, y = batch
+        (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(
+            carry.params, carry.constants, x, y
+        )
+        updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params)
+        params = optax.apply_updates(carry.params, updates)
+        module_grads, module_updates = _per_module(grads), _per_module(updates)
+        module_params = _per_module(carry.params)
+        step = {
+            "loss": loss,
+            "aux": aux,
+            "grad_norm": _norm(grads),
+            "module_grad_norm": {k: _norm(g) for k, g in module_grads.items()},
+            "update_ratio": {
+                k: _norm(module_updates[k]) / (_norm(module_params[k]) + 1e-12)
+                for k in module_grads
+            },
+        }
+        return LaneState(params, opt_state, carry.constants), step
+
+    def run_lane_epoch(state: LaneState, data_key, epoch, x_train, y_train, x_val, y_val):
+        order = epoch_batches(jax.random.fold_in(data_key, epoch), n_train, batch_size)
+
+        def step(carry, indices):
+            return train_step(carry, (x_train[indices], y_train[indices]))
+
+        state, steps = jax.lax.scan(step, state, order)
+        val_loss, val_aux = loss_of(state.params, state.constants, x_val, y_val)
+        losses = steps["loss"]
+        mean_loss = jnp.mean(losses)
+        finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(val_loss)
+        metrics = EpochMetrics(
+            train_loss=mean_loss,
+            val_loss=val_loss,
+            first_step_loss=losses[0],
+            grad_norm_mean=jnp.mean(steps["grad_norm"]),
+            grad_norm_max=jnp.max(steps["grad_norm"]),
+            stability=jnp.std(losses) / (jnp.abs(mean_loss) + 1e-12),
+            diverged=~finite,
+            train_aux=jax.tree_util.tree_map(jnp.mean, steps["aux"]),
+            val_aux=val_aux,
+            module_grad_norm=jax.tree_util.tree_map(jnp.mean, steps["module_grad_norm"]),
+            update_ratio=jax.tree_util.tree_map(jnp.mean, steps["update_ratio"]),
+        )
+        return state, metrics
+
+    return Programs(
+        init_lanes=jax.vmap(init_lane, in_axes=(0, 0)),
+        # data and epoch are shared by all lanes: in_axes None keeps one copy on the device
+        run_epoch=jax.vmap(run_lane_epoch, in_axes=(0, 0, None, None, None, None, None)),
+    )
