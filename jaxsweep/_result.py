@@ -7,11 +7,14 @@ stays standard JSON that any tool can read.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import _confidence
 
 FORMAT_VERSION = 1
 
@@ -81,6 +84,31 @@ class SweepResult:
     def best(self) -> Evaluation:
         """The best evaluation."""
         return min(self.evaluations, key=lambda e: (e.score, e.lr))
+
+    @functools.cached_property
+    def confidence(self) -> _confidence.Confidence:
+        """How precisely the optimum is located (computed from the evaluations, not stored).
+
+        ``confidence.best`` is the interval shown for the best rate (a bootstrap over seeds
+        when ``seeds >= 2``, else the local quadratic fit); ``confidence.refined`` is the fit.
+        Each says which method produced it (``method``) and why (``note``).
+        """
+        return _confidence.estimate(
+            [e.lr for e in self.evaluations],
+            [e.score for e in self.evaluations],
+            [e.seed_scores for e in self.evaluations],
+        )
+
+    @property
+    def refined_lr(self) -> float:
+        """The vertex of a parabola fitted to score against log rate around the best rate
+        (the best evaluated rate itself when no reliable fit exists)."""
+        return self.confidence.refined.lr
+
+    @property
+    def lr_interval(self) -> tuple[float, float]:
+        """The 95% interval of the best rate; ``confidence.best.method`` says how it was made."""
+        return self.confidence.best.interval
 
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, **_encode(dataclasses.asdict(self))}
