@@ -8,6 +8,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from numbers import Real
 from typing import Any, NamedTuple
 
 import jax
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _selector
+from . import _selector, _sharding
 from ._config import LOSS_NAMES, SweepConfig, make_config
 from ._data import Split, prepare, target_kind, to_device
 from ._environment import describe
@@ -23,6 +24,8 @@ from ._model import ModelFunctions, adapt, count_parameters, module_names
 from ._progress import BarProgress, SilentProgress
 from ._result import Evaluation, Stage, SweepResult
 from ._train import BUILTIN_LOSSES, EpochMetrics, Programs, make_programs, split_loss
+
+DEFAULT_LR_RANGE = (1e-5, 1e-2)
 
 
 class SearchRangeWarning(UserWarning):
@@ -66,13 +69,37 @@ def resolve_optimizer(optimizer, hyperparam: str) -> optax.GradientTransformatio
     if not callable(optimizer):
         raise TypeError(f"optimizer: expected an optax factory, got {type(optimizer).__name__}")
     try:
-        inspect.signature(optimizer).bind_partial(**{hyperparam: 1.0})
-    except TypeError:
-        raise TypeError(
-            f"optimizer: {describe_optimizer(optimizer)} does not accept {hyperparam!r}"
-        ) from None
+        signature = inspect.signature(optimizer)
     except ValueError:  # no signature available; the abstract init below will tell
-        pass
+        signature = None
+    if signature is not None:
+        name = describe_optimizer(optimizer)
+        try:
+            signature.bind_partial(**{hyperparam: 1.0})
+        except TypeError:
+            raise TypeError(f"optimizer: {name} does not accept {hyperparam!r}") from None
+        missing = [
+            p.name
+            for p in signature.parameters.values()
+            if p.default is inspect.Parameter.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            and p.name != hyperparam
+        ]
+        if missing:
+            # only the swept value is set by the sweep: the rest must come with the factory
+            example = "1e-3" if missing[0] == "learning_rate" else "..."
+            raise TypeError(
+                f"optimizer: {name} needs {', '.join(missing)} when sweeping {hyperparam!r}; "
+                f"fix it in the factory, e.g. functools.partial({name}, {missing[0]}={example})"
+            )
+        current = signature.parameters[hyperparam].default
+        if isinstance(current, bool) or not (
+            current is None or current is inspect.Parameter.empty or isinstance(current, Real)
+        ):
+            raise TypeError(
+                f"optimizer: {hyperparam!r} of {name} is not a numeric hyperparameter "
+                f"(its value is {current!r}); sweep a number such as a rate or a decay"
+            )
     return optax.inject_hyperparams(optimizer)(**{hyperparam: 1.0})
 
 
@@ -103,7 +130,10 @@ def _probe(model: ModelFunctions, loss_fn, optimizer, hyperparam: str, split: Sp
     try:
         opt_state = jax.eval_shape(optimizer.init, params)
     except Exception as error:
-        raise TypeError(f"optimizer: could not be initialised: {error}") from error
+        raise TypeError(
+            f"optimizer: could not be initialised with {hyperparam!r} held as an array "
+            f"(is it a number for this optimizer?): {error}"
+        ) from error
     swept = opt_state.hyperparams.get(hyperparam)
     if swept is None or getattr(swept, "shape", None) != ():
         raise TypeError(
@@ -114,13 +144,38 @@ def _probe(model: ModelFunctions, loss_fn, optimizer, hyperparam: str, split: Sp
 
 
 def _resolve_devices(devices) -> list:
-    if devices is None:
-        return jax.local_devices()[:1]
-    if not isinstance(devices, Sequence) or not devices:
-        raise TypeError("devices: expected a non-empty list of jax devices or None")
-    if len(devices) > 1:
-        raise NotImplementedError("devices: sharding lanes over several devices is not built yet")
-    return list(devices)
+    """Every device JAX sees when ``devices`` is None, else the given list (checked)."""
+    return _sharding.resolve_devices(devices)
+
+
+def _resolve_range(hyperparam: str, hyperparam_range, lr_range) -> tuple[Any, str]:
+    """The stage-0 range of the swept value and the argument name that gave it."""
+    lr_range_given = tuple(lr_range) != DEFAULT_LR_RANGE if _is_pair(lr_range) else True
+    if hyperparam == "learning_rate":
+        if hyperparam_range is None:
+            return lr_range, "lr_range"
+        if lr_range_given:
+            raise ValueError(
+                "hyperparam_range: give the learning-rate range once, as lr_range or as "
+                "hyperparam_range, not both"
+            )
+        return hyperparam_range, "hyperparam_range"
+    if lr_range_given:
+        raise ValueError(
+            f"lr_range: the sweep is over {hyperparam!r}, so the learning rate is fixed; set it "
+            "in the optimizer factory (e.g. functools.partial(optax.adamw, learning_rate=1e-3)) "
+            "and give the searched span as hyperparam_range"
+        )
+    if hyperparam_range is None:
+        raise ValueError(
+            f"hyperparam_range: required when sweeping {hyperparam!r} (e.g. (1e-5, 1e-1) with "
+            'scale="log", or (0.0, 0.99) with scale="linear")'
+        )
+    return hyperparam_range, "hyperparam_range"
+
+
+def _is_pair(value) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) == 2
 
 
 # ----------------------------------------------------------------------------- results
@@ -242,7 +297,10 @@ def run(
     *,
     loss: str | Callable = "auto",
     optimizer: Callable[..., optax.GradientTransformation] = optax.adam,
-    lr_range: tuple[float, float] = (1e-5, 1e-2),
+    lr_range: tuple[float, float] = DEFAULT_LR_RANGE,
+    hyperparam: str = "learning_rate",
+    hyperparam_range: tuple[float, float] | None = None,
+    scale: str = "log",
     points_per_stage: int = 5,
     stages: int = 5,
     top_k: int = 2,
@@ -274,6 +332,14 @@ def run(
       optimizer: an optax factory taking ``learning_rate`` (``optax.sgd``,
         ``functools.partial(optax.sgd, momentum=0.9)``, ...).
       lr_range: stage-0 span of learning rates; the search follows an optimum beyond it.
+      hyperparam: the optimizer argument to sweep: ``"learning_rate"``, or any other scalar
+        that ``optax.inject_hyperparams`` exposes for this optimizer (``"weight_decay"``,
+        ``"momentum"``, ``"b1"``, ...); the learning rate is then fixed by the factory, e.g.
+        ``functools.partial(optax.adamw, learning_rate=1e-3)``.
+      hyperparam_range: stage-0 span of ``hyperparam``; required unless the learning rate is
+        swept (where ``lr_range`` says the same and only one of them may be given).
+      scale: ``"log"`` (points spaced by ratios) or ``"linear"`` (by differences, e.g. for
+        momentum); a linear sweep that starts at or above zero never goes below it.
       points_per_stage: rates trained together in each stage.
       stages: the most stages to run.
       top_k: intervals refined in each later stage.
@@ -283,25 +349,36 @@ def run(
       seed: the root of every random choice (split, init, batch order).
       min_improvement: stop when a stage improves the best score by less than this fraction.
       validation_fraction: share of ``(x, y)`` held out for scoring.
-      expand: search beyond ``lr_range`` when the best rate sits on its edge.
+      expand: search beyond the range when the best value sits on its edge.
       checkpoint_dir: not built yet (must be None).
-      devices: None for the default device.
+      devices: None for every device JAX sees (all hosts' devices under
+        ``jax.distributed``), or a list of devices; a stage's lanes (values x seeds) are
+        split over them (padded to a multiple of their count), the data is copied to each.
+        The results equal a one-device run within float tolerance.
       progress: show a progress bar on stderr.
 
     Returns:
-      A :class:`SweepResult`; ``result.best_lr`` is the rate with the lowest final validation
-      loss (mean over seeds).
+      A :class:`SweepResult`; ``result.best_lr`` is the value (a rate unless
+      ``result.config["hyperparam"]`` names another) with the lowest final validation loss
+      (mean over seeds); ``result.environment["device_count"]`` says how many devices ran it.
 
     Example::
 
       result = jaxsweep.run(lambda: MLP(), (x, y), epochs=3)
       print(result.best_lr)
+      decay = jaxsweep.run(
+          lambda: MLP(), (x, y), optimizer=functools.partial(optax.adamw, learning_rate=1e-3),
+          hyperparam="weight_decay", hyperparam_range=(1e-5, 1e-1),
+      )
     """
+    if not isinstance(hyperparam, str) or not hyperparam:
+        raise TypeError(f"hyperparam: expected a non-empty name, got {hyperparam!r}")
+    value_range, range_name = _resolve_range(hyperparam, hyperparam_range, lr_range)
     config = make_config(
-        hyperparam="learning_rate",
-        value_range=lr_range,
-        range_name="lr_range",
-        scale="log",
+        hyperparam=hyperparam,
+        value_range=value_range,
+        range_name=range_name,
+        scale=scale,
         points_per_stage=points_per_stage,
         stages=stages,
         top_k=top_k,
@@ -331,7 +408,10 @@ def run(
 
     record = {
         **config.to_json(),
-        "lr_range": list(config.value_range),
+        # the learning rate's span keeps its own name; another hyperparameter's is generic
+        "lr_range" if config.hyperparam == "learning_rate" else "hyperparam_range": list(
+            config.value_range
+        ),
         "loss": loss_name,
         "optimizer": describe_optimizer(optimizer),
         "model": model.name,
@@ -366,8 +446,12 @@ def _sweep(
     param_count: int,
 ) -> SweepResult:
     seed_init_keys, seed_data_keys = _seed_keys(config.seed, config.seeds)
-    init_lanes = jax.jit(programs.init_lanes)
-    run_epoch = jax.jit(programs.run_epoch)
+    # lanes split over a one-axis mesh, data copied to every device: jit partitions the
+    # vmapped programs (SPMD), and every output keeps the lane axis split the same way
+    mesh = _sharding.lane_mesh(devices)
+    data = _sharding.place_replicated(data, mesh)
+    init_lanes = jax.jit(programs.init_lanes, out_shardings=_sharding.lane_sharding(mesh))
+    run_epoch = jax.jit(programs.run_epoch, out_shardings=_sharding.lane_sharding(mesh))
     compiled = None
     points: list[float] = []
     scores: list[float] = []
@@ -408,19 +492,22 @@ def _sweep(
 
         started = time.perf_counter()
         reporter.start_stage(stage, config.stages, plan.points, config.epochs)
+        real_lanes = len(plan.points) * config.seeds
         lanes = _lanes(plan.points, seed_init_keys, seed_data_keys, config.seeds)
+        lanes = _sharding.pad_lanes(lanes, _sharding.pad_count(real_lanes, len(devices)))
+        lanes = _sharding.place_lanes(lanes, mesh)
         state = init_lanes(lanes.init_keys, lanes.values)
         compile_seconds = 0.0
         if compiled is None:
             compile_started = time.perf_counter()
-            compiled = run_epoch.lower(state, lanes.data_keys, jnp.int32(0), *data).compile()
+            compiled = run_epoch.lower(state, lanes.data_keys, np.int32(0), *data).compile()
             compile_seconds = time.perf_counter() - compile_started
         epoch_metrics: list[EpochMetrics] = []
         epoch_seconds: list[float] = []
         for epoch in range(config.epochs):
             epoch_started = time.perf_counter()
-            state, metrics = compiled(state, lanes.data_keys, jnp.int32(epoch), *data)
-            epoch_metrics.append(jax.device_get(metrics))
+            state, metrics = compiled(state, lanes.data_keys, np.int32(epoch), *data)
+            epoch_metrics.append(_sharding.to_host(metrics, real_lanes))  # padding dropped
             epoch_seconds.append(time.perf_counter() - epoch_started)
             live_best = float(
                 np.nanmin(
@@ -438,7 +525,7 @@ def _sweep(
         scores.extend(e.score for e in stage_evaluations)
         previous_best = best_score
         best_value, best_score = _selector.best_point(points, scores)
-        memory, memory_source = _memory(compiled, devices[0])
+        memory, memory_source = _memory(compiled, _sharding.first_local(devices))
         stage_records.append(
             Stage(
                 index=stage,

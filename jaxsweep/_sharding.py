@@ -1,0 +1,154 @@
+"""Lanes over devices: a one-axis mesh, lane padding, placement, and gathering back.
+
+A stage's lanes (values x seeds) are independent, so spreading them over devices needs no
+communication inside the epoch program: the per-lane inputs (swept values, keys) and the lane
+state are split along their leading axis with ``NamedSharding(mesh, P("lanes"))``, the data is
+replicated with ``P()``, and ``jax.jit`` partitions the vmapped program by itself (SPMD). The
+same code runs on one device, on several local devices, and on the devices of several hosts
+under ``jax.distributed.initialize()``: every process runs the whole sweep (the same stages,
+in the same order) and holds the lanes of its own devices.
+
+The lane count must be a multiple of the device count, so a stage is padded with copies of its
+last lane; padded lanes are computed but dropped before anything is reported
+(:func:`pad_count`, :func:`pad_lanes`, :func:`to_host`).
+
+Only one process should write files: :func:`is_writer` is true in process 0 alone (and always
+in a single-process run). Result files, figures, reports and logs are written by the writer;
+Orbax checkpoints are the exception: every process takes part in a save (Orbax coordinates
+the hosts and writes each array once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+LANE_AXIS = "lanes"
+
+
+def is_writer() -> bool:
+    """True in the one process that writes results, figures and reports (process 0)."""
+    return jax.process_index() == 0
+
+
+def resolve_devices(devices) -> list:
+    """The devices a sweep spreads its lanes over.
+
+    Args:
+      devices: None for every device JAX sees (``jax.local_devices()``; under
+        ``jax.distributed`` with several processes, ``jax.devices()``, all hosts' devices), or
+        a non-empty sequence of distinct ``jax.Device`` objects.
+
+    Returns:
+      The devices, in mesh order.
+
+    Raises:
+      TypeError: ``devices`` is not None nor a sequence of devices.
+      ValueError: it is empty, repeats a device, or (several processes) holds none of this
+        process's devices.
+    """
+    if devices is None:
+        return jax.devices() if jax.process_count() > 1 else jax.local_devices()
+    if isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence):
+        raise TypeError(
+            f"devices: expected None or a list of jax devices, got {type(devices).__name__}"
+        )
+    devices = list(devices)
+    if not devices:
+        raise ValueError("devices: the list is empty; pass None to use every device")
+    for device in devices:
+        if not isinstance(device, jax.Device):
+            raise TypeError(
+                f"devices: expected jax devices (e.g. jax.devices()), got {type(device).__name__}"
+            )
+    if len({d.id for d in devices}) != len(devices):
+        raise ValueError(f"devices: each device may appear once, got {devices}")
+    if not any(d.process_index == jax.process_index() for d in devices):
+        raise ValueError(
+            f"devices: none of {devices} belongs to process {jax.process_index()}; every "
+            "process of a multi-host sweep must hold some of its devices"
+        )
+    return devices
+
+
+def lane_mesh(devices: Sequence) -> Mesh:
+    """A one-axis mesh named ``"lanes"`` over ``devices``."""
+    return Mesh(np.asarray(devices, dtype=object), (LANE_AXIS,))
+
+
+def lane_sharding(mesh: Mesh) -> NamedSharding:
+    """Splits the leading (lane) axis of an array over the mesh."""
+    return NamedSharding(mesh, P(LANE_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A whole copy on every device of the mesh (the data, scalars)."""
+    return NamedSharding(mesh, P())
+
+
+def pad_count(lanes: int, device_count: int) -> int:
+    """The smallest multiple of ``device_count`` that holds ``lanes`` lanes."""
+    if lanes < 1 or device_count < 1:
+        raise ValueError(f"lanes and device_count must be >= 1, got {lanes}, {device_count}")
+    return -(-lanes // device_count) * device_count
+
+
+def pad_lanes(tree, count: int):
+    """Extends every array of ``tree`` along axis 0 to ``count`` rows by repeating its last row.
+
+    A repeated lane trains exactly like the one it copies, so it can neither diverge on its own
+    nor hold a better score than a real lane; it is dropped before results are collected.
+    """
+
+    def pad(array):
+        missing = count - array.shape[0]
+        if missing < 0:
+            raise ValueError(f"cannot pad {array.shape[0]} lanes down to {count}")
+        if missing == 0:
+            return array
+        last = array[-1:]
+        return jax.numpy.concatenate([array, jax.numpy.repeat(last, missing, axis=0)])
+
+    return jax.tree.map(pad, tree)
+
+
+def _global_array(value, sharding: NamedSharding) -> jax.Array:
+    """One global array with ``sharding`` from a value every process holds whole."""
+    if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        # typed keys travel as their raw bits and are re-wrapped on the devices
+        data = _global_array(jax.random.key_data(value), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def place_lanes(tree, mesh: Mesh):
+    """Places every array of ``tree`` split along its lane axis over the mesh.
+
+    Every process passes the same whole (padded) arrays; each keeps the rows of its devices.
+    """
+    return jax.tree.map(lambda a: _global_array(a, lane_sharding(mesh)), tree)
+
+
+def place_replicated(tree, mesh: Mesh):
+    """Places a whole copy of every array of ``tree`` on every device of the mesh."""
+    return jax.tree.map(lambda a: _global_array(a, replicated(mesh)), tree)
+
+
+def to_host(tree, lanes: int):
+    """Numpy copies of lane-sharded arrays, padded lanes dropped (gathered across hosts)."""
+    if jax.process_count() > 1:
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    else:
+        tree = jax.device_get(tree)
+    return jax.tree.map(lambda a: np.asarray(a)[:lanes], tree)
+
+
+def first_local(devices: Sequence):
+    """The first of ``devices`` that this process drives (for memory statistics)."""
+    return next(d for d in devices if d.process_index == jax.process_index())
