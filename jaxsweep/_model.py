@@ -32,6 +32,8 @@ class ModelFunctions(NamedTuple):
 
 def _wants_rngs(model_fn: Callable) -> bool:
     """NNX factories take ``rngs``; Linen factories take nothing."""
+    if inspect.isclass(model_fn):  # a module class passed as its own factory
+        return issubclass(model_fn, nnx.Module)
     try:
         signature = inspect.signature(model_fn)
     except (TypeError, ValueError):  # some builtins and C callables
@@ -48,8 +50,10 @@ def _wants_rngs(model_fn: Callable) -> bool:
 
 
 def _call_nnx(model_fn: Callable, rngs: nnx.Rngs):
-    signature = inspect.signature(model_fn)
-    return model_fn(rngs=rngs) if "rngs" in signature.parameters else model_fn(rngs)
+    target = model_fn.__init__ if inspect.isclass(model_fn) else model_fn
+    if "rngs" in inspect.signature(target).parameters:
+        return model_fn(rngs=rngs)
+    return model_fn(rngs)
 
 
 def adapt(model_fn: Callable, x_example: np.ndarray) -> ModelFunctions:
