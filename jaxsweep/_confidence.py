@@ -265,7 +265,9 @@ def quadratic_refine(lrs: Sequence[float], scores: Sequence[float]) -> Estimate:
     x, y = _finite_sorted(lrs, scores)
     logs = np.log(x)
     center = logs[_best_index(y)]
-    widths = np.unique(np.abs(logs - center))[1:]
+    distances = np.unique(np.abs(logs - center))
+    # rates placed symmetrically about the best differ in distance only by rounding: one window
+    widths = distances[1:][np.diff(distances) > 1e-9 * max(float(distances[-1]), 1.0)]
     fits = [_window_fit(logs, y, center, h) for h in widths]
     for k, outcome in enumerate(fits):
         if isinstance(outcome, str):
