@@ -1,0 +1,573 @@
+"""Crash-safe resume: Orbax checkpoints of the running stage, and the sweep's history as JSON.
+
+A sweep killed at any moment (preempted TPU, shared GPU, Ctrl-C, even in the middle of writing
+a checkpoint) and rerun with the same call resumes from its latest complete checkpoint and
+returns exactly what an uninterrupted run returns. That holds because nothing random depends
+on how often something ran: initialisation keys and batch orders derive from (seed, epoch),
+the next stage's values from the history of scores (a pure function), so the only state worth
+saving is the running stage's lanes and what the finished stages found.
+
+One checkpoint is one Orbax step directory with two items:
+
+- ``lanes`` (only while a stage is running): the stage's real lanes (padding for a device
+  count dropped) of parameters, optimizer states and constants, the raw bits of their random
+  keys, their swept values and the ``(stage, epoch)`` counters;
+- ``progress`` (JSON): the configuration fingerprint, the counters, the finished stages as a
+  partial :class:`~jaxsweep.SweepResult`, the running stage's per-epoch metrics, and, once the
+  sweep is over, its result.
+
+The step number is ``stage * epochs + epochs done``: it grows with the work done and names
+every point once. Orbax writes a step into a temporary directory and renames it when complete,
+so a killed save leaves a temporary directory (removed here) and never a half step; a step
+that still fails to read (a file deleted, a disk fault) is moved aside, with a warning, and the
+previous one is used. Only the latest two steps are kept.
+
+All Orbax I/O of the package lives in this module; the pure core never imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import numbers
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._result import SweepResult, from_dict
+from ._train import EpochMetrics
+
+CHECKPOINT_FORMAT = 1
+RESUME_MODES = ("auto", "require", "overwrite")
+KEEP = 2  # the latest complete step and the one before it, in case the latest is damaged
+_HASH_WHOLE_BYTES = 256 << 20  # data up to this size is hashed whole, larger data is sampled
+_HASH_SAMPLES = 4096
+_HASH_SAMPLE_BYTES = 16 << 10
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was set aside, or another sweep's checkpoints were replaced."""
+
+
+class ConfigurationMismatchError(ValueError):
+    """``checkpoint_dir`` holds checkpoints of a sweep with a different configuration."""
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def check_arguments(checkpoint_dir, resume, every_seconds) -> tuple[str | None, str, float]:
+    """Validates the checkpoint arguments of ``run`` (messages name the argument)."""
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise TypeError(
+            f"checkpoint_dir: expected a path or None, got {type(checkpoint_dir).__name__}"
+        )
+    if resume not in RESUME_MODES:
+        raise ValueError(f"resume: expected one of {RESUME_MODES}, got {resume!r}")
+    if isinstance(every_seconds, bool) or not isinstance(every_seconds, numbers.Real):
+        raise TypeError(
+            f"checkpoint_every_seconds: expected a number, got {type(every_seconds).__name__}"
+        )
+    if not every_seconds >= 0 or math.isinf(every_seconds):
+        raise ValueError(f"checkpoint_every_seconds: must be finite and >= 0, got {every_seconds}")
+    if checkpoint_dir is None:
+        return None, resume, float(every_seconds)
+    return os.path.abspath(os.fspath(checkpoint_dir)), resume, float(every_seconds)
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+
+def _data_digest(arrays: Sequence[np.ndarray]) -> str:
+    """A content hash of the data: whole up to 256 MiB, evenly spaced samples beyond."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in arrays:
+        raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        if raw.size <= _HASH_WHOLE_BYTES:
+            digest.update(raw.data)
+        else:
+            starts = np.linspace(0, raw.size - _HASH_SAMPLE_BYTES, _HASH_SAMPLES).astype(np.int64)
+            for start in starts:
+                digest.update(raw[start : start + _HASH_SAMPLE_BYTES].data)
+    return digest.hexdigest()
+
+
+def fingerprint(record: dict[str, Any], split: Sequence[np.ndarray], abstract_params) -> dict:
+    """What must match for a checkpoint to be resumed: a flat, JSON-ready mapping.
+
+    Args:
+      record: the result's ``config`` record (every argument that shapes the sweep).
+      split: the host arrays ``(x_train, y_train, x_val, y_val)`` after the split.
+      abstract_params: one lane's parameters as shapes (``jax.eval_shape`` of the init).
+    """
+    names = ("x_train", "y_train", "x_val", "y_val")
+    shapes = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    layout = ";".join(
+        f"{jax.tree_util.keystr(path)}:{leaf.dtype}{tuple(leaf.shape)}" for path, leaf in shapes
+    )
+    fields = {f"config.{key}": value for key, value in record.items()}
+    fields["data.arrays"] = {
+        n: f"{a.dtype}{tuple(a.shape)}" for n, a in zip(names, split, strict=True)
+    }
+    fields["data.content"] = _data_digest(split)
+    fields["model.parameters"] = hashlib.blake2b(layout.encode(), digest_size=8).hexdigest()
+    return json.loads(json.dumps(_encode(fields)))  # tuples become lists, as read back
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    """The fields that differ, each as ``name: saved -> current``."""
+    lines = []
+    for name in sorted(set(saved) | set(current)):
+        old, new = saved.get(name, "(absent)"), current.get(name, "(absent)")
+        if old != new:
+            lines.append(f"{name}: {_short(old)} -> {_short(new)}")
+    return lines
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+def _encode(value):
+    """Plain JSON values; non-finite floats as strings, arrays as typed lists."""
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if not math.isfinite(value):
+            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return value
+    if isinstance(value, np.ndarray):
+        return {
+            "dtype": str(value.dtype),
+            "shape": list(value.shape),
+            "values": _encode(value.reshape(-1).tolist()),
+        }
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _array(encoded: dict) -> np.ndarray:
+    values = [_NON_FINITE.get(v, v) if isinstance(v, str) else v for v in encoded["values"]]
+    return np.asarray(values, dtype=encoded["dtype"]).reshape(encoded["shape"])
+
+
+def _metrics_to_json(metrics: EpochMetrics) -> dict:
+    return _encode(jax.tree.map(np.asarray, metrics._asdict()))
+
+
+def _metrics_from_json(encoded: dict) -> EpochMetrics:
+    def decode(value):
+        if isinstance(value, dict) and set(value) == {"dtype", "shape", "values"}:
+            return _array(value)
+        return {k: decode(v) for k, v in value.items()}
+
+    return EpochMetrics(**{name: decode(value) for name, value in encoded.items()})
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass(frozen=True)
+class Running:
+    """The part of a stage trained before the checkpoint."""
+
+    values: tuple[float, ...]  # the stage's swept values (checked against the plan on resume)
+    epoch_metrics: list  # one EpochMetrics of host arrays per finished epoch, real lanes only
+    seconds_per_epoch: tuple[float, ...]
+    seconds: float  # wall time spent in the stage so far
+    compile_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """Where a rerun starts: after ``epoch`` epochs of stage ``stage``."""
+
+    step: int
+    stage: int  # the stage to run (or continue)
+    epoch: int  # epochs of that stage already trained (0: start it)
+    history: SweepResult  # finished stages: evaluations, stage records, warnings
+    running: Running | None  # the stage's partial record, when ``epoch > 0``
+    lanes: Any  # its restored lane state, placed like a fresh one, when ``epoch > 0``
+    result: SweepResult | None  # the stored result of a finished sweep
+
+
+def history_record(evaluations, stages, notes, record) -> SweepResult:
+    """The finished stages as a partial result (its best fields are unused)."""
+    return SweepResult(
+        best_lr=math.nan,
+        best_score=math.inf,
+        evaluations=tuple(evaluations),
+        stages=tuple(stages),
+        config=dict(record),
+        environment={},
+        warnings=tuple(notes),
+    )
+
+
+# ----------------------------------------------------------------------------- lane state
+
+
+def _real_lanes(tree, lanes: int):
+    """Drops lanes padded for a device count: a checkpoint holds the real lanes only."""
+    return jax.tree.map(lambda a: a if a.shape[0] == lanes else a[:lanes], tree)
+
+
+def _replicated_like(leaf):
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return sharding
+
+
+def _place_like(restored, fresh):
+    """Pads restored real lanes to the fresh state's lane count and places them the same way."""
+
+    def place(saved, like):
+        host = np.asarray(saved)
+        missing = like.shape[0] - host.shape[0]
+        if missing:  # padding repeats the last lane, as the device padding does
+            host = np.concatenate([host, np.repeat(host[-1:], missing, axis=0)])
+        return jax.make_array_from_callback(like.shape, like.sharding, lambda index: host[index])
+
+    return jax.tree.map(place, restored, fresh)
+
+
+def _lanes_item(state, inputs, stage: int, epoch: int, lanes: int) -> dict:
+    """The ``lanes`` item: state, random keys (raw bits), swept values, counters."""
+    keys = {"init_keys": inputs.init_keys, "data_keys": inputs.data_keys}
+    return {
+        "state": _real_lanes(state, lanes),
+        "keys": {name: _real_lanes(jax.random.key_data(k), lanes) for name, k in keys.items()},
+        "values": _real_lanes(inputs.values, lanes),
+        "counters": np.asarray([stage, epoch], np.int32),
+    }
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+class SweepCheckpoints:
+    """The checkpoints of one sweep in one directory: open, resume, save, close.
+
+    Args:
+      directory: the checkpoint directory (created when missing).
+      fingerprint: :func:`fingerprint` of this sweep.
+      resume: ``"auto"`` resumes this sweep's checkpoints and refuses another sweep's;
+        ``"require"`` also refuses to start when there is nothing to resume; ``"overwrite"``
+        replaces another sweep's checkpoints (with a warning) instead of refusing.
+      every_seconds: least time between two saves inside a stage (stage ends always save).
+      epochs: epochs per stage (the step number is ``stage * epochs + epoch``).
+    """
+
+    def __init__(
+        self, directory: str, fingerprint: dict, resume: str, every_seconds: float, epochs: int
+    ):
+        import orbax.checkpoint as ocp
+        from orbax.checkpoint import checkpoint_managers
+
+        self.directory = directory
+        self._ocp = ocp
+        self._fingerprint = fingerprint
+        self._resume = resume
+        self._every_seconds = every_seconds
+        self._epochs = epochs
+        self._history: dict | None = None
+        self._last_save = time.monotonic()
+        self.saves = 0  # steps written by this process
+        self.blocking_seconds = 0.0  # time the sweep waited for saves (copy to host, JSON)
+        self.resumed_from: tuple[int, int] | None = None
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise ValueError(f"checkpoint_dir: {directory} exists and is not a directory")
+        self._remove_temporary()
+        self._manager = ocp.CheckpointManager(
+            directory,
+            item_names=("lanes", "progress"),
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=checkpoint_managers.LatestN(KEEP),
+                enable_async_checkpointing=True,
+                create=True,
+            ),
+        )
+        try:
+            self._candidates = self._readable_steps()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening
+
+    def _remove_temporary(self) -> None:
+        """Deletes what killed saves left: Orbax's unfinished temporary step directories."""
+        if not os.path.isdir(self.directory):
+            return
+        for name in os.listdir(self.directory):
+            if ".orbax-checkpoint-tmp" in name:
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+    def _set_aside(self, step: int, error: BaseException) -> None:
+        source = os.path.join(self.directory, str(step))
+        target = f"{source}.damaged"
+        suffix = 1
+        while os.path.exists(target):
+            suffix += 1
+            target = f"{source}.damaged-{suffix}"
+        os.replace(source, target)
+        self._manager.reload()
+        warnings.warn(
+            f"checkpoint_dir: step {step} of {self.directory} could not be read "
+            f"({type(error).__name__}: {_first_line(error)}); moved it to {target} and "
+            "resumed from the previous complete checkpoint",
+            CheckpointWarning,
+            stacklevel=4,
+        )
+
+    def _read_progress(self, step: int) -> dict:
+        args = self._ocp.args.Composite(progress=self._ocp.args.JsonRestore())
+        progress = self._manager.restore(step, args=args).progress
+        if not isinstance(progress, dict) or "fingerprint" not in progress:
+            raise ValueError("no jaxsweep progress record")
+        return progress
+
+    def _readable_steps(self) -> list[tuple[int, dict]]:
+        """Steps whose JSON reads, newest first; refuses (or replaces) another sweep's."""
+        readable = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                progress = self._read_progress(step)
+            except Exception as error:  # a damaged step: any reader error means unusable
+                self._set_aside(step, error)
+                continue
+            saved = {**progress["fingerprint"], "checkpoint.format": progress.get("format")}
+            if saved != {**self._fingerprint, "checkpoint.format": CHECKPOINT_FORMAT}:
+                self._mismatch(saved)
+                return []
+            readable.append((step, progress))
+        return readable
+
+    def _mismatch(self, saved: dict) -> None:
+        changed = differences(saved, {**self._fingerprint, "checkpoint.format": CHECKPOINT_FORMAT})
+        if self._resume == "overwrite":
+            for step in self._manager.all_steps():
+                self._manager.delete(step)
+            self._manager.reload()
+            warnings.warn(
+                f"checkpoint_dir: replaced the checkpoints of a different sweep in "
+                f"{self.directory} (resume='overwrite'); it differed in: " + "; ".join(changed),
+                CheckpointWarning,
+                stacklevel=4,
+            )
+            return
+        raise ConfigurationMismatchError(
+            f"checkpoint_dir: {self.directory} holds checkpoints of a different sweep, so it "
+            "cannot be resumed by this call. Differences (saved -> now):\n  "
+            + "\n  ".join(changed)
+            + "\nNothing was changed on disk. To resume it, rerun with its original arguments "
+            "and data; to keep it and start this sweep, pass another checkpoint_dir; to replace "
+            "it with this sweep, pass resume='overwrite'."
+        )
+
+    @property
+    def finished(self) -> SweepResult | None:
+        """The stored result when the directory holds a finished sweep."""
+        if self._candidates and self._candidates[0][1].get("result") is not None:
+            return from_dict(self._candidates[0][1]["result"])
+        return None
+
+    def check_resumable(self) -> None:
+        """Raises for ``resume='require'`` when there is nothing to resume."""
+        if self._resume == "require" and not self._candidates:
+            self.close()
+            raise FileNotFoundError(
+                f"checkpoint_dir: resume='require' but {self.directory} holds no complete "
+                "checkpoint of this sweep"
+            )
+
+    # -- resuming
+
+    def resume_point(self, fresh_state: Callable[[Sequence[float]], Any], lanes_of: Callable):
+        """The latest point to resume from, its lanes restored, or None to start afresh.
+
+        Args:
+          fresh_state: ``values -> (inputs, state)``: the per-lane inputs (``values``,
+            ``init_keys``, ``data_keys``) and the freshly initialised, placed lane state of a
+            stage with these values; its tree (optax state types included), shapes and
+            placement are the restore target.
+          lanes_of: ``values -> number of real lanes``.
+        """
+        while self._candidates:
+            step, progress = self._candidates[0]
+            try:
+                point = self._point(step, progress, fresh_state, lanes_of)
+            except Exception as error:  # damaged arrays: fall back to the previous step
+                self._candidates.pop(0)
+                self._set_aside(step, error)
+                continue
+            self._history = progress["history"]
+            self.resumed_from = (point.stage, point.epoch)
+            return point
+        return None
+
+    def _point(self, step: int, progress: dict, fresh_state, lanes_of) -> ResumePoint:
+        stage, epoch = int(progress["stage"]), int(progress["epoch"])
+        history = from_dict(progress["history"])
+        running, lanes = None, None
+        if epoch > 0:
+            record = progress["running"]
+            values = tuple(float(v) for v in _encode_free(record["values"]))
+            running = Running(
+                values=values,
+                epoch_metrics=[_metrics_from_json(m) for m in record["epoch_metrics"]],
+                seconds_per_epoch=tuple(record["seconds_per_epoch"]),
+                seconds=float(record["seconds"]),
+                compile_seconds=float(record["compile_seconds"]),
+            )
+            lanes = self._restore_lanes(step, stage, epoch, values, fresh_state, lanes_of)
+        result = from_dict(progress["result"]) if progress.get("result") else None
+        return ResumePoint(step, stage, epoch, history, running, lanes, result)
+
+    def _restore_lanes(self, step, stage, epoch, values, fresh_state, lanes_of):
+        ocp = self._ocp
+        inputs, fresh = fresh_state(values)
+        like = _lanes_item(fresh, inputs, stage, epoch, lanes_of(values))
+
+        # The target is the same initialisation, traced abstractly: its tree brings back the
+        # optax state types; a replicated placement lets any device count read it.
+        def target(leaf):
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=_replicated_like(leaf))
+
+        abstract = jax.tree.map(target, jax.eval_shape(lambda tree: tree, like))
+        abstract["counters"] = like["counters"]
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(lanes=ocp.args.StandardRestore(abstract))
+        ).lanes
+        counters = np.asarray(restored["counters"]).tolist()
+        if counters != [stage, epoch]:
+            raise ValueError(f"lanes record stage/epoch {counters}, progress says {stage}/{epoch}")
+        for name, key in like["keys"].items():
+            if not np.array_equal(np.asarray(restored["keys"][name]), np.asarray(key)):
+                raise ValueError(f"the saved {name} random keys differ from this sweep's")
+        if not np.array_equal(np.asarray(restored["values"]), np.asarray(like["values"])):
+            raise ValueError("the saved lane values differ from this stage's")
+        return _place_like(restored["state"], fresh)
+
+    # -- saving
+
+    def _save(self, step: int, progress: dict, lanes_item: dict | None) -> None:
+        ocp = self._ocp
+        started = time.perf_counter()
+        items = {"progress": ocp.args.JsonSave({"format": CHECKPOINT_FORMAT, **progress})}
+        if lanes_item is not None:
+            items["lanes"] = ocp.args.StandardSave(lanes_item)
+        if step in self._manager.all_steps():  # only after a damaged step was set aside
+            self._manager.delete(step)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self.saves += 1
+        self.blocking_seconds += time.perf_counter() - started
+        self._last_save = time.monotonic()
+
+    def _progress(self, stage: int, epoch: int, **extra) -> dict:
+        return {
+            "fingerprint": self._fingerprint,
+            "stage": stage,
+            "epoch": epoch,
+            "history": self._history,
+            **extra,
+        }
+
+    def epoch_done(
+        self, stage: int, epoch: int, state, inputs, lanes: int, running: Running
+    ) -> bool:
+        """Saves after ``epoch`` epochs of ``stage`` when ``every_seconds`` have passed.
+
+        Args:
+          stage, epoch: the stage, and how many of its epochs are trained.
+          state: the lane state after those epochs (device arrays, maybe padded).
+          inputs: the per-lane inputs (``values``, ``init_keys``, ``data_keys``).
+          lanes: how many lanes are real (the rest is padding).
+          running: the stage's record so far.
+
+        Returns:
+          Whether a checkpoint was started.
+        """
+        if epoch >= self._epochs or time.monotonic() - self._last_save < self._every_seconds:
+            return False
+        record = {
+            "values": _encode(list(running.values)),
+            "epoch_metrics": [_metrics_to_json(m) for m in running.epoch_metrics],
+            "seconds_per_epoch": list(running.seconds_per_epoch),
+            "seconds": running.seconds,
+            "compile_seconds": running.compile_seconds,
+        }
+        item = _lanes_item(state, inputs, stage, epoch, lanes)
+        self._save(stage * self._epochs + epoch, self._progress(stage, epoch, running=record), item)
+        return True
+
+    def stage_done(self, stage: int, history: SweepResult) -> None:
+        """Saves the boundary after ``stage``: the history only, no arrays."""
+        self._history = history.to_dict()
+        self._save((stage + 1) * self._epochs, self._progress(stage + 1, 0), None)
+
+    def finish(self, stage: int, result: SweepResult, history: SweepResult) -> None:
+        """Stores the finished sweep's result after its last ``stage`` and waits for disk."""
+        self._history = history.to_dict()
+        step = (stage + 1) * self._epochs
+        self._save(step, self._progress(stage + 1, 0, result=result.to_dict()), None)
+        self.close()
+
+    def close(self) -> None:
+        """Waits for pending saves to be complete on disk (safe to call twice)."""
+        if self._manager is not None:
+            manager, self._manager = self._manager, None
+            manager.wait_until_finished()
+            manager.close()
+
+    def describe(self, epochs_trained: int) -> dict:
+        """This run's record for ``result.environment["checkpoint"]``."""
+        origin = self.resumed_from
+        return {
+            "directory": self.directory,
+            "resumed_from": None if origin is None else {"stage": origin[0], "epoch": origin[1]},
+            "epochs_trained": epochs_trained,
+        }
+
+    def stored_result(self) -> SweepResult:
+        """The finished sweep's stored result, marked as returned without training."""
+        result = self.finished
+        environment = {
+            **result.environment,
+            "checkpoint": {
+                "directory": self.directory,
+                "resumed_from": "finished",
+                "epochs_trained": 0,
+            },
+        }
+        return dataclasses.replace(result, environment=environment)
+
+
+def _encode_free(values):
+    return [_NON_FINITE.get(v, v) if isinstance(v, str) else v for v in values]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else ""

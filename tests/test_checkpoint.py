@@ -1,0 +1,264 @@
+"""Crash-safe resume: sweeps killed with SIGKILL at real points, rerun, equal the uninterrupted run.
+
+The sweeps run in subprocesses (tests/checkpoint_sweep.py) so that a kill is a real kill; they
+share a persistent compilation cache so that only the first one pays for compiling.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+from checkpoint_sweep import sweep
+from conftest import TinyMLP, make_classification
+
+import jaxsweep
+from jaxsweep._checkpoint import CheckpointWarning, ConfigurationMismatchError
+
+HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint_sweep.py")
+EPOCHS_IN_FULL_RUN = 3 * 2  # 3 stages of 2 epochs
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def comparable(result: dict) -> dict:
+    """A result without what legitimately differs between runs: timings, memory, machine."""
+    timing = {"seconds", "seconds_per_epoch", "compile_seconds", "memory_bytes", "memory_source"}
+    kept = {k: v for k, v in result.items() if k != "environment"}
+    kept["stages"] = [{k: v for k, v in s.items() if k not in timing} for s in result["stages"]]
+    return kept
+
+
+def steps_on_disk(directory) -> list[int]:
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def leftovers(directory) -> list[str]:
+    return [name for name in os.listdir(directory) if "tmp" in name]
+
+
+def trained(result) -> int:
+    record = result if isinstance(result, dict) else result.to_dict()
+    return record["environment"]["checkpoint"]["epochs_trained"]
+
+
+@pytest.fixture(scope="module")
+def helper_env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("compilation-cache")
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
+def leg(env, directory, out, *options, killed: bool):
+    """Runs the helper sweep once; checks it was killed (or finished) as asked."""
+    process = subprocess.run(
+        [sys.executable, HELPER, str(directory), str(out), *options],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if killed:
+        assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+        assert not os.path.exists(out)
+        return None
+    assert process.returncode == 0, process.stderr[-3000:]
+    with open(out) as handle:
+        return json.load(handle)
+
+
+@pytest.fixture(scope="module")
+def reference(helper_env, tmp_path_factory):
+    """The uninterrupted sweep: its result and its (finished) checkpoint directory."""
+    root = tmp_path_factory.mktemp("reference")
+    result = leg(helper_env, root / "ckpt", root / "result.json", killed=False)
+    return result, root / "ckpt"
+
+
+@pytest.fixture(scope="module")
+def killed_sweep(helper_env, reference, tmp_path_factory):
+    """One sweep killed four times at different points, then finished by a fifth run.
+
+    Saves happen after every epoch (checkpoint_every_seconds=0): with 2 epochs a stage, step
+    1 is stage 0 after epoch 1, step 2 the end of stage 0, step 3 stage 1 after epoch 1, ...
+    """
+    root = tmp_path_factory.mktemp("killed")
+    directory, out = root / "ckpt", root / "result.json"
+    disk = {}
+    # early: killed as the very first save starts, nothing complete on disk
+    leg(helper_env, directory, out, "--kill-before-save", "1", killed=True)
+    disk["early"] = steps_on_disk(directory) if directory.exists() else []
+    # between stages: killed once the end of stage 0 (step 2) is complete
+    leg(helper_env, directory, out, "--kill-after-save", "2", killed=True)
+    disk["between"] = steps_on_disk(directory)
+    # mid-stage: resumed at stage 1, killed after its first epoch's save (step 3)
+    leg(helper_env, directory, out, "--kill-after-save", "1", killed=True)
+    disk["mid"] = steps_on_disk(directory)
+    shutil.copytree(directory, root / "mid-stage-copy")
+    # during an async save: resumed at stage 1 epoch 1, killed while Orbax commits step 4
+    leg(helper_env, directory, out, "--kill-in-save", "1", killed=True)
+    disk["in_save"] = steps_on_disk(directory)
+    disk["in_save_leftovers"] = leftovers(directory)
+    result = leg(helper_env, directory, out, killed=False)
+    disk["final"] = steps_on_disk(directory)
+    disk["final_leftovers"] = leftovers(directory)
+    return result, disk, root / "mid-stage-copy"
+
+
+# ----------------------------------------------------------------------------- kills
+
+
+def test_reference_run_trains_every_epoch_and_keeps_two_steps(reference):
+    result, directory = reference
+    assert trained(result) == EPOCHS_IN_FULL_RUN
+    assert result["environment"]["checkpoint"]["resumed_from"] is None
+    assert steps_on_disk(directory) == [5, 6]  # the latest two of steps 1..6
+    assert leftovers(directory) == []
+
+
+def test_killed_sweep_left_complete_steps_only_where_expected(killed_sweep):
+    _, disk, _ = killed_sweep
+    assert disk["early"] == []
+    assert disk["between"] == [1, 2]
+    assert disk["mid"] == [2, 3]
+    assert disk["in_save"] == [2, 3]  # step 4 never became a step
+    assert disk["in_save_leftovers"], "the kill inside the commit left no temporary directory"
+    assert disk["final"] == [5, 6]
+    assert disk["final_leftovers"] == []
+
+
+def test_killed_and_resumed_sweep_equals_the_uninterrupted_one(reference, killed_sweep):
+    expected, _ = reference
+    result, _, _ = killed_sweep
+    assert comparable(result) == comparable(expected)  # bitwise: floats compared exactly
+
+
+def test_resumed_leg_trains_only_what_was_not_saved(killed_sweep):
+    result, _, _ = killed_sweep
+    # the last leg resumed from step 3 (stage 1 after 1 epoch): 1 + 2 epochs are left
+    assert result["environment"]["checkpoint"]["resumed_from"] == {"stage": 1, "epoch": 1}
+    assert trained(result) == 3 < EPOCHS_IN_FULL_RUN
+
+
+# ----------------------------------------------------------------------------- reruns
+
+
+def copy_of(directory, tmp_path):
+    target = tmp_path / "ckpt"
+    shutil.copytree(directory, target)
+    return target
+
+
+def snapshot(directory) -> dict:
+    found = {}
+    for folder, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, directory)] = handle.read()
+    return found
+
+
+def test_finished_directory_returns_the_stored_result_without_training(reference, tmp_path):
+    expected, directory = reference
+    directory = copy_of(directory, tmp_path)
+    before = snapshot(directory)
+    result = sweep(directory)
+    assert comparable(result.to_dict()) == comparable(expected)
+    assert result.environment["checkpoint"] == {
+        "directory": str(directory),
+        "resumed_from": "finished",
+        "epochs_trained": 0,
+    }
+    assert snapshot(directory) == before
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"epochs": 3}, "config.epochs: 2 -> 3"),
+        ({"lr_range": (1e-3, 1.0)}, "config.lr_range"),
+        ({"model": lambda: TinyMLP(hidden=8)}, "model.parameters"),
+        ({"data": make_classification(n=200, seed=1)}, "data.content"),
+    ],
+)
+def test_a_different_sweep_is_refused_and_nothing_is_touched(reference, tmp_path, change, field):
+    _, directory = reference
+    directory = copy_of(directory, tmp_path)
+    before = snapshot(directory)
+    with pytest.raises(ConfigurationMismatchError) as caught:
+        sweep(directory, **change)
+    message = str(caught.value)
+    assert field in message
+    assert "resume='overwrite'" in message and "another checkpoint_dir" in message
+    assert isinstance(caught.value, ValueError)
+    assert snapshot(directory) == before
+
+
+def test_overwrite_replaces_a_different_sweep(reference, tmp_path):
+    _, directory = reference
+    directory = copy_of(directory, tmp_path)
+    with pytest.warns(CheckpointWarning, match="config.stages: 3 -> 1"):
+        result = sweep(directory, stages=1, epochs=1, resume="overwrite")
+    assert trained(result) == 1
+    assert steps_on_disk(directory) == [1]
+    again = sweep(directory, stages=1, epochs=1)  # now this sweep's directory
+    assert trained(again) == 0
+    assert comparable(again.to_dict()) == comparable(result.to_dict())
+
+
+def test_require_refuses_an_empty_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="resume='require'"):
+        sweep(tmp_path / "empty", resume="require")
+
+
+@pytest.mark.parametrize("damaged", ["arrays", "progress"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(
+    reference, killed_sweep, tmp_path, damaged
+):
+    expected, _ = reference
+    _, _, mid_stage = killed_sweep
+    directory = copy_of(mid_stage, tmp_path)  # steps 2 (end of stage 0) and 3 (stage 1, epoch 1)
+    if damaged == "arrays":
+        chunks = directory / "3" / "lanes" / "d"
+        for name in os.listdir(chunks):
+            os.remove(chunks / name)
+    else:
+        os.remove(directory / "3" / "progress" / "metadata")
+    with pytest.warns(CheckpointWarning, match="step 3 .* could not be read"):
+        result = sweep(directory)
+    assert result.environment["checkpoint"]["resumed_from"] == {"stage": 1, "epoch": 0}
+    assert trained(result) == 4  # stages 1 and 2 again, from the end of stage 0
+    assert comparable(result.to_dict()) == comparable(expected)
+    assert (directory / "3.damaged").is_dir()  # set aside, not deleted
+
+
+@pytest.mark.parametrize(
+    "arguments, error, match",
+    [
+        ({"checkpoint_every_seconds": -1.0}, ValueError, "checkpoint_every_seconds"),
+        ({"checkpoint_every_seconds": "often"}, TypeError, "checkpoint_every_seconds"),
+        ({"resume": "always"}, ValueError, "resume"),
+        ({"checkpoint_dir": 3}, TypeError, "checkpoint_dir"),
+    ],
+)
+def test_checkpoint_arguments_are_checked(blobs, arguments, error, match):
+    with pytest.raises(error, match=match):
+        jaxsweep.run(lambda: TinyMLP(), blobs, progress=False, **arguments)
+
+
+def test_a_file_as_checkpoint_dir_is_refused(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("mine")
+    with pytest.raises(ValueError, match="not a directory"):
+        sweep(path)
+    assert path.read_text() == "mine"
