@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _selector, _sharding
+from . import _checkpoint, _selector, _sharding
 from ._config import LOSS_NAMES, SweepConfig, make_config
 from ._data import Split, prepare, target_kind, to_device
 from ._environment import describe
@@ -312,6 +312,8 @@ def run(
     validation_fraction: float = 0.2,
     expand: bool = True,
     checkpoint_dir=None,
+    resume: str = "auto",
+    checkpoint_every_seconds: float = 30.0,
     devices=None,
     progress: bool = True,
 ) -> SweepResult:
@@ -350,7 +352,15 @@ def run(
       min_improvement: stop when a stage improves the best score by less than this fraction.
       validation_fraction: share of ``(x, y)`` held out for scoring.
       expand: search beyond the range when the best value sits on its edge.
-      checkpoint_dir: not built yet (must be None).
+      checkpoint_dir: a directory for Orbax checkpoints (None: none). A sweep killed at any
+        moment and rerun with the same call resumes from its latest complete checkpoint and
+        returns exactly what an uninterrupted run returns; a finished sweep's directory
+        returns its stored result without training.
+      resume: with ``checkpoint_dir``: ``"auto"`` resumes this sweep's checkpoints (or starts)
+        and refuses a directory holding a different sweep; ``"require"`` also refuses to
+        start without a checkpoint; ``"overwrite"`` replaces a different sweep's checkpoints.
+      checkpoint_every_seconds: least time between two saves inside a stage (a save costs
+        a copy of the stage's lanes to the host; the end of every stage is always saved).
       devices: None for every device JAX sees (all hosts' devices under
         ``jax.distributed``), or a list of devices; a stage's lanes (values x seeds) are
         split over them (padded to a multiple of their count), the data is copied to each.
@@ -392,8 +402,9 @@ def run(
     )
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected True or False, got {progress!r}")
-    if checkpoint_dir is not None:
-        raise NotImplementedError("checkpoint_dir: resumable sweeps are not built yet")
+    checkpoint_dir, resume, checkpoint_every_seconds = _checkpoint.check_arguments(
+        checkpoint_dir, resume, checkpoint_every_seconds
+    )
     devices = _resolve_devices(devices)
     split = prepare(data, config.validation_fraction, config.seed)
     n_train = len(split.x_train)
@@ -422,18 +433,39 @@ def run(
         "y_shape": list(split.y_train.shape[1:]),
         "modules": list(module_names(abstract_params)),
     }
+    checkpoints = None
+    if checkpoint_dir is not None:  # read before compiling: a mismatch fails in seconds
+        checkpoints = _checkpoint.SweepCheckpoints(
+            checkpoint_dir,
+            _checkpoint.fingerprint(record, split, abstract_params),
+            resume,
+            checkpoint_every_seconds,
+            config.epochs,
+        )
+        if checkpoints.finished is not None:
+            checkpoints.close()
+            stored = checkpoints.stored_result()
+            for note in stored.warnings:  # the same call warns the same, trained or stored
+                warnings.warn(note, SearchRangeWarning, stacklevel=2)
+            return stored
+        checkpoints.check_resumable()
     programs = make_programs(model, loss_fn, tx, config.hyperparam, config.batch_size, n_train)
     reporter = BarProgress(config.stages, config.epochs) if progress else SilentProgress()
-    with reporter:
-        return _sweep(
-            config,
-            record,
-            programs,
-            to_device(split),
-            devices,
-            reporter,
-            count_parameters(abstract_params),
-        )
+    try:
+        with reporter:
+            return _sweep(
+                config,
+                record,
+                programs,
+                to_device(split),
+                devices,
+                reporter,
+                count_parameters(abstract_params),
+                checkpoints,
+            )
+    finally:
+        if checkpoints is not None:  # a pending save completes even when the sweep fails
+            checkpoints.close()
 
 
 def _sweep(
@@ -444,6 +476,7 @@ def _sweep(
     devices: list,
     reporter,
     param_count: int,
+    checkpoints: _checkpoint.SweepCheckpoints | None = None,
 ) -> SweepResult:
     seed_init_keys, seed_data_keys = _seed_keys(config.seed, config.seeds)
     # lanes split over a one-axis mesh, data copied to every device: jit partitions the
@@ -461,7 +494,37 @@ def _sweep(
     stop_reason = "completed"
     best_score = math.inf
 
-    for stage in range(config.stages):
+    def stage_lanes(values):
+        """A stage's per-lane inputs and its freshly initialised lanes, padded and placed."""
+        real_lanes = len(values) * config.seeds
+        lanes = _lanes(values, seed_init_keys, seed_data_keys, config.seeds)
+        lanes = _sharding.pad_lanes(lanes, _sharding.pad_count(real_lanes, len(devices)))
+        lanes = _sharding.place_lanes(lanes, mesh)
+        return lanes, init_lanes(lanes.init_keys, lanes.values)
+
+    # a rerun continues where the latest complete checkpoint stopped; every key and batch
+    # order derives from (seed, epoch), so the rest trains exactly as it would have
+    first_stage, epochs_trained = 0, 0
+    resumed = None
+    if checkpoints is not None:
+        resumed = checkpoints.resume_point(stage_lanes, lambda values: len(values) * config.seeds)
+    if resumed is not None:
+        evaluations = list(resumed.history.evaluations)
+        stage_records = list(resumed.history.stages)
+        notes = list(resumed.history.warnings)
+        points = [e.lr for e in evaluations]
+        scores = [e.score for e in evaluations]
+        if evaluations:
+            best_score = _selector.best_point(points, scores)[1]
+        first_stage = resumed.stage
+        for note in notes:  # the same call warns the same, interrupted or not
+            warnings.warn(note, SearchRangeWarning, stacklevel=3)
+        reporter.message(
+            f"resumed from {checkpoints.directory}: stage {resumed.stage + 1}, "
+            f"{resumed.epoch} of {config.epochs} epochs done"
+        )
+
+    for stage in range(first_stage, config.stages):
         if stage == 0:
             plan = _selector.StagePlan(
                 _selector.initial_points(config.value_range, config.points_per_stage, config.scale),
@@ -493,10 +556,7 @@ def _sweep(
         started = time.perf_counter()
         reporter.start_stage(stage, config.stages, plan.points, config.epochs)
         real_lanes = len(plan.points) * config.seeds
-        lanes = _lanes(plan.points, seed_init_keys, seed_data_keys, config.seeds)
-        lanes = _sharding.pad_lanes(lanes, _sharding.pad_count(real_lanes, len(devices)))
-        lanes = _sharding.place_lanes(lanes, mesh)
-        state = init_lanes(lanes.init_keys, lanes.values)
+        lanes, state = stage_lanes(plan.points)
         compile_seconds = 0.0
         if compiled is None:
             compile_started = time.perf_counter()
@@ -504,11 +564,30 @@ def _sweep(
             compile_seconds = time.perf_counter() - compile_started
         epoch_metrics: list[EpochMetrics] = []
         epoch_seconds: list[float] = []
-        for epoch in range(config.epochs):
+        first_epoch = 0
+        if resumed is not None and resumed.running is not None and stage == resumed.stage:
+            if tuple(plan.points) != resumed.running.values:  # the selector is pure: never
+                raise RuntimeError(f"stage {stage}: the checkpoint's values differ from the plan")
+            state, first_epoch = resumed.lanes, resumed.epoch
+            epoch_metrics = list(resumed.running.epoch_metrics)
+            epoch_seconds = list(resumed.running.seconds_per_epoch)
+            started -= resumed.running.seconds
+            compile_seconds += resumed.running.compile_seconds
+        for epoch in range(first_epoch, config.epochs):
             epoch_started = time.perf_counter()
             state, metrics = compiled(state, lanes.data_keys, np.int32(epoch), *data)
             epoch_metrics.append(_sharding.to_host(metrics, real_lanes))  # padding dropped
             epoch_seconds.append(time.perf_counter() - epoch_started)
+            epochs_trained += 1
+            if checkpoints is not None:
+                running = _checkpoint.Running(
+                    tuple(plan.points),
+                    epoch_metrics,
+                    tuple(epoch_seconds),
+                    time.perf_counter() - started,
+                    compile_seconds,
+                )
+                checkpoints.epoch_done(stage, epoch + 1, state, lanes, real_lanes, running)
             live_best = float(
                 np.nanmin(
                     np.where(
@@ -546,6 +625,9 @@ def _sweep(
             stop_reason = "min_improvement"
             reporter.finish_early()
             break
+        if checkpoints is not None and stage + 1 < config.stages:
+            history = _checkpoint.history_record(evaluations, stage_records, notes, record)
+            checkpoints.stage_done(stage, history)
 
     best_value, best_score = _selector.best_point(points, scores)
     if math.isinf(best_score):
@@ -557,17 +639,24 @@ def _sweep(
             "evaluated: the optimum may lie beyond it (run more stages or widen the range)"
         )
         warnings.warn(notes[-1], SearchRangeWarning, stacklevel=3)
-    return SweepResult(
+    environment = describe(devices)
+    if checkpoints is not None:
+        environment["checkpoint"] = checkpoints.describe(epochs_trained)
+    result = SweepResult(
         best_lr=best_value,
         best_score=best_score,
         evaluations=tuple(evaluations),
         stages=tuple(stage_records),
         config=record,
-        environment=describe(devices),
+        environment=environment,
         param_count=param_count,
         stop_reason=stop_reason,
         warnings=tuple(notes),
     )
+    if checkpoints is not None:  # a rerun of a finished sweep returns this without training
+        history = _checkpoint.history_record(evaluations, stage_records, notes, record)
+        checkpoints.finish(stage, result, history)
+    return result
 
 
 def _inside(span: tuple[float, float], value_range: tuple[float, float]) -> bool:
