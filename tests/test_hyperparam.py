@@ -1,0 +1,192 @@
+"""Sweeping another optimizer hyperparameter than the learning rate, with the rate held fixed."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import SMALL, TinyMLP
+
+import jaxsweep
+from jaxsweep._run import _resolve_range, _seed_keys, resolve_optimizer
+
+pytestmark = pytest.mark.filterwarnings("ignore::jaxsweep.SearchRangeWarning")
+
+ADAMW = functools.partial(optax.adamw, learning_rate=1e-2)
+SGD = functools.partial(optax.sgd, learning_rate=0.05)
+
+
+@pytest.fixture(scope="module")
+def split_blobs(blobs):
+    x, y = blobs
+    return {"train": (x[:192], y[:192]), "val": (x[192:], y[192:])}
+
+
+def _loss(params, x, y):
+    logits = TinyMLP().apply({"params": params}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+_grad = jax.jit(jax.grad(_loss))  # one compile serves every reference run below
+_val_loss = jax.jit(_loss)
+
+
+def train_alone(tx, data, *, epochs, batch_size, seed=0):
+    """One optax transformation trained by a plain loop: no vmap, no injection, no jaxsweep."""
+    (x, y), (xv, yv) = data["train"], data["val"]
+    init_keys, data_keys = _seed_keys(seed, 1)  # the documented (seed, epoch) key contract
+    params = TinyMLP().init(init_keys[0], x[:1])["params"]
+    opt_state = tx.init(params)
+    val_loss = []
+    steps = len(x) // batch_size
+    for epoch in range(epochs):
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(data_keys[0], epoch), len(x)))
+        for step in range(steps):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            updates, opt_state = tx.update(_grad(params, x[idx], y[idx]), opt_state, params)
+            params = optax.apply_updates(params, updates)
+        val_loss.append(float(_val_loss(params, xv, yv)))
+    return val_loss
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+@pytest.fixture(scope="module")
+def decay_sweep(split_blobs):
+    return jaxsweep.run(
+        lambda: TinyMLP(),
+        split_blobs,
+        optimizer=ADAMW,
+        hyperparam="weight_decay",
+        hyperparam_range=(1e-2, 10.0),
+        stages=1,
+        points_per_stage=3,
+        **SMALL,
+    )
+
+
+def test_weight_decay_lanes_equal_adamw_trained_alone_at_the_fixed_rate(decay_sweep, split_blobs):
+    assert decay_sweep.config["hyperparam"] == "weight_decay"
+    assert decay_sweep.config["hyperparam_range"] == [1e-2, 10.0]
+    assert "lr_range" not in decay_sweep.config
+    values = [e.value for e in decay_sweep.evaluations]
+    np.testing.assert_allclose(values, [1e-2, 10**-0.5, 10.0], rtol=1e-9)  # log-spaced
+    for evaluation in decay_sweep.evaluations:
+        alone = train_alone(
+            optax.adamw(learning_rate=1e-2, weight_decay=evaluation.value),
+            split_blobs,
+            epochs=2,
+            batch_size=32,
+        )
+        np.testing.assert_allclose(evaluation.val_loss, alone, rtol=1e-4)
+    # the decay reached the optimizer: the lanes differ well beyond float noise
+    finals = [e.val_loss[-1] for e in decay_sweep.evaluations]
+    assert max(finals) - min(finals) > 1e-2
+
+
+@pytest.fixture(scope="module")
+def momentum_sweep(split_blobs):
+    return jaxsweep.run(
+        lambda: TinyMLP(),
+        split_blobs,
+        optimizer=SGD,
+        hyperparam="momentum",
+        hyperparam_range=(0.0, 0.9),
+        scale="linear",
+        stages=2,
+        points_per_stage=3,
+        **SMALL,
+    )
+
+
+def test_momentum_sweeps_on_a_linear_scale(momentum_sweep, split_blobs):
+    assert momentum_sweep.config["scale"] == "linear"
+    first, second = momentum_sweep.stages
+    np.testing.assert_allclose(first.lrs, [0.0, 0.45, 0.9], atol=1e-12)  # evenly spaced
+    assert len(second.lrs) == 3 and all(v >= 0 for v in second.lrs)
+    assert not set(second.lrs) & set(first.lrs)
+    middle = next(e for e in momentum_sweep.evaluations if e.value == pytest.approx(0.45))
+    alone = train_alone(
+        optax.sgd(learning_rate=0.05, momentum=0.45), split_blobs, epochs=2, batch_size=32
+    )
+    np.testing.assert_allclose(middle.val_loss, alone, rtol=1e-4)
+
+
+def test_the_learning_rate_stays_what_the_factory_says():
+    tx = resolve_optimizer(ADAMW, "weight_decay")
+    state = tx.init({"w": jnp.ones(3)})
+    assert float(state.hyperparams["learning_rate"]) == pytest.approx(1e-2)
+    assert state.hyperparams["weight_decay"].shape == ()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_learning_rate_range_given_once():
+    assert _resolve_range("learning_rate", None, (1e-4, 1e-1)) == ((1e-4, 1e-1), "lr_range")
+    assert _resolve_range("learning_rate", (1e-4, 1e-1), (1e-5, 1e-2)) == (
+        (1e-4, 1e-1),
+        "hyperparam_range",
+    )
+    with pytest.raises(ValueError, match="hyperparam_range: give the learning-rate range once"):
+        _resolve_range("learning_rate", (1e-4, 1e-1), (1e-3, 1e-2))
+
+
+def _run(blobs, **kwargs):
+    return jaxsweep.run(lambda: TinyMLP(), blobs, **{**SMALL, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (
+            dict(optimizer=ADAMW, hyperparam="weight_decay"),
+            ValueError,
+            "hyperparam_range: required",
+        ),
+        (
+            dict(
+                optimizer=ADAMW,
+                hyperparam="weight_decay",
+                hyperparam_range=(1e-4, 1e-1),
+                lr_range=(1e-4, 1e-1),
+            ),
+            ValueError,
+            "lr_range: the sweep is over 'weight_decay'",
+        ),
+        (dict(hyperparam=""), TypeError, "hyperparam"),
+        (dict(hyperparam=3), TypeError, "hyperparam"),
+        (dict(scale="cubic"), ValueError, "scale"),
+        (
+            dict(optimizer=ADAMW, hyperparam="weight_decay", hyperparam_range=(0.0, 0.1)),
+            ValueError,
+            "hyperparam_range: both ends must be positive on a log scale",
+        ),
+        (
+            dict(optimizer=optax.adamw, hyperparam="weight_decay", hyperparam_range=(1e-4, 1e-1)),
+            TypeError,
+            r"adamw needs learning_rate .* functools.partial\(adamw, learning_rate=1e-3\)",
+        ),
+        (
+            dict(optimizer=ADAMW, hyperparam="beta", hyperparam_range=(0.1, 0.9)),
+            TypeError,
+            "does not accept 'beta'",
+        ),
+        (
+            dict(optimizer=SGD, hyperparam="nesterov", hyperparam_range=(0.1, 0.9)),
+            TypeError,
+            "'nesterov' .* is not a numeric hyperparameter",
+        ),
+        (
+            dict(optimizer=ADAMW, hyperparam="mask", hyperparam_range=(0.1, 0.9)),
+            TypeError,
+            "could not be initialised with 'mask' held as an array",
+        ),
+    ],
+)
+def test_bad_hyperparameters_fail_before_anything_compiles(blobs, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _run(blobs, **kwargs)
