@@ -95,7 +95,7 @@ def _adapt_linen(module: linen.Module, x_example: np.ndarray) -> ModelFunctions:
     def apply(params, constants, x):
         return module.apply({"params": params, **constants}, x)
 
-    _check_has_params(jax.eval_shape(init, jax.random.key(0))[0], type(module).__name__)
+    _abstract_params(init, type(module).__name__, x_example)
     return ModelFunctions(init, apply, "linen", type(module).__name__)
 
 
@@ -122,8 +122,21 @@ def _adapt_nnx(model_fn: Callable, x_example: np.ndarray) -> ModelFunctions:
         nnx.replace_by_pure_dict(rest_template, constants)
         return nnx.merge(graphdef, param_template, rest_template)(x)
 
-    _check_has_params(jax.eval_shape(init, jax.random.key(0))[0], type(abstract).__name__)
+    _abstract_params(init, type(abstract).__name__, x_example)
     return ModelFunctions(init, apply, "nnx", type(abstract).__name__)
+
+
+def _abstract_params(init, name: str, x_example: np.ndarray):
+    """Initialises abstractly (shapes only) and reports a module that rejects the data."""
+    try:
+        params = jax.eval_shape(init, jax.random.key(0))[0]
+    except Exception as error:
+        if isinstance(error, TypeError) and str(error).startswith("model_fn:"):
+            raise  # our own message about what model_fn returned
+        raise ValueError(
+            f"model_fn: the module could not be applied to x of shape {x_example.shape}: {error}"
+        ) from error
+    _check_has_params(params, name)
 
 
 def _check_has_params(params, name: str) -> None:

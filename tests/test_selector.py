@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from jaxsweep import _selector as sel
 
-LOG10_STEP = math.log(10 ** 0.75)
+LOG10_STEP = math.log(10**0.75)
 
 exponents = st.lists(
     st.floats(min_value=-7.0, max_value=1.0, allow_nan=False),
@@ -58,7 +58,7 @@ def test_next_stage_count_distinct_new_and_placed(history, count, top_k):
         for lo, hi in plan.intervals:
             assert not any(lo < p < hi for p in points)
     else:
-        (lo, hi), = plan.intervals
+        ((lo, hi),) = plan.intervals
         if plan.expansion == "up":
             assert lo == max(points) and all(p > max(points) for p in new)
         else:
@@ -70,8 +70,9 @@ def test_next_stage_count_distinct_new_and_placed(history, count, top_k):
 def test_next_stage_is_deterministic_and_order_free(history, count, top_k):
     points, scores = history
     a = sel.next_stage(points, scores, count=count, top_k=top_k, initial_step=LOG10_STEP)
-    b = sel.next_stage(points[::-1], scores[::-1], count=count, top_k=top_k,
-                       initial_step=LOG10_STEP)
+    b = sel.next_stage(
+        points[::-1], scores[::-1], count=count, top_k=top_k, initial_step=LOG10_STEP
+    )
     assert a == b
 
 
@@ -116,15 +117,17 @@ def test_edge_optimum_expands_beyond_the_range():
 
 def test_all_diverged_searches_lower():
     points = [1e-3, 1e-2, 1e-1]
-    plan = sel.next_stage(points, [math.nan, math.inf, math.nan], count=3, top_k=2,
-                          initial_step=math.log(10))
+    plan = sel.next_stage(
+        points, [math.nan, math.inf, math.nan], count=3, top_k=2, initial_step=math.log(10)
+    )
     assert plan.expansion == "down" and max(plan.points) < 1e-3
 
 
 def test_linear_scale_does_not_expand_below_zero():
     points = sel.initial_points((0.0, 0.8), 5, "linear")
-    plan = sel.next_stage(points, [0.1, 0.2, 0.3, 0.4, 0.5], count=4, top_k=2,
-                          initial_step=0.2, scale="linear")
+    plan = sel.next_stage(
+        points, [0.1, 0.2, 0.3, 0.4, 0.5], count=4, top_k=2, initial_step=0.2, scale="linear"
+    )
     assert plan.expansion is None and all(p > 0 for p in plan.points)
 
 
