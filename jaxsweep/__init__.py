@@ -11,10 +11,21 @@ from ._result import SweepResult as SweepResult
 from ._result import load as load
 from ._run import SearchRangeWarning as SearchRangeWarning
 from ._run import run as run
+from .plots import plot as plot
+from .report import report as report
 
 try:
     __version__ = _metadata.version("jaxsweep")
 except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["Evaluation", "SearchRangeWarning", "Stage", "SweepResult", "load", "run"]
+__all__ = [
+    "Evaluation",
+    "SearchRangeWarning",
+    "Stage",
+    "SweepResult",
+    "load",
+    "plot",
+    "report",
+    "run",
+]

@@ -1,4 +1,9 @@
-"""The ``jaxsweep`` command: ``jaxsweep demo`` sweeps an MLP on the bundled digits data."""
+"""The ``jaxsweep`` command.
+
+``jaxsweep demo`` sweeps an MLP on the bundled digits data and writes result, report and
+figures; ``jaxsweep report DIR`` rebuilds report and figures from ``DIR/result.json`` alone;
+``jaxsweep show DIR`` prints the per-stage table and the best rate.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ def _demo(args) -> int:
     from jaxsweep.models import MLP
 
     console = Console()
+    _check_writable(args.out)  # fail before the sweep, not after it
     x, y = load_digits()
     console.print(f"digits: {len(x)} images of 8x8 pixels, 10 classes")
     started = time.perf_counter()
@@ -56,8 +62,11 @@ def _demo(args) -> int:
         stages=args.stages,
         min_improvement=args.min_improvement,
         progress=not args.quiet,
+        checkpoint_dir=args.checkpoint_dir,
     )
     seconds = time.perf_counter() - started
+    if args.checkpoint_dir is not None:
+        console.print(_resume_line(result.environment["checkpoint"]))
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "result.json")
     result.save(path)
@@ -67,7 +76,96 @@ def _demo(args) -> int:
         f"(validation loss {result.best_score:.4f}), {len(result.evaluations)} evaluations "
         f"in {seconds:.1f} s on {result.environment['device_kind']}"
     )
-    console.print(f"saved {path}")
+    console.print(_best_lines(result))
+    written = _write_outputs(result, args.out)
+    console.print(f"saved {path}, {', '.join(written)}")
+    return 0
+
+
+def _resume_line(record: dict) -> str:
+    """What the checkpoint directory contributed to this run, in one line."""
+    origin = record["resumed_from"]
+    if origin == "finished":
+        return f"the sweep in {record['directory']} was finished: its stored result, no training"
+    if origin is None:
+        return f"checkpoints in {record['directory']}: started afresh"
+    return (
+        f"resumed from {record['directory']} at stage {origin['stage'] + 1} after "
+        f"{origin['epoch']} epochs; {record['epochs_trained']} epochs trained in this run"
+    )
+
+
+def _check_writable(folder: str) -> None:
+    """Creates ``folder`` if needed; OSError with the folder's name when it cannot be written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"{folder}: cannot create the output folder ({error.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{folder}: the output folder is not writable")
+
+
+def _write_outputs(result: SweepResult, folder: str) -> list[str]:
+    """Figures, then the report that links them; returns the written paths."""
+    from .plots import plot
+    from .report import report
+
+    figures = plot(result, folder)
+    texts = report(result, folder)
+    return [
+        texts["report"],
+        texts["methods"],
+        f"{len(figures)} figures (PNG and PDF) in {os.path.join(folder, 'figures')}",
+    ]
+
+
+def _load_dir(folder: str) -> SweepResult:
+    from ._result import load
+
+    path = os.path.join(folder, "result.json")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: no such folder")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not found (jaxsweep demo --out {folder} writes one)")
+    return load(path)
+
+
+def _best_lines(result: SweepResult, with_best: bool = False) -> str:
+    """The best rate's interval and the refined rate, with the methods that produced them."""
+    best, refined = result.confidence.best, result.confidence.refined
+    lines = [
+        f"95% interval of the best rate: [{best.low:.4g}, {best.high:.4g}] "
+        f"({best.method.replace('_', ' ')})",
+        f"refined by a local quadratic fit: {refined.lr:.4g} in [{refined.low:.4g}, "
+        f"{refined.high:.4g}] ({refined.method.replace('_', ' ')})",
+    ]
+    if with_best:
+        score = "diverged" if math.isinf(result.best_score) else f"{result.best_score:.4f}"
+        lines.insert(
+            0,
+            f"best learning rate: [bold]{result.best_lr:.4g}[/bold] (validation loss {score}), "
+            f"{len(result.evaluations)} evaluations, stop reason: {result.stop_reason}",
+        )
+    return "\n".join(lines)
+
+
+def _report(args) -> int:
+    from rich.console import Console
+
+    result = _load_dir(args.dir)
+    _check_writable(args.dir)
+    written = _write_outputs(result, args.dir)
+    Console().print(f"rebuilt from {os.path.join(args.dir, 'result.json')}: {', '.join(written)}")
+    return 0
+
+
+def _show(args) -> int:
+    from rich.console import Console
+
+    result = _load_dir(args.dir)
+    console = Console()
+    console.print(stage_table(result))
+    console.print(_best_lines(result, with_best=True))
     return 0
 
 
@@ -85,7 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop early below this relative gain (0: run every stage)",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="save Orbax checkpoints here; rerun the same command to resume a killed sweep",
+    )
     demo.set_defaults(handler=_demo)
+    rebuild = commands.add_parser(
+        "report", help="rebuild report.md, methods.tex and figures from DIR/result.json"
+    )
+    rebuild.add_argument("dir", metavar="DIR", help="folder holding result.json")
+    rebuild.set_defaults(handler=_report)
+    show = commands.add_parser("show", help="print the per-stage table and the best rate")
+    show.add_argument("dir", metavar="DIR", help="folder holding result.json")
+    show.set_defaults(handler=_show)
     return parser
 
 
