@@ -455,6 +455,7 @@ class SweepCheckpoints:
         def target(leaf):
             return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=_replicated_like(leaf))
 
+        _verify_arrays(os.path.join(self.directory, str(step), "lanes"))
         abstract = jax.tree.map(target, jax.eval_shape(lambda tree: tree, like))
         abstract["counters"] = like["counters"]
         restored = self._manager.restore(
@@ -562,6 +563,21 @@ class SweepCheckpoints:
             },
         }
         return dataclasses.replace(result, environment=environment)
+
+
+def _verify_arrays(item: str) -> None:
+    """Reads every stored value of an array item once, one at a time.
+
+    A damaged item then fails here with one clear error, instead of inside Orbax's concurrent
+    restore, which leaves a flood of unretrieved task errors behind when a file is missing.
+    """
+    if not os.path.exists(os.path.join(item, "manifest.ocdbt")):
+        raise FileNotFoundError(f"{item}: no array manifest")
+    import tensorstore
+
+    store = tensorstore.KvStore.open({"driver": "ocdbt", "base": f"file://{item}"}).result()
+    for key in store.list().result():
+        store.read(key).result()
 
 
 def _encode_free(values):
