@@ -4,7 +4,7 @@ The smallest complete use of jaxsweep: a Linen model factory, an ``(x, y)`` pair
 (a validation part is split off), and the result's stage table.
 
   python examples/digits_mlp.py                  # 5 stages of 5 rates, 3 epochs each
-  python examples/digits_mlp.py --out runs/mlp   # also save result.json and the figures
+  python examples/digits_mlp.py --out runs/mlp   # also save result.json, figures, report
   python examples/digits_mlp.py --quick          # a tiny configuration, a few seconds
 """
 
@@ -36,7 +36,7 @@ class MLP(nn.Module):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Sweep the Adam learning rate of a digits MLP.")
     parser.add_argument("--quick", action="store_true", help="tiny configuration (smoke test)")
-    parser.add_argument("--out", help="folder for result.json and figures (optional)")
+    parser.add_argument("--out", help="folder for result.json, figures and report (optional)")
     args = parser.parse_args(argv)
 
     x, y = load_digits()  # (1797, 64) pixels in [0, 1], integer labels 0..9
@@ -63,9 +63,9 @@ def main(argv=None) -> None:
     print(f"validation loss at the best rate: {result.best_score:.4f}")
     if args.out:
         result.save(os.path.join(args.out, "result.json"))
-        if hasattr(jaxsweep, "plot"):
-            jaxsweep.plot(result, args.out)
-        print(f"saved {args.out}")
+        jaxsweep.plot(result, args.out)  # figures/*.png and *.pdf
+        jaxsweep.report(result, args.out)  # report.md and methods.tex
+        print(f"saved result.json, figures/, report.md and methods.tex in {args.out}")
     print(f"best learning rate: {result.best_lr:.6g}")
 
 
