@@ -3,10 +3,11 @@
 Pure numpy on plain sequences (no result objects, no I/O), so every estimate can be checked
 against exact synthetic scores. Three methods, each returning an :class:`Estimate`:
 
-* ``quadratic_fit``: a least-squares parabola of score against log learning rate around the
-  best evaluated rate. The refined rate is its vertex; the interval is Fieller's 95% interval
-  for the vertex (the rates where the fitted slope is not significantly different from zero),
-  which stays honest when the curvature is poorly determined, unlike a delta-method interval.
+* ``quadratic_fit``: a least-squares parabola of score against log learning rate (against the
+  value itself for a linear-scale sweep) around the best evaluated rate. The refined rate is
+  its vertex; the interval is Fieller's 95% interval for the vertex (the rates where the
+  fitted slope is not significantly different from zero), which stays honest when the
+  curvature is poorly determined, unlike a delta-method interval.
 * ``seed_bootstrap`` (``seeds >= 2``): resamples seeds with replacement, averages each rate's
   per-seed scores over the resample and takes the best rate; the interval holds 95% of those
   optima.
@@ -56,10 +57,13 @@ def t_quantile_975(df: int) -> float:
 
 @dataclass(frozen=True)
 class QuadraticFit:
-    """``score ≈ a u² + b u + c`` with ``u = (log(lr) - center) / scale``, fitted on a window."""
+    """``score ≈ a u² + b u + c`` with ``u = (axis(lr) - center) / scale``, fitted on a window.
 
-    center: float  # log of the best evaluated rate
-    scale: float  # half-width of the window in log units (keeps u in [-1, 1])
+    ``axis`` is ``log`` for a log-scale sweep (learning rates) and the identity for a linear one.
+    """
+
+    center: float  # the best evaluated rate on the axis
+    scale: float  # half-width of the window on the axis (keeps u in [-1, 1])
     a: float
     b: float
     c: float
@@ -67,10 +71,11 @@ class QuadraticFit:
     points: int  # evaluations inside the window
     curvature_t: float  # a / se(a): how clearly the parabola opens upwards
     residual_std: float  # root mean square residual (per degree of freedom)
+    axis: str = "log"  # "log" or "linear": the sweep's scale
 
     def predict(self, lrs) -> np.ndarray:
         """The fitted score at ``lrs``."""
-        u = (np.log(np.asarray(lrs, np.float64)) - self.center) / self.scale
+        u = (_to_axis(np.asarray(lrs, np.float64), self.axis) - self.center) / self.scale
         return self.a * u**2 + self.b * u + self.c
 
 
@@ -90,6 +95,15 @@ class Estimate:
     def interval(self) -> tuple[float, float]:
         return self.low, self.high
 
+    @property
+    def label(self) -> str:
+        """What the interval is, in words: a 95% interval only where a method gives one."""
+        if self.method in ("quadratic_fit", "seed_bootstrap"):
+            return "95% interval"
+        if self.method == "neighbours":
+            return "bracket" if self.bracketed else "open bracket (optimum not bracketed)"
+        return "no interval"
+
     def contains(self, lr: float) -> bool:
         return self.low <= lr <= self.high
 
@@ -105,13 +119,25 @@ class Confidence:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _finite_sorted(lrs: Sequence[float], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _to_axis(values, scale: str):
+    return np.log(values) if scale == "log" else np.asarray(values, np.float64)
+
+
+def _from_axis(values, scale: str):
+    return np.exp(values) if scale == "log" else np.asarray(values, np.float64)
+
+
+def _finite_sorted(
+    lrs: Sequence[float], scores: Sequence[float], scale: str = "log"
+) -> tuple[np.ndarray, np.ndarray]:
     """Rates and scores, sorted by rate, without diverged (non-finite) evaluations."""
+    if scale not in ("log", "linear"):
+        raise ValueError(f"scale: expected 'log' or 'linear', got {scale!r}")
     x = np.asarray(lrs, np.float64)
     y = np.asarray(scores, np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"scores: expected one score per rate, got {y.shape} for {x.shape}")
-    keep = np.isfinite(y) & np.isfinite(x) & (x > 0)
+    keep = np.isfinite(y) & np.isfinite(x) & ((x > 0) if scale == "log" else True)
     order = np.argsort(x[keep], kind="stable")
     return x[keep][order], y[keep][order]
 
@@ -125,13 +151,13 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def neighbours(lrs: Sequence[float], scores: Sequence[float]) -> Estimate:
+def neighbours(lrs: Sequence[float], scores: Sequence[float], scale: str = "log") -> Estimate:
     """The bracket of evaluated rates around the best one (the best itself on an open side).
 
     Raises:
       ValueError: no evaluation has a finite score.
     """
-    x, y = _finite_sorted(lrs, scores)
+    x, y = _finite_sorted(lrs, scores, scale)
     if len(x) == 0:
         raise ValueError("scores: every evaluation diverged, there is no best rate to bracket")
     i = _best_index(y)
@@ -198,9 +224,9 @@ def _fieller(a: float, b: float, cov: np.ndarray, t: float) -> tuple[float, floa
     return (-qb - root) / (2 * qa), (-qb + root) / (2 * qa)
 
 
-def _window_fit(logs: np.ndarray, y: np.ndarray, center: float, half_width: float):
-    """The parabola on the rates within ``half_width`` (log units) of ``center``, if it
-    qualifies: returns ``(fit, vertex_log, (low_log, high_log))``, or a reason string."""
+def _window_fit(logs: np.ndarray, y: np.ndarray, center: float, half_width: float, scale: str):
+    """The parabola on the rates within ``half_width`` (axis units) of ``center``, if it
+    qualifies: returns ``(fit, vertex, (low, high))`` on the axis, or a reason string."""
     inside = np.abs(logs - center) <= half_width * (1 + 1e-12)
     n = int(inside.sum())
     if n < MIN_FIT_POINTS or not (logs[inside].min() < center < logs[inside].max()):
@@ -225,16 +251,20 @@ def _window_fit(logs: np.ndarray, y: np.ndarray, center: float, half_width: floa
         a=a,
         b=b,
         c=c,
-        window=(float(np.exp(logs[inside].min())), float(np.exp(logs[inside].max()))),
+        window=(
+            float(_from_axis(logs[inside].min(), scale)),
+            float(_from_axis(logs[inside].max(), scale)),
+        ),
         points=n,
         curvature_t=float(curvature_t),
         residual_std=math.sqrt(variance),
+        axis=scale,
     )
     low, high = (center + q * half_width for q in bounds)
     return fit, center + vertex * half_width, (low, high)
 
 
-def quadratic_refine(lrs: Sequence[float], scores: Sequence[float]) -> Estimate:
+def quadratic_refine(lrs: Sequence[float], scores: Sequence[float], scale: str = "log") -> Estimate:
     """Refines the best rate with a parabola in log learning rate, with Fieller's 95% interval.
 
     Windows centred on the best evaluated rate grow one evaluated rate at a time. A window
@@ -250,6 +280,7 @@ def quadratic_refine(lrs: Sequence[float], scores: Sequence[float]) -> Estimate:
     Args:
       lrs: evaluated rates (any order, positive).
       scores: their scores, lower is better; non-finite (diverged) ones are ignored.
+      scale: ``"log"`` fits against log rate (learning rates); ``"linear"`` against the value.
 
     Returns:
       An :class:`Estimate` whose ``lr`` is the vertex and ``fit`` the parabola, or the bracket.
@@ -259,16 +290,16 @@ def quadratic_refine(lrs: Sequence[float], scores: Sequence[float]) -> Estimate:
     >>> est.method, round(est.lr, 6)
     ('quadratic_fit', 0.002)
     """
-    bracket = neighbours(lrs, scores)
+    bracket = neighbours(lrs, scores, scale)
     if not bracket.bracketed:
         return bracket
-    x, y = _finite_sorted(lrs, scores)
-    logs = np.log(x)
+    x, y = _finite_sorted(lrs, scores, scale)
+    logs = _to_axis(x, scale)
     center = logs[_best_index(y)]
     distances = np.unique(np.abs(logs - center))
     # rates placed symmetrically about the best differ in distance only by rounding: one window
     widths = distances[1:][np.diff(distances) > 1e-9 * max(float(distances[-1]), 1.0)]
-    fits = [_window_fit(logs, y, center, h) for h in widths]
+    fits = [_window_fit(logs, y, center, h, scale) for h in widths]
     for k, outcome in enumerate(fits):
         if isinstance(outcome, str):
             continue
@@ -284,12 +315,13 @@ def quadratic_refine(lrs: Sequence[float], scores: Sequence[float]) -> Estimate:
             windows += f" (and the next wider window of {following[0].points}, which agrees)"
         low_log, high_log = max(low_log, logs[0]), min(high_log, logs[-1])
         note = (
-            f"vertex of a parabola in log learning rate fitted to {windows}; 95% Fieller interval"
+            f"vertex of a parabola in {'log ' if scale == 'log' else ''}value fitted to "
+            f"{windows}; 95% Fieller interval"
         )
         estimate = Estimate(
-            float(np.exp(vertex_log)),
-            float(np.exp(low_log)),
-            float(np.exp(high_log)),
+            float(_from_axis(vertex_log, scale)),
+            float(_from_axis(low_log, scale)),
+            float(_from_axis(high_log, scale)),
             "quadratic_fit",
             True,
             note,
@@ -319,6 +351,7 @@ def seed_bootstrap(
     *,
     resamples: int = 2000,
     seed: int = 0,
+    scale: str = "log",
 ) -> Estimate:
     """95% interval of the best rate from the spread across seeds (percentile bootstrap).
 
@@ -332,6 +365,7 @@ def seed_bootstrap(
       seed_scores: per rate, its final score for each seed (all the same length, >= 2).
       resamples: bootstrap draws.
       seed: seed of the resampling (the estimate is deterministic).
+      scale: the sweep's scale (``"log"`` ignores non-positive rates).
     """
     x = np.asarray(lrs, np.float64)
     matrix = np.asarray(seed_scores, np.float64)
@@ -343,7 +377,7 @@ def seed_bootstrap(
     order = np.argsort(x, kind="stable")
     x, matrix = x[order], np.where(np.isfinite(matrix[order]), matrix[order], np.inf)
     mean = matrix.mean(axis=1)
-    bracket = neighbours(x, np.where(np.isfinite(mean), mean, np.nan))
+    bracket = neighbours(x, np.where(np.isfinite(mean), mean, np.nan), scale)
     draws = np.random.default_rng(seed).integers(0, seeds, size=(resamples, seeds))
     resampled = matrix[:, draws].mean(axis=2)  # (rates, resamples)
     optima = x[np.argmin(resampled, axis=0)]
@@ -363,6 +397,7 @@ def estimate(
     lrs: Sequence[float],
     scores: Sequence[float],
     seed_scores: Sequence[Sequence[float]] | None = None,
+    scale: str = "log",
 ) -> Confidence:
     """The interval shown for the best rate and the refined estimate, from a sweep's history.
 
@@ -375,7 +410,7 @@ def estimate(
             smallest, math.nan, math.nan, "none", False, "every evaluation diverged: no interval"
         )
         return Confidence(best=nothing, refined=nothing)
-    refined = quadratic_refine(lrs, scores)
+    refined = quadratic_refine(lrs, scores, scale)
     if seed_scores is not None and len(seed_scores) and len(seed_scores[0]) >= 2:
-        return Confidence(best=seed_bootstrap(lrs, seed_scores), refined=refined)
+        return Confidence(best=seed_bootstrap(lrs, seed_scores, scale=scale), refined=refined)
     return Confidence(best=refined, refined=refined)

@@ -97,6 +97,7 @@ class SweepResult:
             [e.lr for e in self.evaluations],
             [e.score for e in self.evaluations],
             [e.seed_scores for e in self.evaluations],
+            scale=self.config.get("scale", "log"),
         )
 
     @property

@@ -134,7 +134,7 @@ def _best_lines(result: SweepResult, with_best: bool = False) -> str:
     """The best rate's interval and the refined rate, with the methods that produced them."""
     best, refined = result.confidence.best, result.confidence.refined
     lines = [
-        f"95% interval of the best rate: [{best.low:.4g}, {best.high:.4g}] "
+        f"{best.label} of the best rate: [{best.low:.4g}, {best.high:.4g}] "
         f"({best.method.replace('_', ' ')})",
         f"refined by a local quadratic fit: {refined.lr:.4g} in [{refined.low:.4g}, "
         f"{refined.high:.4g}] ({refined.method.replace('_', ' ')})",

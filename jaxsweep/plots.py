@@ -65,17 +65,32 @@ def _score_cmap():
     return matplotlib.colormaps["viridis_r"].with_extremes(bad="0.75")
 
 
-def _log_edges(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Cell edges around sorted ``values``: geometric midpoints, then the outer limits."""
-    middles = np.sqrt(values[:-1] * values[1:])
+def _scale(result: SweepResult) -> str:
+    """The sweep's scale, which is also the scale of every rate axis: "log" or "linear"."""
+    return "linear" if result.config.get("scale", "log") == "linear" else "log"
+
+
+def _edges(values: np.ndarray, low: float, high: float, scale: str) -> np.ndarray:
+    """Cell edges around sorted ``values``: midpoints on ``scale``, then the outer limits."""
+    if scale == "log":
+        middles = np.sqrt(values[:-1] * values[1:])
+    else:
+        middles = (values[:-1] + values[1:]) / 2
     return np.concatenate([[low], middles, [high]])
+
+
+def _padded(low: float, high: float, fraction: float, scale: str) -> tuple[float, float]:
+    """``[low, high]`` widened by ``fraction`` of its width on ``scale`` at both ends."""
+    if scale == "log":
+        ratio = (high / low) ** fraction if high > low * 1.001 else 1.5
+        return low / ratio, high * ratio
+    width = (high - low) * fraction if high > low else max(abs(high), 1.0) * 0.5
+    return low - width, high + width
 
 
 def _span(result: SweepResult, pad: float = 0.15) -> tuple[float, float]:
     lrs = np.asarray([e.lr for e in result.evaluations])
-    low, high = float(lrs.min()), float(lrs.max())
-    ratio = (high / low) ** pad if high > low else 2.0
-    return low / ratio, high * ratio
+    return _padded(float(lrs.min()), float(lrs.max()), pad, _scale(result))
 
 
 def _plain_log_ticks(axis) -> None:
@@ -83,7 +98,7 @@ def _plain_log_ticks(axis) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     low, high = sorted(axis.get_view_interval())
-    if low <= 0 or high / low >= 100:
+    if axis.get_scale() != "log" or low <= 0 or high / low >= 100:
         return
     subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0) if high / low < 10 else (1, 2, 5)
     axis.set_major_locator(LogLocator(subs=subs))
@@ -117,12 +132,12 @@ def heatmap(result: SweepResult):
     mesh = None
     for ax, limits in zip(axes, [(low, high), zoom], strict=False):
         for stage in result.stages:
-            # what the search knew after this stage: each rate's cell reaches halfway (in log)
-            # to its evaluated neighbours
+            # what the search knew after this stage: each rate's cell reaches halfway (on the
+            # sweep's scale) to its evaluated neighbours
             known = sorted((e.lr, e.score) for e in result.evaluations if e.stage <= stage.index)
             lrs = np.array([k[0] for k in known])
             values = np.ma.masked_invalid(np.array([[k[1]] for k in known]))
-            edges = _log_edges(lrs, low, high)
+            edges = _edges(lrs, low, high, _scale(result))
             x = np.array([[stage.index - 0.45, stage.index + 0.45]] * len(edges))
             y = np.stack([edges, edges], axis=1)
             mesh = ax.pcolormesh(x, y, values, cmap=cmap, norm=norm, shading="flat")
@@ -145,7 +160,7 @@ def heatmap(result: SweepResult):
             linewidth=1.2,
             zorder=4,
         )
-        ax.set_yscale("log")
+        ax.set_yscale(_scale(result))
         ax.set_ylim(*limits)
         _plain_log_ticks(ax.yaxis)
         ax.set_ylabel(_rate_label(result))
@@ -176,8 +191,7 @@ def _zoom_limits(result: SweepResult) -> tuple[float, float] | None:
         return None
     low = min(a for a, _ in spans)
     high = max(b for _, b in spans)
-    ratio = (high / low) ** 0.08
-    return low / ratio, high * ratio
+    return _padded(low, high, 0.08, _scale(result))
 
 
 def search_path(result: SweepResult):
@@ -222,7 +236,7 @@ def search_path(result: SweepResult):
         )
         if all(math.isfinite(v) for v in interval):
             ax.axhspan(*interval, color=BEST_COLOUR, alpha=0.08, lw=0, zorder=0)
-        ax.set_yscale("log")
+        ax.set_yscale(_scale(result))
         ax.set_ylim(*limits)
         _plain_log_ticks(ax.yaxis)
         ax.set_ylabel(_rate_label(result))
@@ -233,7 +247,7 @@ def search_path(result: SweepResult):
         axes[0].axhspan(*zoom, fill=False, edgecolor="0.3", linestyle=":", lw=1)
     handles = [
         Patch(color=INTERVAL_COLOUR, alpha=0.3, label="kept interval (refined next)"),
-        Patch(color=BEST_COLOUR, alpha=0.15, label="95% interval of the best rate"),
+        Patch(color=BEST_COLOUR, alpha=0.15, label=f"{result.confidence.best.label} of the best"),
         axes[0].lines[0] if axes[0].lines else Patch(color=BEST_COLOUR),
     ]
     handles[-1].set_label("best rate after the stage")
@@ -287,7 +301,7 @@ def lr_curve(result: SweepResult):
                 color=BEST_COLOUR,
                 alpha=0.12,
                 lw=0,
-                label=f"95% interval of the best rate ({best.method.replace('_', ' ')})",
+                label=f"{best.label} of the best rate ({best.method.replace('_', ' ')})",
             )
         ax.scatter(
             [result.best_lr],
@@ -301,7 +315,7 @@ def lr_curve(result: SweepResult):
         )
         if refined.fit is not None:
             fit = refined.fit
-            grid = np.geomspace(*fit.window, 200)
+            grid = (np.geomspace if _scale(result) == "log" else np.linspace)(*fit.window, 200)
             ax.plot(grid, fit.predict(grid), color="black", lw=1.2, label="local quadratic fit")
             ax.axvline(
                 refined.lr,
@@ -310,7 +324,7 @@ def lr_curve(result: SweepResult):
                 lw=1,
                 label=f"refined rate {refined.lr:.4g}",
             )
-        ax.set_xscale("log")
+        ax.set_xscale(_scale(result))
         ax.set_xlim(*limits)
         _plain_log_ticks(ax.xaxis)
         ax.set_xlabel(_rate_label(result))
@@ -330,13 +344,10 @@ def _fit_limits(result: SweepResult) -> tuple[float, float]:
     spans = [conf.best.interval, conf.refined.interval]
     if conf.refined.fit is not None:
         spans.append(conf.refined.fit.window)
-    values = [v for span in spans for v in span if math.isfinite(v) and v > 0]
+    scale = _scale(result)
+    values = [v for span in spans for v in span if math.isfinite(v) and (scale != "log" or v > 0)]
     values.append(result.best_lr)
-    low, high = min(values), max(values)
-    if high <= low * 1.001:
-        low, high = low / 1.5, high * 1.5
-    ratio = (high / low) ** 0.25
-    return low / ratio, high * ratio
+    return _padded(min(values), max(values), 0.25, scale)
 
 
 def _fit_y_limits(ax, result: SweepResult) -> None:

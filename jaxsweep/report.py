@@ -208,7 +208,7 @@ def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(F
         "# jaxsweep report",
         "",
         f"Best learning rate **{_g(result.best_lr)}** (validation loss {_g(result.best_score)}), "
-        f"95% interval {_interval(best.low, best.high)} from the {METHOD_NAMES[best.method]}; "
+        f"{best.label} {_interval(best.low, best.high)} from the {METHOD_NAMES[best.method]}; "
         f"refined rate {_g(refined.lr)}. {eff.evaluations} evaluations in {len(result.stages)} "
         f"stages where an equivalent grid needs {eff.grid_evaluations} "
         f"({100 * eff.evaluations_saved:.1f}% fewer).",
@@ -234,9 +234,9 @@ def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(F
         "## Best learning rate",
         "",
         f"- best evaluated rate: **{_g(result.best_lr)}**, score {_g(result.best_score)}",
-        f"- 95% interval: **{_interval(best.low, best.high)}**, method: "
+        f"- {best.label}: **{_interval(best.low, best.high)}**, method: "
         f"{METHOD_NAMES[best.method]} (`{best.method}`): {best.note}.",
-        f"- refined rate (local quadratic fit): **{_g(refined.lr)}**, 95% interval "
+        f"- refined rate (local quadratic fit): **{_g(refined.lr)}**, {refined.label} "
         f"{_interval(refined.low, refined.high)}, method `{refined.method}`: {refined.note}.",
     ]
     if refined.fit is not None:
@@ -355,9 +355,11 @@ def methods_tex(result: SweepResult) -> str:
         f"The search {stop}: {stages} stages, {eff.evaluations} evaluations in "
         f"{eff.sweep_seconds:.1f}~s. The best evaluated rate was "
         f"{tex_number(result.best_lr)} (validation loss {tex_number(result.best_score, 4)}), "
-        f"with a 95\\% interval from {tex_number(best.low)} to {tex_number(best.high)}, "
+        f"with a {tex_escape(best.label)} from {tex_number(best.low)} to "
+        f"{tex_number(best.high)}, "
         f"obtained by {interval_method[best.method]}. A local quadratic fit refines the "
-        f"optimum to {tex_number(refined.lr)} (95\\% interval {tex_number(refined.low)} to "
+        f"optimum to {tex_number(refined.lr)} ({tex_escape(refined.label)} "
+        f"{tex_number(refined.low)} to "
         f"{tex_number(refined.high)}, method: "
         f"{tex_escape(METHOD_NAMES[refined.method])}).",
         "",

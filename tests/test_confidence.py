@@ -143,3 +143,15 @@ def test_bad_input_is_named():
         _confidence.seed_bootstrap([1e-3, 1e-2], [[1.0, 2.0]])
     with pytest.raises(ValueError, match="scores"):
         _confidence.quadratic_refine([1e-3, 1e-2], [1.0])
+
+
+def test_linear_scale_fits_against_the_value_itself_zero_included():
+    values = np.linspace(0.0, 0.99, 12)  # momentum-like: zero is a valid value
+    scores = 2.0 * (values - 0.62) ** 2 + 0.5
+    estimate = _confidence.quadratic_refine(values, scores, scale="linear")
+    assert estimate.method == "quadratic_fit"
+    assert estimate.lr == pytest.approx(0.62, abs=1e-9)
+    assert estimate.fit is not None and estimate.fit.axis == "linear"
+    assert estimate.fit.predict([0.62])[0] == pytest.approx(0.5, abs=1e-9)
+    with pytest.raises(ValueError, match="scale"):
+        _confidence.quadratic_refine(values, scores, scale="cubic")
