@@ -90,12 +90,18 @@ def main() -> None:
     parser.add_argument("--kill-in-save", type=int)
     parser.add_argument("--every", type=float, default=0.0)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--all-devices", action="store_true", help="spread lanes over all")
     args = parser.parse_args()
     for mode in ("before", "after", "in"):
         target = getattr(args, f"kill_{mode}_save")
         if target is not None:
             _install_kill(mode, target)
-    result = sweep(args.directory, epochs=args.epochs, checkpoint_every_seconds=args.every)
+    result = sweep(
+        args.directory,
+        epochs=args.epochs,
+        checkpoint_every_seconds=args.every,
+        devices=None if args.all_devices else jax.devices()[:1],
+    )
     result.save(args.out)
 
 

@@ -221,25 +221,48 @@ def test_require_refuses_an_empty_directory(tmp_path):
         sweep(tmp_path / "empty", resume="require")
 
 
-@pytest.mark.parametrize("damaged", ["arrays", "progress"])
-def test_damaged_latest_checkpoint_falls_back_to_the_previous(
-    reference, killed_sweep, tmp_path, damaged
+def test_damaged_checkpoints_are_set_aside_for_the_previous_complete_one(
+    reference, killed_sweep, tmp_path
 ):
-    expected, _ = reference
+    """Steps 5 and 6 (from the finished run) and 3 are damaged; step 2 is the one left."""
+    expected, finished = reference
     _, _, mid_stage = killed_sweep
     directory = copy_of(mid_stage, tmp_path)  # steps 2 (end of stage 0) and 3 (stage 1, epoch 1)
-    if damaged == "arrays":
-        chunks = directory / "3" / "lanes" / "d"
+    for step in (5, 6):
+        shutil.copytree(finished / str(step), directory / str(step))
+    os.remove(directory / "6" / "progress" / "metadata")  # the final JSON record is gone
+    for step in (5, 3):  # the array chunks of both mid-stage steps are gone
+        chunks = directory / str(step) / "lanes" / "d"
         for name in os.listdir(chunks):
             os.remove(chunks / name)
-    else:
-        os.remove(directory / "3" / "progress" / "metadata")
-    with pytest.warns(CheckpointWarning, match="step 3 .* could not be read"):
+    with pytest.warns(CheckpointWarning) as caught:
         result = sweep(directory)
+    messages = [str(w.message) for w in caught if w.category is CheckpointWarning]
+    assert len(messages) == 3
+    for step, message in zip((6, 5, 3), messages, strict=True):
+        assert f"step {step} of {directory} could not be read" in message
+        assert (directory / f"{step}.damaged").is_dir()  # set aside, not deleted
     assert result.environment["checkpoint"]["resumed_from"] == {"stage": 1, "epoch": 0}
     assert trained(result) == 4  # stages 1 and 2 again, from the end of stage 0
     assert comparable(result.to_dict()) == comparable(expected)
-    assert (directory / "3.damaged").is_dir()  # set aside, not deleted
+
+
+def test_resume_on_another_device_count(helper_env, reference, tmp_path):
+    """Saved on one device, resumed with the lanes spread (and padded) over two."""
+    expected, finished = reference
+    directory = copy_of(finished, tmp_path)
+    shutil.rmtree(directory / "6")  # back to step 5: stage 2 after its first epoch
+    env = {**helper_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = leg(env, directory, tmp_path / "out.json", "--all-devices", killed=False)
+    assert result["environment"]["device_count"] == 2
+    assert result["environment"]["checkpoint"]["resumed_from"] == {"stage": 2, "epoch": 1}
+    assert trained(result) == 1
+    # finished stages are read back as they were; the resumed epoch agrees to float precision
+    assert result["evaluations"][:6] == expected["evaluations"][:6]
+    for got, want in zip(result["evaluations"][6:], expected["evaluations"][6:], strict=True):
+        assert got["lr"] == want["lr"]
+        assert got["score"] == pytest.approx(want["score"], rel=1e-5)
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -262,3 +285,16 @@ def test_a_file_as_checkpoint_dir_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         sweep(path)
     assert path.read_text() == "mine"
+
+
+def test_demo_command_resumes_with_checkpoint_dir():
+    from jaxsweep import cli
+
+    args = cli.build_parser().parse_args(["demo", "--checkpoint-dir", "ckpt"])
+    assert args.checkpoint_dir == "ckpt"
+    record = {"directory": "ckpt", "resumed_from": {"stage": 1, "epoch": 2}, "epochs_trained": 7}
+    assert cli._resume_line(record) == (
+        "resumed from ckpt at stage 2 after 2 epochs; 7 epochs trained in this run"
+    )
+    finished = {**record, "resumed_from": "finished", "epochs_trained": 0}
+    assert "no training" in cli._resume_line(finished)
