@@ -315,7 +315,7 @@ def quadratic_refine(lrs: Sequence[float], scores: Sequence[float], scale: str =
             windows += f" (and the next wider window of {following[0].points}, which agrees)"
         low_log, high_log = max(low_log, logs[0]), min(high_log, logs[-1])
         note = (
-            f"vertex of a parabola in {'log ' if scale == 'log' else ''}value fitted to "
+            f"vertex of a parabola in {'log rate' if scale == 'log' else 'the value'} fitted to "
             f"{windows}; 95% Fieller interval"
         )
         estimate = Estimate(
