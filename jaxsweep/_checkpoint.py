@@ -22,6 +22,11 @@ so a killed save leaves a temporary directory (removed here) and never a half st
 that still fails to read (a file deleted, a disk fault) is moved aside, with a warning, and the
 previous one is used. Only the latest two steps are kept.
 
+Limits: one sweep writes to a directory at a time (a second live writer's temporary
+directories would be removed); the directory is a local or mounted path; the fingerprint sees
+every setting, the data's content, the model's parameter shapes and the names of the loss and
+optimizer, not the body of a function whose name and shapes stay the same.
+
 All Orbax I/O of the package lives in this module; the pure core never imports it.
 """
 
@@ -335,10 +340,10 @@ class SweepCheckpoints:
         self._manager.reload()
         warnings.warn(
             f"checkpoint_dir: step {step} of {self.directory} could not be read "
-            f"({type(error).__name__}: {_first_line(error)}); moved it to {target} and "
-            "resumed from the previous complete checkpoint",
+            f"({type(error).__name__}: {_first_line(error)}); moved it to {target}; the "
+            "previous complete checkpoint is used instead, if there is one",
             CheckpointWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
 
     def _read_progress(self, step: int) -> dict:
@@ -374,7 +379,7 @@ class SweepCheckpoints:
                 f"checkpoint_dir: replaced the checkpoints of a different sweep in "
                 f"{self.directory} (resume='overwrite'); it differed in: " + "; ".join(changed),
                 CheckpointWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
             return
         raise ConfigurationMismatchError(

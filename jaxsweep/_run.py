@@ -523,6 +523,8 @@ def _sweep(
             f"resumed from {checkpoints.directory}: stage {resumed.stage + 1}, "
             f"{resumed.epoch} of {config.epochs} epochs done"
         )
+        for _ in range(resumed.stage * config.epochs + resumed.epoch):  # the bar counts them
+            reporter.epoch_done(best_score)
 
     for stage in range(first_stage, config.stages):
         if stage == 0:
