@@ -1,0 +1,278 @@
+"""The models, the data and the three ways of training several rates that the benchmarks compare.
+
+* :class:`EngineStage`: jaxsweep's own stage, every rate a lane of one vmapped, compiled epoch
+  program (built with the engine's ``make_programs``, exactly as ``jaxsweep.run`` builds it).
+* :func:`make_train_one`: the best-practice sequential baseline (a): one jitted function with the
+  rate as an argument, epochs and steps as ``lax.scan``; compiled once, called once per rate.
+* :func:`train_usual`: the usual loop (b): a new ``optax.adam(lr)`` and a new jitted step per
+  rate, a Python loop over the steps.
+
+All three start every rate from the same parameters and feed the same batches in the same
+order as ``jaxsweep.run`` with the same seed, so they do the same arithmetic and compute the
+same losses: the benchmarks compare the cost of the same work.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxsweep._data import Split, prepare, to_device
+from jaxsweep._model import adapt
+from jaxsweep._run import _lanes, _seed_keys, resolve_optimizer
+from jaxsweep._train import cross_entropy, make_programs
+from jaxsweep.models import MLP
+
+# ----------------------------------------------------------------------------- models and data
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 convolutions on the 8x8 digit images, then a linear read-out."""
+
+    channels: Sequence[int] = (8, 16)
+    outputs: int = 10
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape((x.shape[0], 8, 8, 1))
+        for width in self.channels:
+            x = nn.relu(nn.Conv(width, (3, 3))(x))
+        return nn.Dense(self.outputs)(x.reshape((x.shape[0], -1)))
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "small MLP (64-128-128-10)": lambda: MLP(hidden=(128, 128)),
+    "wide MLP (64-1024-1024-10)": lambda: MLP(hidden=(1024, 1024)),
+    "small CNN (conv8-conv16-dense10)": lambda: SmallCNN(),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from jaxsweep.datasets import load_digits
+
+    return load_digits()
+
+
+def digits_xy(limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The digits images and labels (the first ``limit`` of them), read once per process."""
+    x, y = _digits_arrays()
+    return (x, y) if limit is None else (x[:limit], y[:limit])
+
+
+def digits(seed: int = 0, validation_fraction: float = 0.2, limit: int | None = None) -> Split:
+    """scikit-learn's digits split exactly as ``jaxsweep.run(..., seed=seed)`` splits it."""
+    return prepare(digits_xy(limit), validation_fraction, seed)
+
+
+class Workload(NamedTuple):
+    """One training problem: what every method trains, with the same settings."""
+
+    model_fn: Callable[[], nn.Module]
+    split: Split  # host arrays
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    optimizer: Callable[..., optax.GradientTransformation] = optax.adam
+    loss: Callable = cross_entropy
+
+    @property
+    def n_train(self) -> int:
+        return len(self.split.x_train)
+
+
+def lane_keys(workload: Workload, lrs: Sequence[float]):
+    """Per-rate (rates, init keys, data keys) exactly as ``jaxsweep.run`` derives them."""
+    init_keys, data_keys = _seed_keys(workload.seed, 1)
+    lanes = _lanes(lrs, init_keys, data_keys, 1)
+    return lanes.values, lanes.init_keys, lanes.data_keys
+
+
+def epoch_order(data_key, epoch, n_train: int, batch_size: int):
+    """Batch indices of one epoch: a permutation from (data key, epoch), remainder dropped."""
+    steps = n_train // batch_size
+    order = jax.random.permutation(jax.random.fold_in(data_key, epoch), n_train)
+    return order[: steps * batch_size].reshape(steps, batch_size)
+
+
+# ----------------------------------------------------------------------------- jaxsweep's stage
+
+
+class EngineStage:
+    """jaxsweep's stage programs for one workload, compiled ahead of time per lane count.
+
+    Built fresh, it holds new closures, so its first ``compile`` pays the full compile cost
+    (as a new ``jaxsweep.run`` does); later calls reuse the compiled programs.
+    """
+
+    def __init__(self, workload: Workload):
+        self.workload = workload
+        model = adapt(workload.model_fn, workload.split.x_train[:1])
+        tx = resolve_optimizer(workload.optimizer, "learning_rate")
+        programs = make_programs(
+            model, workload.loss, tx, "learning_rate", workload.batch_size, workload.n_train
+        )
+        self._init = jax.jit(programs.init_lanes)
+        self._epoch = jax.jit(programs.run_epoch)
+        self.data = to_device(workload.split)
+        self._compiled: dict[int, tuple[Any, Any]] = {}
+
+    def compile(self, lanes: int):
+        """Compiles the init and epoch programs for ``lanes`` lanes; returns the epoch program."""
+        if lanes not in self._compiled:
+            values, init_keys, data_keys = lane_keys(self.workload, [1e-3] * lanes)
+            init = self._init.lower(init_keys, values).compile()
+            state = jax.eval_shape(self._init, init_keys, values)
+            epoch = self._epoch.lower(state, data_keys, jnp.int32(0), *self.data).compile()
+            self._compiled[lanes] = (init, epoch)
+        return self._compiled[lanes][1]
+
+    def run(self, lrs: Sequence[float]) -> np.ndarray:
+        """Trains every rate as one stage; the validation loss per (rate, epoch)."""
+        self.compile(len(lrs))
+        init, epoch_program = self._compiled[len(lrs)]
+        values, init_keys, data_keys = lane_keys(self.workload, lrs)
+        state = init(init_keys, values)
+        val_losses = []
+        for epoch in range(self.workload.epochs):
+            state, metrics = epoch_program(state, data_keys, jnp.int32(epoch), *self.data)
+            val_losses.append(np.asarray(jax.device_get(metrics.val_loss)))
+        return np.stack(val_losses, axis=1)
+
+    def memory_bytes(self, lanes: int) -> dict[str, int]:
+        """The compiled epoch program's memory: arguments, outputs, temporaries, total."""
+        analysis = self.compile(lanes).memory_analysis()
+        total = (
+            analysis.argument_size_in_bytes
+            + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes
+            - analysis.alias_size_in_bytes
+        )
+        data = sum(int(np.asarray(a).nbytes) for a in self.data)
+        return {
+            "arguments": int(analysis.argument_size_in_bytes),
+            "outputs": int(analysis.output_size_in_bytes),
+            "temporaries": int(analysis.temp_size_in_bytes),
+            "total": int(total),
+            "data": data,
+        }
+
+
+# ----------------------------------------------------------------------------- (a) best practice
+
+
+def make_train_one(workload: Workload) -> Callable:
+    """Baseline (a): one rate, one call; the rate is an argument, so one compile serves all.
+
+    Returns ``train(lr, init_key, data_key, x_train, y_train, x_val, y_val)`` returning the
+    mean training loss and the validation loss of every epoch. Not jitted: wrap it in
+    ``jax.jit`` (sequential) or ``jax.jit(jax.vmap(...))`` (the same function vmapped).
+    """
+    module = workload.model_fn()
+    n_train, batch_size, epochs = workload.n_train, workload.batch_size, workload.epochs
+    loss_fn = workload.loss
+
+    def loss_of(params, x, y):
+        return loss_fn(module.apply({"params": params}, x), y)
+
+    def train(lr, init_key, data_key, x_train, y_train, x_val, y_val):
+        tx = workload.optimizer(learning_rate=lr)
+        params = module.init(init_key, x_train[:1])["params"]
+
+        def step(carry, indices):
+            params, opt_state = carry
+            loss, grads = jax.value_and_grad(loss_of)(params, x_train[indices], y_train[indices])
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        def epoch(carry, e):
+            order = epoch_order(data_key, e, n_train, batch_size)
+            carry, losses = jax.lax.scan(step, carry, order)
+            return carry, (jnp.mean(losses), loss_of(carry[0], x_val, y_val))
+
+        carry = (params, tx.init(params))
+        _, (train_losses, val_losses) = jax.lax.scan(epoch, carry, jnp.arange(epochs))
+        return train_losses, val_losses
+
+    return train
+
+
+class Sequential:
+    """Baseline (a) for a list of rates: compile once, then one call per rate."""
+
+    def __init__(self, workload: Workload):
+        self.workload = workload
+        self._train = jax.jit(make_train_one(workload))
+        self.data = to_device(workload.split)
+
+    def run(self, lrs: Sequence[float]) -> np.ndarray:
+        values, init_keys, data_keys = lane_keys(self.workload, lrs)
+        results = [
+            self._train(values[i], init_keys[i], data_keys[i], *self.data)[1]
+            for i in range(len(lrs))
+        ]
+        return np.stack(jax.device_get(results))
+
+
+class VmappedPlain:
+    """Baseline (a)'s own function under ``jax.vmap``: the gain of vmap alone, no diagnostics."""
+
+    def __init__(self, workload: Workload):
+        self.workload = workload
+        train = jax.vmap(make_train_one(workload), in_axes=(0, 0, 0, None, None, None, None))
+        self._train = jax.jit(train)
+        self.data = to_device(workload.split)
+
+    def run(self, lrs: Sequence[float]) -> np.ndarray:
+        values, init_keys, data_keys = lane_keys(self.workload, lrs)
+        return np.asarray(self._train(values, init_keys, data_keys, *self.data)[1])
+
+
+# ----------------------------------------------------------------------------- (b) usual loop
+
+
+def train_usual(workload: Workload, lrs: Sequence[float]) -> np.ndarray:
+    """Baseline (b): the loop most people write, one fresh optimizer and jitted step per rate.
+
+    The rate is a Python float captured by the step, so every rate compiles its own step; the
+    batches are sliced from host (numpy) arrays in Python, one dispatch per step. Returns the
+    validation loss per (rate, epoch).
+    """
+    module = workload.model_fn()
+    split = workload.split
+    n_train, batch_size = workload.n_train, workload.batch_size
+    _, init_keys, data_keys = lane_keys(workload, lrs)
+
+    def loss_of(params, x, y):
+        return workload.loss(module.apply({"params": params}, x), y)
+
+    evaluate = jax.jit(loss_of)  # does not depend on the rate: compiled once
+    results = []
+    for i, lr in enumerate(lrs):
+        tx = workload.optimizer(float(np.float32(lr)))
+        params = module.init(init_keys[i], split.x_train[:1])["params"]
+        opt_state = tx.init(params)
+
+        @jax.jit
+        def step(params, opt_state, x, y, tx=tx):
+            loss, grads = jax.value_and_grad(loss_of)(params, x, y)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        val_losses = []
+        for epoch in range(workload.epochs):
+            order = np.asarray(epoch_order(data_keys[i], epoch, n_train, batch_size))
+            for indices in order:
+                params, opt_state, _ = step(
+                    params, opt_state, split.x_train[indices], split.y_train[indices]
+                )
+            val_losses.append(float(evaluate(params, split.x_val, split.y_val)))
+        results.append(val_losses)
+    return np.asarray(results)

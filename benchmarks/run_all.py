@@ -1,0 +1,73 @@
+"""Runs the benchmarks and writes ``benchmarks/results/<machine>[-quick].{json,md}``.
+
+python -m benchmarks.run_all            # everything, full size (make bench)
+python -m benchmarks.run_all --quick    # smaller, a few minutes (make bench-quick)
+python -m benchmarks.run_all --only stage_throughput,cost_growth
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from . import _common as c
+from . import cost_growth, precision, stage_throughput, whole_sweep
+
+BENCHMARKS = {
+    module.NAME: module for module in (stage_throughput, whole_sweep, precision, cost_growth)
+}
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    parser.add_argument(
+        "--only",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated subset of {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument("--out", default=RESULTS, help="folder for the JSON and Markdown files")
+    parser.add_argument(
+        "--lanes",
+        default=None,
+        help="lane counts for cost_growth, e.g. 1,2,5,10,20,50,100 on a GPU",
+    )
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"--only: unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
+        return 2
+    info = c.machine()
+    run = {
+        "slug": c.machine_slug(info),
+        "mode": "quick" if args.quick else "full",
+        "machine": info,
+        "load_average": {"start": c.load_average()},
+        "benchmarks": [],
+    }
+    started = time.perf_counter()
+    for name in names:
+        print(f"[{time.strftime('%H:%M:%S')}] {name} ...", file=sys.stderr, flush=True)
+        overrides = {}
+        if name == "cost_growth" and args.lanes:
+            overrides["lanes"] = tuple(int(n) for n in args.lanes.split(","))
+        run["benchmarks"].append(BENCHMARKS[name].run(quick=args.quick, **overrides))
+        # written after every benchmark, so a long run that is cut short keeps what it measured
+        run["load_average"]["end"] = c.load_average()
+        run["seconds"] = time.perf_counter() - started
+        paths = c.write_results(run, args.out)
+    print(c.render_markdown(run))
+    print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
