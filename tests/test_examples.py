@@ -27,6 +27,7 @@ NOTEBOOK = EXAMPLES / "colab_tpu.ipynb"
 SCRIPTS = ("resumed_sweep", "char_transformer", "cnn_nnx", "digits_mlp", "regression_multiloss")
 WORKERS = 3  # the processes are mostly single-threaded compilation
 TIMEOUT = 600
+DEVICES = 4  # simulated CPU devices for the notebook
 # what each test that is not parametrized by example name reads
 NEEDS = {
     "test_classifiers_learn_something": ("digits_mlp", "cnn_nnx", "char_transformer"),
@@ -47,26 +48,36 @@ nbformat.write(notebook, sys.argv[2])
 """
 
 
-def _environment(cache: Path) -> dict[str, str]:
-    """CPU only, the notebook's quick switch, and one compilation cache for all processes.
+def _environment(name: str, cache: Path) -> dict[str, str]:
+    """CPU only, one compilation cache for all processes, and for the notebook its quick switch
+    and four CPU devices (it shards its lanes over every device, as over a TPU's cores).
 
     The examples compile many of the same small programs (key derivation, lane set-up), and the
     resumed sweep compiles its programs twice, in two processes: a shared persistent cache
     halves the suite's compile time without changing what any example computes.
     """
-    return dict(
+    environment = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        JAXSWEEP_NOTEBOOK_QUICK="1",
         JAX_COMPILATION_CACHE_DIR=str(cache),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
+    if name == "notebook":
+        flags = environment.get("XLA_FLAGS", "")
+        environment["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={DEVICES}"
+        environment["JAXSWEEP_NOTEBOOK_QUICK"] = "1"
+    return environment
 
 
-def _run(command: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+def _run(name: str, scratch: Path, cache: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        command, cwd=cwd, env=_environment(cache), capture_output=True, text=True, timeout=TIMEOUT
+        _command(name, scratch),
+        cwd=scratch,
+        env=_environment(name, cache),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
 
 
@@ -91,7 +102,7 @@ def launched(request, tmp_path_factory):
     futures: dict[str, tuple[Future, Path]] = {}
     for name in order:
         scratch = tmp_path_factory.mktemp(name)
-        futures[name] = (pool.submit(_run, _command(name, scratch), scratch, cache), scratch)
+        futures[name] = (pool.submit(_run, name, scratch, cache), scratch)
     yield futures
     pool.shutdown(wait=True, cancel_futures=True)
 
@@ -172,6 +183,7 @@ def test_notebook_runs_top_to_bottom(launched):
     assert not [o for o in outputs if o["output_type"] == "error"]
     assert code[0]["outputs"] == [], "the install cell must do nothing outside Colab"
 
+    assert f"lanes sharded over {DEVICES} device(s)" in text
     rate = _number(text, r"best learning rate: ([\d.eE+-]+)")
     assert math.isfinite(rate) and rate > 0
     images = [o for o in outputs if "image/png" in o.get("data", {})]
