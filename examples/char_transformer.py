@@ -8,7 +8,7 @@ for validation (passed as ``{"train": ..., "val": ...}``) so that overlapping wi
 leak between the two.
 
   python examples/char_transformer.py           # 5 stages of 5 rates, 3 epochs each
-  python examples/char_transformer.py --quick   # a tiny configuration, a few seconds
+  python examples/char_transformer.py --quick   # tiny: seconds, mostly compiling
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ NNX models are passed as factories that take ``rngs``; the sweep builds one mode
 from its own key, so every rate of a seed starts from the same weights.
 
   python examples/cnn_nnx.py           # 5 stages of 5 rates, 3 epochs each
-  python examples/cnn_nnx.py --quick   # a tiny configuration, a few seconds
+  python examples/cnn_nnx.py --quick   # tiny: seconds, mostly compiling
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The smallest complete use of jaxsweep: a Linen model factory, an ``(x, y)`` pair
 
   python examples/digits_mlp.py                  # 5 stages of 5 rates, 3 epochs each
   python examples/digits_mlp.py --out runs/mlp   # also save result.json, figures, report
-  python examples/digits_mlp.py --quick          # a tiny configuration, a few seconds
+  python examples/digits_mlp.py --quick          # tiny: seconds, mostly compiling
 """
 
 from __future__ import annotations

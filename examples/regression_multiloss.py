@@ -6,7 +6,7 @@ returns its prediction together with its hidden activations, and the loss adds a
 penalty on those activations to the mean squared error.
 
   python examples/regression_multiloss.py           # 5 stages of 5 rates, 5 epochs each
-  python examples/regression_multiloss.py --quick   # a tiny configuration, a few seconds
+  python examples/regression_multiloss.py --quick   # tiny: seconds, mostly compiling
 """
 
 from __future__ import annotations

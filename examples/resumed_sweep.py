@@ -8,7 +8,7 @@ from there. A third call finds the sweep complete and returns its result without
 
   python examples/resumed_sweep.py                 # 5 stages of 5 rates, 3 epochs each
   python examples/resumed_sweep.py --dir ckpt      # keep the checkpoints in ./ckpt
-  python examples/resumed_sweep.py --quick         # a tiny configuration, a few seconds
+  python examples/resumed_sweep.py --quick         # tiny: seconds, mostly compiling
 """
 
 from __future__ import annotations
