@@ -434,7 +434,9 @@ class SweepCheckpoints:
 
     def _point(self, step: int, progress: dict, fresh_state, lanes_of) -> ResumePoint:
         stage, epoch = int(progress["stage"]), int(progress["epoch"])
-        history = from_dict(progress["history"])
+        # inside stage 0 nothing is finished yet: no history was written
+        saved = progress["history"]
+        history = from_dict(saved) if saved is not None else history_record((), (), (), {})
         running, lanes = None, None
         if epoch > 0:
             record = progress["running"]

@@ -7,8 +7,8 @@ Writes the result as JSON to OUT unless killed. The kill options send SIGKILL to
 at a real point of the N-th checkpoint save (counted from 1 within this process):
 ``--kill-before-save`` as the save starts (nothing of it is written), ``--kill-after-save``
 once it is complete on disk, ``--kill-in-save`` inside Orbax's background commit of the N-th
-step, after its files are written to its temporary directory and before it is renamed into
-place (the same point Orbax's own tests patch).
+step, after its items are written into its temporary directory and before it is renamed into
+place (the method Orbax's own tests patch).
 """
 
 import argparse
@@ -60,9 +60,10 @@ def _install_kill(mode: str, target: int) -> None:
         finalize = atomicity.AtomicRenameTemporaryPath.finalize
 
         async def killing_finalize(self, *args, **kwargs):
-            calls["commits"] = calls.get("commits", 0) + 1
-            if calls["commits"] == target:
-                _kill()
+            if self._final_path.name.isdigit():  # a step's commit, not one of its items'
+                calls["commits"] = calls.get("commits", 0) + 1
+                if calls["commits"] == target:
+                    _kill()
             return await finalize(self, *args, **kwargs)
 
         atomicity.AtomicRenameTemporaryPath.finalize = killing_finalize

@@ -86,7 +86,7 @@ def reference(helper_env, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def killed_sweep(helper_env, reference, tmp_path_factory):
-    """One sweep killed four times at different points, then finished by a fifth run.
+    """One sweep killed three times at different points, then finished by a fourth run.
 
     Saves happen after every epoch (checkpoint_every_seconds=0): with 2 epochs a stage, step
     1 is stage 0 after epoch 1, step 2 the end of stage 0, step 3 stage 1 after epoch 1, ...
@@ -94,20 +94,18 @@ def killed_sweep(helper_env, reference, tmp_path_factory):
     root = tmp_path_factory.mktemp("killed")
     directory, out = root / "ckpt", root / "result.json"
     disk = {}
-    # early: killed as the very first save starts, nothing complete on disk
-    leg(helper_env, directory, out, "--kill-before-save", "1", killed=True)
-    disk["early"] = steps_on_disk(directory) if directory.exists() else []
-    # between stages: killed once the end of stage 0 (step 2) is complete
-    leg(helper_env, directory, out, "--kill-after-save", "2", killed=True)
+    # early, during an async save: step 1 is complete, the commit of step 2 is killed
+    leg(helper_env, directory, out, "--kill-in-save", "2", killed=True)
+    disk["in_save"] = steps_on_disk(directory)
+    disk["in_save_leftovers"] = leftovers(directory)
+    # inside stage 0 (step 1) to between stages: killed once the end of stage 0 is saved
+    leg(helper_env, directory, out, "--kill-after-save", "1", killed=True)
     disk["between"] = steps_on_disk(directory)
+    disk["between_leftovers"] = leftovers(directory)
     # mid-stage: resumed at stage 1, killed after its first epoch's save (step 3)
     leg(helper_env, directory, out, "--kill-after-save", "1", killed=True)
     disk["mid"] = steps_on_disk(directory)
     shutil.copytree(directory, root / "mid-stage-copy")
-    # during an async save: resumed at stage 1 epoch 1, killed while Orbax commits step 4
-    leg(helper_env, directory, out, "--kill-in-save", "1", killed=True)
-    disk["in_save"] = steps_on_disk(directory)
-    disk["in_save_leftovers"] = leftovers(directory)
     result = leg(helper_env, directory, out, killed=False)
     disk["final"] = steps_on_disk(directory)
     disk["final_leftovers"] = leftovers(directory)
@@ -127,11 +125,11 @@ def test_reference_run_trains_every_epoch_and_keeps_two_steps(reference):
 
 def test_killed_sweep_left_complete_steps_only_where_expected(killed_sweep):
     _, disk, _ = killed_sweep
-    assert disk["early"] == []
-    assert disk["between"] == [1, 2]
-    assert disk["mid"] == [2, 3]
-    assert disk["in_save"] == [2, 3]  # step 4 never became a step
+    assert disk["in_save"] == [1]  # step 2 never became a step
     assert disk["in_save_leftovers"], "the kill inside the commit left no temporary directory"
+    assert disk["between"] == [1, 2]
+    assert disk["between_leftovers"] == []  # removed by the rerun
+    assert disk["mid"] == [2, 3]
     assert disk["final"] == [5, 6]
     assert disk["final_leftovers"] == []
 
