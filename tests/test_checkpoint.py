@@ -205,11 +205,13 @@ def test_a_different_sweep_is_refused_and_nothing_is_touched(reference, tmp_path
 def test_overwrite_replaces_a_different_sweep(reference, tmp_path):
     _, directory = reference
     directory = copy_of(directory, tmp_path)
+    # an hour between saves inside a stage: only the end of the stage is saved
+    changed = dict(stages=1, checkpoint_every_seconds=3600.0)
     with pytest.warns(CheckpointWarning, match="config.stages: 3 -> 1"):
-        result = sweep(directory, stages=1, epochs=1, resume="overwrite")
-    assert trained(result) == 1
-    assert steps_on_disk(directory) == [1]
-    again = sweep(directory, stages=1, epochs=1)  # now this sweep's directory
+        result = sweep(directory, resume="overwrite", **changed)
+    assert trained(result) == 2
+    assert steps_on_disk(directory) == [2]  # no step 1 (after epoch 1); the old 5, 6 are gone
+    again = sweep(directory, **changed)  # now this sweep's directory
     assert trained(again) == 0
     assert comparable(again.to_dict()) == comparable(result.to_dict())
 
