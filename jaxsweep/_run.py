@@ -18,7 +18,7 @@ import optax
 
 from . import _checkpoint, _selector, _sharding
 from ._config import LOSS_NAMES, SweepConfig, make_config
-from ._data import Split, prepare, target_kind, to_device
+from ._data import Split, prepare, target_kind
 from ._environment import describe
 from ._model import ModelFunctions, adapt, count_parameters, module_names
 from ._progress import BarProgress, SilentProgress
@@ -457,7 +457,7 @@ def run(
                 config,
                 record,
                 programs,
-                to_device(split),
+                split,  # host arrays: placed on the devices once, in _sweep
                 devices,
                 reporter,
                 count_parameters(abstract_params),
@@ -466,6 +466,11 @@ def run(
     finally:
         if checkpoints is not None:  # a pending save completes even when the sweep fails
             checkpoints.close()
+
+
+# Initialisation runs once per stage, for milliseconds, but its random-number code is long:
+# on CPU, skipping LLVM's optimisation passes compiles it ~3x faster (~2 s less per sweep).
+_INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
 
 
 def _sweep(
@@ -486,6 +491,7 @@ def _sweep(
     init_lanes = jax.jit(programs.init_lanes, out_shardings=_sharding.lane_sharding(mesh))
     run_epoch = jax.jit(programs.run_epoch, out_shardings=_sharding.lane_sharding(mesh))
     compiled = None
+    compiled_init = None
     points: list[float] = []
     scores: list[float] = []
     evaluations: list[Evaluation] = []
@@ -500,7 +506,12 @@ def _sweep(
         lanes = _lanes(values, seed_init_keys, seed_data_keys, config.seeds)
         lanes = _sharding.pad_lanes(lanes, _sharding.pad_count(real_lanes, len(devices)))
         lanes = _sharding.place_lanes(lanes, mesh)
-        return lanes, init_lanes(lanes.init_keys, lanes.values)
+        nonlocal compiled_init
+        if compiled_init is None:
+            compiled_init = init_lanes.lower(lanes.init_keys, lanes.values).compile(
+                compiler_options=_INIT_COMPILER_OPTIONS.get(jax.default_backend())
+            )
+        return lanes, compiled_init(lanes.init_keys, lanes.values)
 
     # a rerun continues where the latest complete checkpoint stopped; every key and batch
     # order derives from (seed, epoch), so the rest trains exactly as it would have

@@ -124,6 +124,8 @@ def _global_array(value, sharding: NamedSharding) -> jax.Array:
         data = _global_array(jax.random.key_data(value), sharding)
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
     host = np.asarray(value)
+    # float64 input becomes float32 unless x64 is enabled, as jnp.asarray would do
+    host = host.astype(jax.dtypes.canonicalize_dtype(host.dtype), copy=False)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
