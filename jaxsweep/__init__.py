@@ -5,12 +5,15 @@ Every stage trains all of its learning rates at once in one vmapped, compiled pr
 
 from importlib import metadata as _metadata
 
+from ._checkpoint import CheckpointWarning as CheckpointWarning
+from ._checkpoint import ConfigurationMismatchError as ConfigurationMismatchError
 from ._result import Evaluation as Evaluation
 from ._result import Stage as Stage
 from ._result import SweepResult as SweepResult
 from ._result import load as load
 from ._run import SearchRangeWarning as SearchRangeWarning
 from ._run import run as run
+from ._sharding import is_writer as is_writer
 from .plots import plot as plot
 from .report import report as report
 
@@ -20,10 +23,13 @@ except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "CheckpointWarning",
+    "ConfigurationMismatchError",
     "Evaluation",
     "SearchRangeWarning",
     "Stage",
     "SweepResult",
+    "is_writer",
     "load",
     "plot",
     "report",

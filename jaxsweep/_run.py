@@ -450,7 +450,9 @@ def run(
             return stored
         checkpoints.check_resumable()
     programs = make_programs(model, loss_fn, tx, config.hyperparam, config.batch_size, n_train)
-    reporter = BarProgress(config.stages, config.epochs) if progress else SilentProgress()
+    # one bar per sweep: under jax.distributed only the writing process shows it
+    show = progress and _sharding.is_writer()
+    reporter = BarProgress(config.stages, config.epochs) if show else SilentProgress()
     try:
         with reporter:
             return _sweep(
