@@ -540,33 +540,10 @@ def _sweep(
             reporter.epoch_done(best_score)
 
     for stage in range(first_stage, config.stages):
-        if stage == 0:
-            plan = _selector.StagePlan(
-                _selector.initial_points(config.value_range, config.points_per_stage, config.scale),
-                (),
-                None,
-            )
-        else:
-            plan = _selector.next_stage(
-                points,
-                scores,
-                count=config.points_per_stage,
-                top_k=config.top_k,
-                initial_step=config.initial_step,
-                scale=config.scale,
-                expand=config.expand,
-            )
+        plan = plan_stage(stage, points, scores, config)
         if plan.expansion is not None:
-            edge = "largest" if plan.expansion == "up" else "smallest"
-            note = (
-                f"stage {stage}: the best {config.hyperparam} was the {edge} evaluated, so this "
-                f"stage searches beyond it ({plan.intervals[0][0]:.3g} to "
-                f"{plan.intervals[0][1]:.3g}), outside the given range"
-                if not _inside(plan.intervals[0], config.value_range)
-                else f"stage {stage}: searching beyond the {edge} evaluated value"
-            )
-            notes.append(note)
-            warnings.warn(note, SearchRangeWarning, stacklevel=3)
+            notes.append(_expansion_note(stage, plan, config))
+            warnings.warn(notes[-1], SearchRangeWarning, stacklevel=3)
 
         started = time.perf_counter()
         reporter.start_stage(stage, config.stages, plan.points, config.epochs)
@@ -603,15 +580,7 @@ def _sweep(
                     compile_seconds,
                 )
                 checkpoints.epoch_done(stage, epoch + 1, state, lanes, real_lanes, running)
-            live_best = float(
-                np.nanmin(
-                    np.where(
-                        np.asarray(epoch_metrics[-1].diverged), np.inf, epoch_metrics[-1].val_loss
-                    ),
-                    initial=best_score,
-                )
-            )
-            reporter.epoch_done(min(best_score, live_best))
+            reporter.epoch_done(_running_best(epoch_metrics[-1], best_score))
 
         stage_evaluations = collect_evaluations(stage, plan.points, config.seeds, epoch_metrics)
         evaluations.extend(stage_evaluations)
@@ -645,15 +614,10 @@ def _sweep(
             checkpoints.stage_done(stage, history)
 
     best_value, best_score = _selector.best_point(points, scores)
-    if math.isinf(best_score):
-        notes.append("every evaluation diverged: try a lower range or a different optimizer")
-        warnings.warn(notes[-1], SearchRangeWarning, stacklevel=3)
-    elif _selector.edge_of_best(points, scores) is not None:
-        notes.append(
-            f"the best {config.hyperparam} {best_value:.3g} is at the edge of what was "
-            "evaluated: the optimum may lie beyond it (run more stages or widen the range)"
-        )
-        warnings.warn(notes[-1], SearchRangeWarning, stacklevel=3)
+    final_note = _final_note(points, scores, config.hyperparam)
+    if final_note is not None:
+        notes.append(final_note)
+        warnings.warn(final_note, SearchRangeWarning, stacklevel=3)
     environment = describe(devices)
     if checkpoints is not None:
         environment["checkpoint"] = checkpoints.describe(epochs_trained)
@@ -674,5 +638,50 @@ def _sweep(
     return result
 
 
-def _inside(span: tuple[float, float], value_range: tuple[float, float]) -> bool:
-    return value_range[0] <= span[0] and span[1] <= value_range[1]
+def plan_stage(
+    stage: int, points: Sequence[float], scores: Sequence[float], config: SweepConfig
+) -> _selector.StagePlan:
+    """Stage 0 is the grid over the range; later stages come from the scores so far (pure)."""
+    if stage == 0:
+        grid = _selector.initial_points(config.value_range, config.points_per_stage, config.scale)
+        return _selector.StagePlan(grid, (), None)
+    return _selector.next_stage(
+        points,
+        scores,
+        count=config.points_per_stage,
+        top_k=config.top_k,
+        initial_step=config.initial_step,
+        scale=config.scale,
+        expand=config.expand,
+    )
+
+
+def _expansion_note(stage: int, plan: _selector.StagePlan, config: SweepConfig) -> str:
+    """Says that (and where) a stage searches beyond what was evaluated."""
+    (low, high), (range_low, range_high) = plan.intervals[0], config.value_range
+    edge = "largest" if plan.expansion == "up" else "smallest"
+    outside = low < range_low or high > range_high
+    return (
+        f"stage {stage}: the best {config.hyperparam} was the {edge} evaluated, so this stage "
+        f"searches beyond it ({low:.3g} to {high:.3g})"
+        + (", outside the given range" if outside else "")
+    )
+
+
+def _final_note(points: Sequence[float], scores: Sequence[float], name: str) -> str | None:
+    """A warning for a sweep whose answer is not bracketed by what it evaluated, else None."""
+    best_value, best_score = _selector.best_point(points, scores)
+    if math.isinf(best_score):
+        return "every evaluation diverged: try a lower range or a different optimizer"
+    if _selector.edge_of_best(points, scores) is not None:
+        return (
+            f"the best {name} {best_value:.3g} is at the edge of what was evaluated: the "
+            "optimum may lie beyond it (run more stages or widen the range)"
+        )
+    return None
+
+
+def _running_best(metrics: EpochMetrics, best_score: float) -> float:
+    """The best score known after an epoch, for the progress bar (diverged lanes ignored)."""
+    scores = np.where(np.asarray(metrics.diverged), np.inf, np.asarray(metrics.val_loss))
+    return float(min(best_score, np.nanmin(scores, initial=np.inf)))
