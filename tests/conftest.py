@@ -12,7 +12,9 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     ).strip()
 
 import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -39,6 +41,53 @@ def make_classification(n: int = 240, features: int = 6, classes: int = 3, seed:
 @pytest.fixture(scope="session")
 def blobs():
     return make_classification()
+
+
+@pytest.fixture(scope="session")
+def split_blobs(blobs):
+    """The blobs with a fixed validation part (the last 48 examples)."""
+    x, y = blobs
+    return {"train": (x[:192], y[:192]), "val": (x[192:], y[192:])}
+
+
+def _tiny_loss(params, x, y):
+    logits = TinyMLP().apply({"params": params}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+_tiny_value_and_grad = jax.jit(jax.value_and_grad(_tiny_loss))  # one compile for every run
+_tiny_val_loss = jax.jit(_tiny_loss)
+
+
+def train_alone(tx, data, *, epochs, batch_size, seed=0):
+    """TinyMLP trained with one optax transformation by a plain Python loop over steps.
+
+    No vmap, no scan, no injected hyperparameters, no jaxsweep program: the independent
+    reference for a sweep's lanes. Keys follow the documented contract: parameters from
+    ``fold_in(fold_in(key(seed), 0), 0)``, epoch ``e``'s batch order from
+    ``fold_in(fold_in(fold_in(key(seed), 0), 1), e)``.
+    """
+    (x, y), (xv, yv) = data["train"], data["val"]
+    per_seed = jax.random.fold_in(jax.random.key(seed), 0)
+    init_key, data_key = jax.random.fold_in(per_seed, 0), jax.random.fold_in(per_seed, 1)
+    params = TinyMLP().init(init_key, x[:1])["params"]
+    opt_state = tx.init(params)
+    history = {"train_loss": [], "val_loss": [], "grad_norm": []}
+    steps = len(x) // batch_size
+    for epoch in range(epochs):
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, epoch), len(x)))
+        losses, norms = [], []
+        for step in range(steps):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            loss, grads = _tiny_value_and_grad(params, x[idx], y[idx])
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            losses.append(float(loss))
+            norms.append(float(optax.tree.norm(grads)))
+        history["train_loss"].append(float(np.mean(losses)))
+        history["grad_norm"].append(float(np.mean(norms)))
+        history["val_loss"].append(float(_tiny_val_loss(params, xv, yv)))
+    return history
 
 
 # Small defaults shared by engine tests: 2 epochs of 6 batches, no early stop.

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import SMALL, TinyMLP, make_classification
+from conftest import SMALL, TinyMLP, make_classification, train_alone
 from flax import nnx
 
 import jaxsweep
@@ -19,44 +19,6 @@ from jaxsweep import _data, _model, _run
 
 # Tiny ranges often leave the best rate on an edge; that warning is tested on its own below.
 pytestmark = pytest.mark.filterwarnings("ignore::jaxsweep.SearchRangeWarning")
-
-
-@pytest.fixture(scope="module")
-def split_blobs(blobs):
-    x, y = blobs
-    return {"train": (x[:192], y[:192]), "val": (x[192:], y[192:])}
-
-
-def train_alone(lr, data, *, epochs, batch_size, seed=0, optimizer=optax.adam):
-    """One learning rate trained by a plain optax loop, no vmap, no scan, no jaxsweep program."""
-    (x, y), (xv, yv) = data["train"], data["val"]
-    init_keys, data_keys = _run._seed_keys(seed, 1)  # the documented (seed, epoch) key contract
-    model = TinyMLP()
-    params = model.init(init_keys[0], x[:1])["params"]
-    tx = optimizer(lr)
-    opt_state = tx.init(params)
-
-    def loss_fn(p, xb, yb):
-        logits = model.apply({"params": p}, xb)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-
-    grad_fn = jax.jit(jax.value_and_grad(loss_fn))
-    history = {"train_loss": [], "val_loss": [], "grad_norm": []}
-    steps = len(x) // batch_size
-    for epoch in range(epochs):
-        order = np.asarray(jax.random.permutation(jax.random.fold_in(data_keys[0], epoch), len(x)))
-        losses, norms = [], []
-        for step in range(steps):
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            loss, grads = grad_fn(params, x[idx], y[idx])
-            updates, opt_state = tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            losses.append(float(loss))
-            norms.append(float(optax.tree.norm(grads)))
-        history["train_loss"].append(np.mean(losses))
-        history["grad_norm"].append(np.mean(norms))
-        history["val_loss"].append(float(loss_fn(params, xv, yv)))
-    return history
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +37,7 @@ def test_vmapped_lane_equals_the_rate_trained_alone(one_stage, split_blobs):
     assert len(one_stage.evaluations) == 3
     # float32 sums in another order (vmap, scan) drift by ~1e-5 relative over 12 Adam steps
     for evaluation in one_stage.evaluations:
-        alone = train_alone(evaluation.lr, split_blobs, epochs=2, batch_size=32)
+        alone = train_alone(optax.adam(evaluation.lr), split_blobs, epochs=2, batch_size=32)
         np.testing.assert_allclose(evaluation.val_loss, alone["val_loss"], rtol=1e-4)
         np.testing.assert_allclose(evaluation.train_loss, alone["train_loss"], rtol=1e-4)
         np.testing.assert_allclose(evaluation.grad_norm, alone["grad_norm"], rtol=1e-4)

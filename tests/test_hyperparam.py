@@ -2,53 +2,19 @@
 
 import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import SMALL, TinyMLP
+from conftest import SMALL, TinyMLP, train_alone
 
 import jaxsweep
-from jaxsweep._run import _resolve_range, _seed_keys, resolve_optimizer
+from jaxsweep._run import _resolve_range, resolve_optimizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::jaxsweep.SearchRangeWarning")
 
 ADAMW = functools.partial(optax.adamw, learning_rate=1e-2)
 SGD = functools.partial(optax.sgd, learning_rate=0.05)
-
-
-@pytest.fixture(scope="module")
-def split_blobs(blobs):
-    x, y = blobs
-    return {"train": (x[:192], y[:192]), "val": (x[192:], y[192:])}
-
-
-def _loss(params, x, y):
-    logits = TinyMLP().apply({"params": params}, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-
-_grad = jax.jit(jax.grad(_loss))  # one compile serves every reference run below
-_val_loss = jax.jit(_loss)
-
-
-def train_alone(tx, data, *, epochs, batch_size, seed=0):
-    """One optax transformation trained by a plain loop: no vmap, no injection, no jaxsweep."""
-    (x, y), (xv, yv) = data["train"], data["val"]
-    init_keys, data_keys = _seed_keys(seed, 1)  # the documented (seed, epoch) key contract
-    params = TinyMLP().init(init_keys[0], x[:1])["params"]
-    opt_state = tx.init(params)
-    val_loss = []
-    steps = len(x) // batch_size
-    for epoch in range(epochs):
-        order = np.asarray(jax.random.permutation(jax.random.fold_in(data_keys[0], epoch), len(x)))
-        for step in range(steps):
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            updates, opt_state = tx.update(_grad(params, x[idx], y[idx]), opt_state, params)
-            params = optax.apply_updates(params, updates)
-        val_loss.append(float(_val_loss(params, xv, yv)))
-    return val_loss
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -81,7 +47,7 @@ def test_weight_decay_lanes_equal_adamw_trained_alone_at_the_fixed_rate(decay_sw
             epochs=2,
             batch_size=32,
         )
-        np.testing.assert_allclose(evaluation.val_loss, alone, rtol=1e-4)
+        np.testing.assert_allclose(evaluation.val_loss, alone["val_loss"], rtol=1e-4)
     # the decay reached the optimizer: the lanes differ well beyond float noise
     finals = [e.val_loss[-1] for e in decay_sweep.evaluations]
     assert max(finals) - min(finals) > 1e-2
@@ -112,7 +78,7 @@ def test_momentum_sweeps_on_a_linear_scale(momentum_sweep, split_blobs):
     alone = train_alone(
         optax.sgd(learning_rate=0.05, momentum=0.45), split_blobs, epochs=2, batch_size=32
     )
-    np.testing.assert_allclose(middle.val_loss, alone, rtol=1e-4)
+    np.testing.assert_allclose(middle.val_loss, alone["val_loss"], rtol=1e-4)
 
 
 def test_the_learning_rate_stays_what_the_factory_says():
