@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxsweep import _run
 from jaxsweep._data import Split, prepare, to_device
 from jaxsweep._model import adapt
 from jaxsweep._run import _lanes, _seed_keys, resolve_optimizer
@@ -34,7 +35,7 @@ from jaxsweep.models import MLP
 
 
 class SmallCNN(nn.Module):
-    """Two 3x3 convolutions on the 8x8 digit images, then a linear read-out."""
+    """Two 3x3 convolutions on the 8x8 digit images (the second with stride 2), a read-out."""
 
     channels: Sequence[int] = (8, 16)
     outputs: int = 10
@@ -42,15 +43,15 @@ class SmallCNN(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = x.reshape((x.shape[0], 8, 8, 1))
-        for width in self.channels:
-            x = nn.relu(nn.Conv(width, (3, 3))(x))
+        x = nn.relu(nn.Conv(self.channels[0], (3, 3))(x))
+        x = nn.relu(nn.Conv(self.channels[1], (3, 3), strides=2)(x))
         return nn.Dense(self.outputs)(x.reshape((x.shape[0], -1)))
 
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "small MLP (64-128-128-10)": lambda: MLP(hidden=(128, 128)),
-    "wide MLP (64-1024-1024-10)": lambda: MLP(hidden=(1024, 1024)),
-    "small CNN (conv8-conv16-dense10)": lambda: SmallCNN(),
+    "wide MLP (64-512-512-10)": lambda: MLP(hidden=(512, 512)),
+    "small CNN (conv8, conv16 stride 2, dense10)": lambda: SmallCNN(),
 }
 
 
@@ -104,6 +105,9 @@ def epoch_order(data_key, epoch, n_train: int, batch_size: int):
 
 # ----------------------------------------------------------------------------- jaxsweep's stage
 
+# the sweep compiles its small init program with these options (cheaper compile on CPU)
+_INIT_COMPILER_OPTIONS = getattr(_run, "_INIT_COMPILER_OPTIONS", {})
+
 
 class EngineStage:
     """jaxsweep's stage programs for one workload, compiled ahead of time per lane count.
@@ -128,7 +132,9 @@ class EngineStage:
         """Compiles the init and epoch programs for ``lanes`` lanes; returns the epoch program."""
         if lanes not in self._compiled:
             values, init_keys, data_keys = lane_keys(self.workload, [1e-3] * lanes)
-            init = self._init.lower(init_keys, values).compile()
+            init = self._init.lower(init_keys, values).compile(
+                compiler_options=_INIT_COMPILER_OPTIONS.get(jax.default_backend())
+            )
             state = jax.eval_shape(self._init, init_keys, values)
             epoch = self._epoch.lower(state, data_keys, jnp.int32(0), *self.data).compile()
             self._compiled[lanes] = (init, epoch)

@@ -49,7 +49,7 @@ TITLE = "3. Precision on least-squares problems with an exactly known optimal ra
 
 DEFAULT_RANGE = (1e-5, 1e-2)
 FULL = dict(seeds=5, n=64, features=16, trials=25)
-QUICK = dict(FULL, seeds=2)
+SETTINGS = {"full": FULL, "quick": dict(FULL, seeds=2), "gpu": FULL}
 
 
 class Problem(NamedTuple):
@@ -212,9 +212,9 @@ def measure(problem: Problem, seed: int, trials: int) -> dict:
     }
 
 
-def run(quick: bool = False, kinds=("edge", "flat", "outside"), **overrides) -> dict:
+def run(mode: str = "full", kinds=("edge", "flat", "outside"), **overrides) -> dict:
     """Runs every problem kind over several seeds; ``overrides`` replace settings entries."""
-    settings: Mapping = {**(QUICK if quick else FULL), **overrides}
+    settings: Mapping = {**SETTINGS[mode], **overrides}
     load_start, started = c.load_average(), time.perf_counter()
     cases = [
         measure(

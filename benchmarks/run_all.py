@@ -23,7 +23,9 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    sizes.add_argument("--gpu", action="store_true", help="sizes for an accelerator (gpu.sh)")
     parser.add_argument(
         "--only",
         default=",".join(BENCHMARKS),
@@ -45,25 +47,31 @@ def main(argv=None) -> int:
     if unknown:
         print(f"--only: unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
         return 2
+    mode = "quick" if args.quick else "gpu" if args.gpu else "full"
     info = c.machine()
     run = {
         "slug": c.machine_slug(info),
-        "mode": "quick" if args.quick else "full",
+        "mode": mode,
         "machine": info,
         "load_average": {"start": c.load_average()},
         "benchmarks": [],
     }
     started = time.perf_counter()
-    for name in names:
-        print(f"[{time.strftime('%H:%M:%S')}] {name} ...", file=sys.stderr, flush=True)
-        overrides = {}
-        if name == "cost_growth" and args.lanes:
-            overrides["lanes"] = tuple(int(n) for n in args.lanes.split(","))
-        run["benchmarks"].append(BENCHMARKS[name].run(quick=args.quick, **overrides))
-        # written after every benchmark, so a long run that is cut short keeps what it measured
-        run["load_average"]["end"] = c.load_average()
-        run["seconds"] = time.perf_counter() - started
-        paths = c.write_results(run, args.out)
+    try:
+        for name in names:
+            print(f"[{time.strftime('%H:%M:%S')}] {name} ...", file=sys.stderr, flush=True)
+            overrides = {}
+            if name == "cost_growth" and args.lanes:
+                overrides["lanes"] = tuple(int(n) for n in args.lanes.split(","))
+            run["benchmarks"].append(BENCHMARKS[name].run(mode=mode, **overrides))
+            # written after every benchmark: a run that is cut short keeps what it measured
+            run["load_average"]["end"] = c.load_average()
+            run["seconds"] = time.perf_counter() - started
+            paths = c.write_results(run, args.out)
+    except KeyboardInterrupt:
+        print(f"interrupted during {name}; kept the benchmarks before it", file=sys.stderr)
+        if not run["benchmarks"]:
+            return 130
     print(c.render_markdown(run))
     print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
     return 0

@@ -36,8 +36,12 @@ from ._workloads import (
 NAME = "stage_throughput"
 TITLE = "1. Stage throughput: 5 rates vmapped against 5 runs one after another"
 
-FULL = dict(points=5, epochs=3, batch_size=128, repeats=7, compile_repeats=3, limit=None)
-QUICK = dict(FULL, epochs=1, repeats=3, compile_repeats=1)
+FULL = dict(points=5, epochs=3, batch_size=128, repeats=5, compile_repeats=2, limit=None)
+SETTINGS = {
+    "full": FULL,
+    "quick": dict(FULL, epochs=1, repeats=3, compile_repeats=1),
+    "gpu": FULL,
+}
 
 
 def parameter_count(model_fn: Callable, x_example) -> int:
@@ -108,9 +112,9 @@ def measure_model(model_fn: Callable, settings: Mapping) -> dict:
     }
 
 
-def run(quick: bool = False, models: Mapping[str, Callable] | None = None, **overrides) -> dict:
-    """Runs the benchmark; ``overrides`` replace entries of the full or quick settings."""
-    settings = {**(QUICK if quick else FULL), **overrides}
+def run(mode: str = "full", models: Mapping[str, Callable] | None = None, **overrides) -> dict:
+    """Runs the benchmark; ``overrides`` replace entries of the mode's settings."""
+    settings = {**SETTINGS[mode], **overrides}
     models = MODELS if models is None else models
     load_start, started = c.load_average(), time.perf_counter()
     results = {name: measure_model(fn, settings) for name, fn in models.items()}
