@@ -16,6 +16,14 @@ import time
 from ._result import SweepResult
 
 
+def _console():
+    """A rich console; piped or captured output gets room for the stage table's columns."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=140)
+
+
 def stage_table(result: SweepResult):
     """A rich table with one row per stage: values tried, kept intervals, best so far."""
     from rich.table import Table
@@ -44,13 +52,12 @@ def stage_table(result: SweepResult):
 
 
 def _demo(args) -> int:
-    from rich.console import Console
 
     import jaxsweep
     from jaxsweep.datasets import load_digits
     from jaxsweep.models import MLP
 
-    console = Console()
+    console = _console()
     _check_writable(args.out)  # fail before the sweep, not after it
     x, y = load_digits()
     console.print(f"digits: {len(x)} images of 8x8 pixels, 10 classes")
@@ -150,20 +157,18 @@ def _best_lines(result: SweepResult, with_best: bool = False) -> str:
 
 
 def _report(args) -> int:
-    from rich.console import Console
 
     result = _load_dir(args.dir)
     _check_writable(args.dir)
     written = _write_outputs(result, args.dir)
-    Console().print(f"rebuilt from {os.path.join(args.dir, 'result.json')}: {', '.join(written)}")
+    _console().print(f"rebuilt from {os.path.join(args.dir, 'result.json')}: {', '.join(written)}")
     return 0
 
 
 def _show(args) -> int:
-    from rich.console import Console
 
     result = _load_dir(args.dir)
-    console = Console()
+    console = _console()
     console.print(stage_table(result))
     console.print(_best_lines(result, with_best=True))
     return 0
