@@ -90,8 +90,17 @@ class Workload(NamedTuple):
 
 
 def lane_keys(workload: Workload, lrs: Sequence[float]):
-    """Per-rate (rates, init keys, data keys) exactly as ``jaxsweep.run`` derives them."""
-    init_keys, data_keys = _seed_keys(workload.seed, 1)
+    """Per-rate (rates, init keys, data keys) exactly as ``jaxsweep.run`` derives them.
+
+    Made once per set of rates and kept (a few eager JAX calls, milliseconds): no method's
+    timing includes them, as a careful user makes them once too.
+    """
+    return _lane_keys(workload.seed, tuple(float(lr) for lr in lrs))
+
+
+@functools.lru_cache(maxsize=256)
+def _lane_keys(seed: int, lrs: tuple[float, ...]):
+    init_keys, data_keys = _seed_keys(seed, 1)
     lanes = _lanes(lrs, init_keys, data_keys, 1)
     return lanes.values, lanes.init_keys, lanes.data_keys
 
@@ -140,16 +149,21 @@ class EngineStage:
             self._compiled[lanes] = (init, epoch)
         return self._compiled[lanes][1]
 
-    def run(self, lrs: Sequence[float]) -> np.ndarray:
-        """Trains every rate as one stage; the validation loss per (rate, epoch)."""
+    def run(self, lrs: Sequence[float], seed: int | None = None) -> np.ndarray:
+        """Trains every rate as one stage; the validation loss per (rate, epoch).
+
+        ``seed`` replaces the workload's seed for the init and batch order (same split).
+        """
         self.compile(len(lrs))
         init, epoch_program = self._compiled[len(lrs)]
-        values, init_keys, data_keys = lane_keys(self.workload, lrs)
+        workload = self.workload if seed is None else self.workload._replace(seed=seed)
+        values, init_keys, data_keys = lane_keys(workload, lrs)
         state = init(init_keys, values)
         val_losses = []
         for epoch in range(self.workload.epochs):
             state, metrics = epoch_program(state, data_keys, jnp.int32(epoch), *self.data)
-            val_losses.append(np.asarray(jax.device_get(metrics.val_loss)))
+            # the sweep fetches every metric after each epoch (progress, divergence, results)
+            val_losses.append(np.asarray(jax.device_get(metrics).val_loss))
         return np.stack(val_losses, axis=1)
 
     def memory_bytes(self, lanes: int) -> dict[str, int]:

@@ -38,6 +38,7 @@ FULL = dict(
     dense_points=500,
     dense_chunk=25,
     search_seeds=5,
+    retrain_seeds=5,
     repeats=3,
     engine_repeats=3,
     tpe=True,
@@ -77,10 +78,14 @@ def _scores(val_losses: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(final), final, np.inf)
 
 
-def _evaluate_in_chunks(stage: EngineStage, lrs, chunk: int) -> np.ndarray:
-    return np.concatenate(
-        [_scores(stage.run(list(lrs[i : i + chunk]))) for i in range(0, len(lrs), chunk)]
-    )
+def _evaluate_in_chunks(stage: EngineStage, lrs, chunk: int, seed: int | None = None):
+    """Scores of ``lrs``, ``chunk`` lanes per call (a short last chunk is padded, not compiled)."""
+    lrs = list(lrs)
+    padded = lrs + lrs[-1:] * (-len(lrs) % chunk)
+    scores = [
+        _scores(stage.run(padded[i : i + chunk], seed=seed)) for i in range(0, len(padded), chunk)
+    ]
+    return np.concatenate(scores)[: len(lrs)]
 
 
 def _best(lrs, scores) -> tuple[float, float]:
@@ -189,6 +194,19 @@ def search_quality(
             "steady_seconds": c.summary(timings[name]),
             "compile_seconds": compile_seconds[lanes_of.get(name, points)],
         }
+
+    # The loss at a single (init, batch order) is noisy in the rate where training is fast and
+    # unstable; what a chosen rate is worth is its loss on new seeds (same split).
+    chosen = sorted({lr for m in found.values() for lr in m["best_lr"]} | {result.best_lr})
+    retrained = np.stack(
+        [
+            _evaluate_in_chunks(stage, chosen, points, seed=1000 + s)
+            for s in range(settings["retrain_seeds"])
+        ]
+    ).mean(axis=0)
+    worth = dict(zip(chosen, retrained.tolist(), strict=True))
+    for m in found.values():
+        m["retrained_loss"] = [worth[lr] for lr in m["best_lr"]]
     return {
         "lr_range": list(lr_range),
         "sweep": {
@@ -197,6 +215,7 @@ def search_quality(
             "evaluations": count,
             "stage_rates": stage_rates,
             "stop_reason": result.stop_reason,
+            "retrained_loss": worth[result.best_lr],
             "warnings": list(result.warnings),
         },
         "methods": found,
@@ -279,28 +298,33 @@ def run(mode: str = "full", model_fn: Callable | None = None, **overrides) -> di
     quality = search_quality(result, stage, compile_seconds, settings)
 
     dense_name = next(k for k in quality["methods"] if k.startswith("dense"))
-    dense_best = quality["methods"][dense_name]["best_loss"][0]
+    dense = quality["methods"][dense_name]
+    dense_best, dense_retrained = dense["best_loss"][0], dense["retrained_loss"][0]
     run_seconds = claim["with_compile"]["jaxsweep.run"]["median"]
     rows = []
     for name, m in quality["methods"].items():
-        losses, lrs = m["best_loss"], m["best_lr"]
+        losses, lrs, retrained = m["best_loss"], m["best_lr"], m["retrained_loss"]
         steady = m["steady_seconds"]["median"]
         if name.startswith("hierarchical"):
+            sweep_found = quality["sweep"]
             name, losses, lrs = (
                 "hierarchical (jaxsweep.run)",
-                [quality["sweep"]["best_loss"]],
-                [quality["sweep"]["best_lr"]],
+                [sweep_found["best_loss"]],
+                [sweep_found["best_lr"]],
             )
-            total = run_seconds
+            retrained, total = [sweep_found["retrained_loss"]], run_seconds
         else:
             total = steady + (m["compile_seconds"] or 0.0)
+        found, worth = float(np.median(losses)), float(np.median(retrained))
         rows.append(
             [
                 name,
                 m["evaluations"],
-                float(np.median(losses)),
+                found,
                 float(np.max(losses)),
-                c.ratio(float(np.median(losses)) - dense_best, dense_best),
+                100 * c.ratio(found - dense_best, dense_best),
+                worth,
+                100 * c.ratio(worth - dense_retrained, dense_retrained),
                 float(np.median(lrs)),
                 steady,
                 total,
@@ -331,7 +355,11 @@ def run(mode: str = "full", model_fn: Callable | None = None, **overrides) -> di
     grid_best = quality["methods"][grid_name]["best_loss"][0]
     targets = {
         "hierarchical <= 25-point grid": hier <= grid_best,
-        "hierarchical within 2% of dense grid": hier <= dense_best * 1.02,
+        "hierarchical within 2% of dense grid (best loss found)": hier <= dense_best * 1.02,
+        "hierarchical within 2% of dense grid (chosen rate retrained)": quality["sweep"][
+            "retrained_loss"
+        ]
+        <= dense_retrained * 1.02,
         "run >= 1.25x faster than (a), including compile": w["(a) sequential"]
         >= 1.25 * w["jaxsweep.run"],
         "run >= 4x faster than (b), including compile": w["(b) usual loop"]
@@ -347,9 +375,11 @@ def run(mode: str = "full", model_fn: Callable | None = None, **overrides) -> di
             [
                 "method",
                 "evaluations",
-                "best val loss (median)",
-                "best val loss (worst)",
-                "vs dense grid",
+                "best val loss found (median)",
+                "found (worst)",
+                "vs dense grid %",
+                f"chosen rate retrained, {settings['retrain_seeds']} new seeds",
+                "vs dense grid %",
                 "best rate (median)",
                 "search time, steady (s)",
                 "with compile (s)",
@@ -375,7 +405,13 @@ def run(mode: str = "full", model_fn: Callable | None = None, **overrides) -> di
     ]
     notes = [
         f"Random search and TPE: median and worst over {settings['search_seeds']} seeds; the "
-        "other methods are deterministic.",
+        "other methods are deterministic. 'Best val loss found' is the lowest final validation "
+        "loss a method saw (one init and batch order, the same for every method); 'retrained' "
+        f"is the mean final validation loss of the rate it chose over {settings['retrain_seeds']}"
+        " new inits and batch orders. Near the optimum one training run's loss is noisy in the "
+        "rate (float32 rounding alone moves it by up to "
+        f"{100 * claim['max_relative_score_difference_sequential']:.0f}%, see below), so many "
+        "evaluations there also find lucky draws; the retrained loss is what a choice is worth.",
         "Steady search time reuses compiled programs; 'with compile' adds one compile of the "
         "program each method needs (for jaxsweep.run: the median wall time of the whole call).",
         "(b) has no steady state (it compiles per rate); its 'steady' row repeats its full cost.",

@@ -61,6 +61,7 @@ def test_whole_sweep_structure():
         dense_points=10,
         dense_chunk=2,
         search_seeds=1,
+        retrain_seeds=1,
         repeats=1,
         engine_repeats=1,
         tpe=False,  # TPE is exercised by the precision test
@@ -77,6 +78,7 @@ def test_whole_sweep_structure():
     assert data["engine"]["diverged_agree"] and data["engine"]["same_rates_every_run"]
     # the dense grid contains the grid's range: it cannot be worse than its best
     assert methods["dense grid 10"]["best_loss"][0] <= methods["grid 4"]["best_loss"][0] + 1e-3
+    assert all(len(m["retrained_loss"]) == len(m["best_lr"]) for m in methods.values())
 
 
 def test_precision_closed_form_matches_gradient_descent():
