@@ -203,8 +203,10 @@ def search_quality(
             _evaluate_in_chunks(stage, chosen, points, seed=1000 + s)
             for s in range(settings["retrain_seeds"])
         ]
-    ).mean(axis=0)
-    worth = dict(zip(chosen, retrained.tolist(), strict=True))
+    )  # (seeds, chosen rates)
+    worth = dict(zip(chosen, retrained.mean(axis=0).tolist(), strict=True))
+    spread = retrained.std(axis=0, ddof=1) / np.sqrt(len(retrained)) if len(retrained) > 1 else 0
+    retrained_sem = float(np.median(spread))
     for m in found.values():
         m["retrained_loss"] = [worth[lr] for lr in m["best_lr"]]
     return {
@@ -219,6 +221,11 @@ def search_quality(
             "warnings": list(result.warnings),
         },
         "methods": found,
+        "retrained": {
+            "rates": chosen,
+            "per_seed": retrained.tolist(),
+            "median_standard_error": retrained_sem,
+        },
         "compile_seconds": {str(k): v for k, v in compile_seconds.items()},
     }
 
@@ -411,7 +418,9 @@ def run(mode: str = "full", model_fn: Callable | None = None, **overrides) -> di
         " new inits and batch orders. Near the optimum one training run's loss is noisy in the "
         "rate (float32 rounding alone moves it by up to "
         f"{100 * claim['max_relative_score_difference_sequential']:.0f}%, see below), so many "
-        "evaluations there also find lucky draws; the retrained loss is what a choice is worth.",
+        "evaluations there also find lucky draws; the retrained loss is what a choice is worth "
+        "(standard error of a retrained mean: about "
+        f"{quality['retrained']['median_standard_error']:.2g}).",
         "Steady search time reuses compiled programs; 'with compile' adds one compile of the "
         "program each method needs (for jaxsweep.run: the median wall time of the whole call).",
         "(b) has no steady state (it compiles per rate); its 'steady' row repeats its full cost.",
