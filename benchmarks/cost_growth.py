@@ -145,8 +145,11 @@ def run(mode: str = "full", **overrides) -> dict:
     targets = {
         f"{k} lanes need <= 5.5x the memory of 1 (worst model)": memory_ratio <= 5.5,
     }
-    stops = [r[0] for r in width_rows if r[5] < 1.25]
-    stops_a = [r[0] for r in width_rows if r[6] < 1.0]
+    efficiency = {r[0]: r[5] for r in width_rows}
+    against_a = {r[0]: r[6] for r in width_rows}
+    low_gain = [name for name, e in efficiency.items() if e < 1.25]
+    wins = [name for name, v in against_a.items() if v > 1.0]
+    lanes_a = {r[0]: r[4] for r in lane_rows}
     notes = [
         f"Efficiency = L x t(1 lane) / t(L lanes): how many one-lane stages a stage of L lanes "
         "is worth; 1 means vmap no longer saves anything. 'vs (a) runs' = L x t(one run of "
@@ -156,20 +159,18 @@ def run(mode: str = "full", **overrides) -> dict:
         "digits per stage.",
         "Memory: the compiled epoch program's arguments + outputs + temporaries - aliased "
         "(XLA's own account); the digits data is counted once, shared by every lane.",
-        (
-            f"On this machine vmap stops paying (efficiency of {k} lanes below 1.25) from the "
-            f"{stops[0]} model on: what lanes share (dispatch, the per-epoch fetch of metrics, "
-            "small-op overheads) is then a small part of the cost; the arithmetic of one lane "
-            "already occupies every core, so L lanes cost about L times one."
-            if stops
-            else f"vmap still pays at every model size tried ({k} lanes)."
-        ),
+        f"Against one-lane stages, {k} lanes are worth "
+        f"{min(efficiency.values()):.2f} to {max(efficiency.values()):.2f} one-lane stages "
+        f"across model sizes (below 1.25 for: {', '.join(low_gain) or 'none'}). What lanes "
+        "share is the per-call cost (dispatch, the per-epoch fetch of metrics, small "
+        "operations); the arithmetic is not shared: once one lane's arithmetic fills the "
+        "cores, L lanes cost about L times one.",
+        f"Against runs of (a), a stage of {k} lanes wins for: {', '.join(wins) or 'no model size'}"
+        f" (from {min(against_a.values()):.2f} to {max(against_a.values()):.2f}); on the base "
+        f"model, from {lanes_a[settings['lanes'][0]]:.2f} (1 lane) to "
+        f"{lanes_a[settings['lanes'][-1]]:.2f} ({settings['lanes'][-1]} lanes): more lanes "
+        "spread the stage's fixed cost over more runs.",
     ]
-    notes.append(
-        f"Against L runs of (a), a stage of {k} lanes loses from the {stops_a[0]} model on."
-        if stops_a
-        else f"Against {k} runs of (a), a stage of {k} lanes wins at every model size tried."
-    )
     if base_efficiency is not None:
         notes.append(f"Base model, {k} lanes: efficiency {base_efficiency:.2f}.")
     tables = [
