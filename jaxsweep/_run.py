@@ -271,14 +271,16 @@ class _Lanes(NamedTuple):
     values: jax.Array  # (lanes,) swept values
     init_keys: jax.Array  # (lanes,) parameter-initialisation keys (one per seed)
     data_keys: jax.Array  # (lanes,) batch-order keys (one per seed)
+    seed_index: np.ndarray  # (lanes,) int32: which seed each lane trains
 
 
 def _lanes(values: Sequence[float], seed_init_keys, seed_data_keys, seeds: int) -> _Lanes:
-    seed_of_lane = np.tile(np.arange(seeds), len(values))
+    seed_of_lane = np.tile(np.arange(seeds, dtype=np.int32), len(values))
     return _Lanes(
         values=jnp.asarray(np.repeat(np.asarray(values, np.float64), seeds), jnp.float32),
         init_keys=seed_init_keys[seed_of_lane],
         data_keys=seed_data_keys[seed_of_lane],
+        seed_index=seed_of_lane,
     )
 
 
@@ -470,7 +472,7 @@ def run(
             checkpoints.close()
 
 
-# Initialisation runs once per stage, for milliseconds, but its random-number code is long:
+# Initialisation runs once per sweep, for milliseconds, but its random-number code is long:
 # on CPU, skipping LLVM's optimisation passes compiles it ~3x faster (~2 s less per sweep).
 _INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
 
@@ -490,10 +492,19 @@ def _sweep(
     # vmapped programs (SPMD), and every output keeps the lane axis split the same way
     mesh = _sharding.lane_mesh(devices)
     data = _sharding.place_replicated(data, mesh)
-    init_lanes = jax.jit(programs.init_lanes, out_shardings=_sharding.lane_sharding(mesh))
+    start_lanes = jax.jit(programs.start_lanes, out_shardings=_sharding.lane_sharding(mesh))
     run_epoch = jax.jit(programs.run_epoch, out_shardings=_sharding.lane_sharding(mesh))
     compiled = None
-    compiled_init = None
+    # Parameters depend on the seed alone: initialise each seed once per sweep, on every
+    # device, and let each stage only gather them into its lanes and start fresh optimizers.
+    placed_init_keys = _sharding.place_replicated(seed_init_keys, mesh)
+    seed_params, seed_constants = (
+        jax.jit(programs.init_seeds, out_shardings=_sharding.replicated(mesh))
+        .lower(placed_init_keys)
+        .compile(compiler_options=_INIT_COMPILER_OPTIONS.get(jax.default_backend()))(
+            placed_init_keys
+        )
+    )
     points: list[float] = []
     scores: list[float] = []
     evaluations: list[Evaluation] = []
@@ -508,12 +519,8 @@ def _sweep(
         lanes = _lanes(values, seed_init_keys, seed_data_keys, config.seeds)
         lanes = _sharding.pad_lanes(lanes, _sharding.pad_count(real_lanes, len(devices)))
         lanes = _sharding.place_lanes(lanes, mesh)
-        nonlocal compiled_init
-        if compiled_init is None:
-            compiled_init = init_lanes.lower(lanes.init_keys, lanes.values).compile(
-                compiler_options=_INIT_COMPILER_OPTIONS.get(jax.default_backend())
-            )
-        return lanes, compiled_init(lanes.init_keys, lanes.values)
+        state = start_lanes(seed_params, seed_constants, lanes.seed_index, lanes.values)
+        return lanes, state
 
     # a rerun continues where the latest complete checkpoint stopped; every key and batch
     # order derives from (seed, epoch), so the rest trains exactly as it would have

@@ -50,6 +50,11 @@ class Programs(NamedTuple):
 
     init_lanes: Callable  # (init_keys (L,), values (L,)) -> LaneState
     run_epoch: Callable  # (state, data_keys (L,), epoch, x_tr, y_tr, x_val, y_val) -> ...
+    # The same start as init_lanes in two parts, so a sweep initialises each seed once:
+    init_seeds: Callable  # (init_keys (S,)) -> (params, constants), leading axis (S,)
+    start_lanes: (
+        Callable  # (params (S,), constants (S,), seed_index (L,), values (L,)) -> LaneState
+    )
 
 
 # ----------------------------------------------------------------------------- losses
@@ -83,11 +88,13 @@ def split_loss(value) -> tuple[jax.Array, dict]:
 # ----------------------------------------------------------------------------- norms
 
 
-def _norm(tree) -> jax.Array:
+def _squared_norm(tree) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
-    if not leaves:
-        return jnp.zeros(())
-    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in leaves))
+    return sum((jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in leaves), jnp.zeros(()))
+
+
+def _norm(tree) -> jax.Array:
+    return jnp.sqrt(_squared_norm(tree))
 
 
 def _per_module(tree) -> dict:
@@ -132,10 +139,18 @@ def make_programs(
     def loss_of(params, constants, x, y):
         return split_loss(loss_fn(model.apply(params, constants, x), y))
 
-    def init_lane(init_key, value) -> LaneState:
-        params, constants = model.init(init_key)
+    def start_lane(params, constants, value) -> LaneState:
         opt_state = set_hyperparam(optimizer.init(params), hyperparam, value)
         return LaneState(params, opt_state, constants)
+
+    def init_lane(init_key, value) -> LaneState:
+        return start_lane(*model.init(init_key), value)
+
+    def start_lanes(seed_params, seed_constants, seed_index, values) -> LaneState:
+        def of_lane(tree):
+            return jax.tree_util.tree_map(lambda a: a[seed_index], tree)
+
+        return jax.vmap(start_lane)(of_lane(seed_params), of_lane(seed_constants), values)
 
     def train_step(carry: LaneState, batch):
         x, y = batch
@@ -146,11 +161,13 @@ def make_programs(
         params = optax.apply_updates(carry.params, updates)
         module_grads, module_updates = _per_module(grads), _per_module(updates)
         module_params = _per_module(carry.params)
+        # one pass over the gradients serves both the per-module and the global norm
+        grad_squares = {k: _squared_norm(g) for k, g in module_grads.items()}
         step = {
             "loss": loss,
             "aux": aux,
-            "grad_norm": _norm(grads),
-            "module_grad_norm": {k: _norm(g) for k, g in module_grads.items()},
+            "grad_norm": jnp.sqrt(sum(grad_squares.values(), jnp.zeros(()))),
+            "module_grad_norm": {k: jnp.sqrt(v) for k, v in grad_squares.items()},
             "update_ratio": {
                 k: _norm(module_updates[k]) / (_norm(module_params[k]) + 1e-12)
                 for k in module_grads
@@ -186,6 +203,8 @@ def make_programs(
 
     return Programs(
         init_lanes=jax.vmap(init_lane, in_axes=(0, 0)),
+        init_seeds=jax.vmap(model.init),
+        start_lanes=start_lanes,
         # data and epoch are shared by all lanes: in_axes None keeps one copy on the device
         run_epoch=jax.vmap(run_lane_epoch, in_axes=(0, 0, None, None, None, None, None)),
     )
