@@ -47,7 +47,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._result import SweepResult, from_dict
+from ._result import SweepResult, decode_non_finite, encode_float, from_dict
 from ._train import EpochMetrics
 
 CHECKPOINT_FORMAT = 1
@@ -149,10 +149,7 @@ def _short(value) -> str:
 def _encode(value):
     """Plain JSON values; non-finite floats as strings, arrays as typed lists."""
     if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if not math.isfinite(value):
-            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-        return value
+        return encode_float(value)
     if isinstance(value, np.ndarray):
         return {
             "dtype": str(value.dtype),
@@ -168,11 +165,8 @@ def _encode(value):
     return value
 
 
-_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
 def _array(encoded: dict) -> np.ndarray:
-    values = [_NON_FINITE.get(v, v) if isinstance(v, str) else v for v in encoded["values"]]
+    values = [decode_non_finite(v) for v in encoded["values"]]
     return np.asarray(values, dtype=encoded["dtype"]).reshape(encoded["shape"])
 
 
@@ -440,7 +434,7 @@ class SweepCheckpoints:
         running, lanes = None, None
         if epoch > 0:
             record = progress["running"]
-            values = tuple(float(v) for v in _encode_free(record["values"]))
+            values = tuple(float(decode_non_finite(v)) for v in record["values"])
             running = Running(
                 values=values,
                 epoch_metrics=[_metrics_from_json(m) for m in record["epoch_metrics"]],
@@ -585,10 +579,6 @@ def _verify_arrays(item: str) -> None:
     store = tensorstore.KvStore.open({"driver": "ocdbt", "base": f"file://{item}"}).result()
     for key in store.list().result():
         store.read(key).result()
-
-
-def _encode_free(values):
-    return [_NON_FINITE.get(v, v) if isinstance(v, str) else v for v in values]
 
 
 def _first_line(error: BaseException) -> str:

@@ -130,9 +130,22 @@ class SweepResult:
         return self.to_dict() == other.to_dict()  # NaN-safe: compares encoded text
 
 
+def encode_float(value: float) -> float | str:
+    """A float as JSON allows it: non-finite values become "nan", "inf" or "-inf"."""
+    value = float(value)
+    if math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def decode_non_finite(value):
+    """Undoes :func:`encode_float`'s markers; every other value passes through."""
+    return _NON_FINITE[value] if isinstance(value, str) else value
+
+
 def _encode(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, float):
+        return encode_float(value)
     if isinstance(value, dict):
         return {str(k): _encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -144,7 +157,7 @@ _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 def _float(value) -> float:
-    return _NON_FINITE[value] if isinstance(value, str) else float(value)
+    return float(decode_non_finite(value))
 
 
 def _floats(values) -> tuple[float, ...]:
