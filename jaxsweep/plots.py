@@ -118,16 +118,22 @@ def _stage_ticks(ax, result: SweepResult) -> None:
 # ----------------------------------------------------------------------------- figures
 
 
+def _stage_panels(result: SweepResult, width: float):
+    """A stage-by-rate figure: the whole search, plus a zoom panel when the final stages need
+    one, sharing one score colour scale. Returns (figure, axes, zoom limits, norm, cmap)."""
+    zoom = _zoom_limits(result)
+    figure = _figure(12 if zoom else width, 5.5)
+    axes = figure.subplots(1, 2 if zoom else 1, squeeze=False)[0]
+    norm = _score_norm([e.score for e in result.evaluations])
+    return figure, axes, zoom, norm, _score_cmap()
+
+
 def heatmap(result: SweepResult):
     """Convergence heatmap: stage on x, learning rate on y, colour = score known after it."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    zoom = _zoom_limits(result)
-    figure = _figure(12 if zoom else 8, 5.5)
-    axes = figure.subplots(1, 2 if zoom else 1, squeeze=False)[0]
-    scores = [e.score for e in result.evaluations]
-    norm, cmap = _score_norm(scores), _score_cmap()
+    figure, axes, zoom, norm, cmap = _stage_panels(result, width=8)
     low, high = _span(result, pad=0.05)
     mesh = None
     for ax, limits in zip(axes, [(low, high), zoom], strict=False):
@@ -198,11 +204,7 @@ def search_path(result: SweepResult):
     """Every evaluated rate per stage, kept intervals shaded, the best rate's path joined."""
     from matplotlib.patches import Patch, Rectangle
 
-    zoom = _zoom_limits(result)
-    figure = _figure(12 if zoom else 7.5, 5.5)
-    axes = figure.subplots(1, 2 if zoom else 1, squeeze=False)[0]
-    scores = [e.score for e in result.evaluations]
-    norm, cmap = _score_norm(scores), _score_cmap()
+    figure, axes, zoom, norm, cmap = _stage_panels(result, width=7.5)
     interval = result.lr_interval
     points = None
     for ax, limits in zip(axes, [_span(result, 0.05), zoom], strict=False):
