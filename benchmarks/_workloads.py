@@ -132,21 +132,35 @@ class EngineStage:
         programs = make_programs(
             model, workload.loss, tx, "learning_rate", workload.batch_size, workload.n_train
         )
-        self._init = jax.jit(programs.init_lanes)
+        self._init_seeds = jax.jit(programs.init_seeds)
+        self._start = jax.jit(programs.start_lanes)
         self._epoch = jax.jit(programs.run_epoch)
         self.data = to_device(workload.split)
         self._compiled: dict[int, tuple[Any, Any]] = {}
+        self._compiled_init = None
+        self._seed_params: dict[int, Any] = {}
+
+    def seed_params(self, seed: int):
+        """One seed's initial (params, constants): made once per seed, as a sweep makes them."""
+        if seed not in self._seed_params:
+            init_keys, _ = _seed_keys(seed, 1)
+            if self._compiled_init is None:
+                self._compiled_init = self._init_seeds.lower(init_keys).compile(
+                    compiler_options=_INIT_COMPILER_OPTIONS.get(jax.default_backend())
+                )
+            self._seed_params[seed] = self._compiled_init(init_keys)
+        return self._seed_params[seed]
 
     def compile(self, lanes: int):
-        """Compiles the init and epoch programs for ``lanes`` lanes; returns the epoch program."""
+        """Compiles the lane-start and epoch programs for ``lanes`` lanes; returns the epoch one."""
         if lanes not in self._compiled:
-            values, init_keys, data_keys = lane_keys(self.workload, [1e-3] * lanes)
-            init = self._init.lower(init_keys, values).compile(
-                compiler_options=_INIT_COMPILER_OPTIONS.get(jax.default_backend())
-            )
-            state = jax.eval_shape(self._init, init_keys, values)
+            values, _, data_keys = lane_keys(self.workload, [1e-3] * lanes)
+            params, constants = self.seed_params(self.workload.seed)
+            seed_index = np.zeros(lanes, np.int32)
+            start = self._start.lower(params, constants, seed_index, values).compile()
+            state = jax.eval_shape(self._start, params, constants, seed_index, values)
             epoch = self._epoch.lower(state, data_keys, jnp.int32(0), *self.data).compile()
-            self._compiled[lanes] = (init, epoch)
+            self._compiled[lanes] = (start, epoch)
         return self._compiled[lanes][1]
 
     def run(self, lrs: Sequence[float], seed: int | None = None) -> np.ndarray:
@@ -155,10 +169,11 @@ class EngineStage:
         ``seed`` replaces the workload's seed for the init and batch order (same split).
         """
         self.compile(len(lrs))
-        init, epoch_program = self._compiled[len(lrs)]
+        start, epoch_program = self._compiled[len(lrs)]
         workload = self.workload if seed is None else self.workload._replace(seed=seed)
-        values, init_keys, data_keys = lane_keys(workload, lrs)
-        state = init(init_keys, values)
+        values, _, data_keys = lane_keys(workload, lrs)
+        params, constants = self.seed_params(workload.seed)
+        state = start(params, constants, np.zeros(len(lrs), np.int32), values)
         val_losses = []
         for epoch in range(self.workload.epochs):
             state, metrics = epoch_program(state, data_keys, jnp.int32(epoch), *self.data)

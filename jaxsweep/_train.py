@@ -48,9 +48,9 @@ class EpochMetrics(NamedTuple):
 class Programs(NamedTuple):
     """The pure functions a sweep jit-compiles once and calls for every stage."""
 
-    init_lanes: Callable  # (init_keys (L,), values (L,)) -> LaneState
     run_epoch: Callable  # (state, data_keys (L,), epoch, x_tr, y_tr, x_val, y_val) -> ...
-    # The same start as init_lanes in two parts, so a sweep initialises each seed once:
+    # Parameters depend on the seed alone: a sweep initialises each seed once, then every
+    # stage gathers them into its lanes and starts fresh optimizers.
     init_seeds: Callable  # (init_keys (S,)) -> (params, constants), leading axis (S,)
     start_lanes: (
         Callable  # (params (S,), constants (S,), seed_index (L,), values (L,)) -> LaneState
@@ -143,9 +143,6 @@ def make_programs(
         opt_state = set_hyperparam(optimizer.init(params), hyperparam, value)
         return LaneState(params, opt_state, constants)
 
-    def init_lane(init_key, value) -> LaneState:
-        return start_lane(*model.init(init_key), value)
-
     def start_lanes(seed_params, seed_constants, seed_index, values) -> LaneState:
         def of_lane(tree):
             return jax.tree_util.tree_map(lambda a: a[seed_index], tree)
@@ -202,7 +199,6 @@ def make_programs(
         return state, metrics
 
     return Programs(
-        init_lanes=jax.vmap(init_lane, in_axes=(0, 0)),
         init_seeds=jax.vmap(model.init),
         start_lanes=start_lanes,
         # data and epoch are shared by all lanes: in_axes None keeps one copy on the device
