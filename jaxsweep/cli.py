@@ -52,7 +52,6 @@ def stage_table(result: SweepResult):
 
 
 def _demo(args) -> int:
-
     import jaxsweep
     from jaxsweep.datasets import load_digits
     from jaxsweep.models import MLP
