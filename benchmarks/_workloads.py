@@ -1,7 +1,8 @@
 """The models, the data and the three ways of training several rates that the benchmarks compare.
 
 * :class:`EngineStage`: jaxsweep's own stage, every rate a lane of one vmapped, compiled epoch
-  program (built with the engine's ``make_programs``, exactly as ``jaxsweep.run`` builds it).
+  program: the sweep's own ``StagePrograms``, built by ``jaxsweep._driver.build_stage_programs``
+  from a checked ``Setup``, exactly as ``jaxsweep.run`` builds them.
 * :func:`make_train_one`: the best-practice sequential baseline (a): one jitted function with the
   rate as an argument, epochs and steps as ``lax.scan``; compiled once, called once per rate.
 * :func:`train_usual`: the usual loop (b): a new ``optax.adam(lr)`` and a new jitted step per
@@ -15,6 +16,7 @@ same losses: the benchmarks compare the cost of the same work.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -24,11 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxsweep import _run
-from jaxsweep._data import Split, prepare, to_device
-from jaxsweep._model import adapt
-from jaxsweep._run import _lanes, _seed_keys, resolve_optimizer
-from jaxsweep._train import cross_entropy, make_programs
+import jaxsweep
+from jaxsweep._data import Split, epoch_batches, prepare, to_device
+from jaxsweep._driver import build_stage_programs
+from jaxsweep._losses import cross_entropy
+from jaxsweep._setup import setup
+from jaxsweep._stage import compiled_memory, lane_inputs
 from jaxsweep.models import MLP
 
 # ----------------------------------------------------------------------------- models and data
@@ -100,104 +103,77 @@ def lane_keys(workload: Workload, lrs: Sequence[float]):
 
 @functools.lru_cache(maxsize=256)
 def _lane_keys(seed: int, lrs: tuple[float, ...]):
-    init_keys, data_keys = _seed_keys(seed, 1)
-    lanes = _lanes(lrs, init_keys, data_keys, 1)
+    lanes = lane_inputs(lrs, seed, seeds=1)
     return lanes.values, lanes.init_keys, lanes.data_keys
-
-
-def epoch_order(data_key, epoch, n_train: int, batch_size: int):
-    """Batch indices of one epoch: a permutation from (data key, epoch), remainder dropped."""
-    steps = n_train // batch_size
-    order = jax.random.permutation(jax.random.fold_in(data_key, epoch), n_train)
-    return order[: steps * batch_size].reshape(steps, batch_size)
 
 
 # ----------------------------------------------------------------------------- jaxsweep's stage
 
-# the sweep compiles its small init program with these options (cheaper compile on CPU)
-_INIT_COMPILER_OPTIONS = getattr(_run, "_INIT_COMPILER_OPTIONS", {})
-
 
 class EngineStage:
-    """jaxsweep's stage programs for one workload, compiled ahead of time per lane count.
+    """jaxsweep's stage programs for one workload, on one device, compiled per lane count.
 
-    Built fresh, it holds new closures, so its first ``compile`` pays the full compile cost
-    (as a new ``jaxsweep.run`` does); later calls reuse the compiled programs.
+    The programs are the sweep's own (``build_stage_programs`` of a ``Setup`` checked by the
+    same code as ``jaxsweep.run``); a stage starts, trains and gathers its metrics through
+    them as a sweep does. Built fresh, it holds new closures, so its first ``compile`` pays the
+    full compile cost (as a new ``jaxsweep.run`` does); later calls reuse the compiled programs.
     """
 
     def __init__(self, workload: Workload):
         self.workload = workload
-        model = adapt(workload.model_fn, workload.split.x_train[:1])
-        tx = resolve_optimizer(workload.optimizer, "learning_rate")
-        programs = make_programs(
-            model, workload.loss, tx, "learning_rate", workload.batch_size, workload.n_train
+        checked = setup(
+            workload.model_fn,
+            {"train": workload.split[:2], "val": workload.split[2:]},
+            **_run_arguments(workload),
         )
-        self._init_seeds = jax.jit(programs.init_seeds)
-        self._start = jax.jit(programs.start_lanes)
-        self._epoch = jax.jit(programs.run_epoch)
-        self.data = to_device(workload.split)
-        self._compiled: dict[int, tuple[Any, Any]] = {}
-        self._compiled_init = None
-        self._seed_params: dict[int, Any] = {}
+        self.stage = build_stage_programs(checked)
+        self.data = self.stage.data
 
-    def seed_params(self, seed: int):
-        """One seed's initial (params, constants): made once per seed, as a sweep makes them."""
-        if seed not in self._seed_params:
-            init_keys, _ = _seed_keys(seed, 1)
-            if self._compiled_init is None:
-                self._compiled_init = self._init_seeds.lower(init_keys).compile(
-                    compiler_options=_INIT_COMPILER_OPTIONS.get(jax.default_backend())
-                )
-            self._seed_params[seed] = self._compiled_init(init_keys)
-        return self._seed_params[seed]
+    def _start(self, lrs: Sequence[float], seed: int):
+        lanes = self.stage.start(lrs, seed=seed, seeds=1)
+        self.stage.compile(lanes)
+        return lanes
 
     def compile(self, lanes: int):
         """Compiles the lane-start and epoch programs for ``lanes`` lanes; returns the epoch one."""
-        if lanes not in self._compiled:
-            values, _, data_keys = lane_keys(self.workload, [1e-3] * lanes)
-            params, constants = self.seed_params(self.workload.seed)
-            seed_index = np.zeros(lanes, np.int32)
-            start = self._start.lower(params, constants, seed_index, values).compile()
-            state = jax.eval_shape(self._start, params, constants, seed_index, values)
-            epoch = self._epoch.lower(state, data_keys, jnp.int32(0), *self.data).compile()
-            self._compiled[lanes] = (start, epoch)
-        return self._compiled[lanes][1]
+        return self.stage.compiled_epoch(self._start([1e-3] * lanes, self.workload.seed))
 
     def run(self, lrs: Sequence[float], seed: int | None = None) -> np.ndarray:
         """Trains every rate as one stage; the validation loss per (rate, epoch).
 
         ``seed`` replaces the workload's seed for the init and batch order (same split).
         """
-        self.compile(len(lrs))
-        start, epoch_program = self._compiled[len(lrs)]
-        workload = self.workload if seed is None else self.workload._replace(seed=seed)
-        values, _, data_keys = lane_keys(workload, lrs)
-        params, constants = self.seed_params(workload.seed)
-        state = start(params, constants, np.zeros(len(lrs), np.int32), values)
-        val_losses = []
+        lanes = self._start(lrs, self.workload.seed if seed is None else seed)
+        state, val_losses = lanes.state, []
         for epoch in range(self.workload.epochs):
-            state, metrics = epoch_program(state, data_keys, jnp.int32(epoch), *self.data)
+            state, metrics = self.stage.run_epoch(lanes, state, epoch)
             # the sweep fetches every metric after each epoch (progress, divergence, results)
-            val_losses.append(np.asarray(jax.device_get(metrics).val_loss))
+            val_losses.append(lanes.layout.gather(metrics).val_loss)
         return np.stack(val_losses, axis=1)
 
     def memory_bytes(self, lanes: int) -> dict[str, int]:
         """The compiled epoch program's memory: arguments, outputs, temporaries, total."""
-        analysis = self.compile(lanes).memory_analysis()
-        total = (
-            analysis.argument_size_in_bytes
-            + analysis.output_size_in_bytes
-            + analysis.temp_size_in_bytes
-            - analysis.alias_size_in_bytes
-        )
         data = sum(int(np.asarray(a).nbytes) for a in self.data)
-        return {
-            "arguments": int(analysis.argument_size_in_bytes),
-            "outputs": int(analysis.output_size_in_bytes),
-            "temporaries": int(analysis.temp_size_in_bytes),
-            "total": int(total),
-            "data": data,
-        }
+        return {**compiled_memory(self.compile(lanes)), "data": data}
+
+
+def _run_arguments(workload: Workload) -> dict[str, Any]:
+    """``jaxsweep.run``'s keyword arguments for this workload: its defaults, one device, quiet."""
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(jaxsweep.run).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    return {
+        **defaults,
+        "loss": workload.loss,
+        "optimizer": workload.optimizer,
+        "epochs": workload.epochs,
+        "batch_size": workload.batch_size,
+        "seed": workload.seed,
+        "devices": jax.local_devices()[:1],
+        "progress": False,
+    }
 
 
 # ----------------------------------------------------------------------------- (a) best practice
@@ -228,7 +204,7 @@ def make_train_one(workload: Workload) -> Callable:
             return (optax.apply_updates(params, updates), opt_state), loss
 
         def epoch(carry, e):
-            order = epoch_order(data_key, e, n_train, batch_size)
+            order = epoch_batches(data_key, e, n_train, batch_size)
             carry, losses = jax.lax.scan(step, carry, order)
             return carry, (jnp.mean(losses), loss_of(carry[0], x_val, y_val))
 
@@ -303,7 +279,7 @@ def train_usual(workload: Workload, lrs: Sequence[float]) -> np.ndarray:
 
         val_losses = []
         for epoch in range(workload.epochs):
-            order = np.asarray(epoch_order(data_keys[i], epoch, n_train, batch_size))
+            order = np.asarray(epoch_batches(data_keys[i], epoch, n_train, batch_size))
             for indices in order:
                 params, opt_state, _ = step(
                     params, opt_state, split.x_train[indices], split.y_train[indices]

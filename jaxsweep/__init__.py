@@ -11,9 +11,9 @@ from ._result import Evaluation as Evaluation
 from ._result import Stage as Stage
 from ._result import SweepResult as SweepResult
 from ._result import load as load
-from ._run import SearchRangeWarning as SearchRangeWarning
 from ._run import run as run
 from ._sharding import is_writer as is_writer
+from ._warnings import SearchRangeWarning as SearchRangeWarning
 from .plots import plot as plot
 from .report import report as report
 

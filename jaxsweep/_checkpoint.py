@@ -40,15 +40,17 @@ import numbers
 import os
 import shutil
 import time
-import warnings
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
+from ._history import History, Running
 from ._result import SweepResult, decode_non_finite, encode_float, from_dict
+from ._sharding import LaneLayout, replicated
 from ._train import EpochMetrics
+from ._warnings import warn
 
 CHECKPOINT_FORMAT = 1
 RESUME_MODES = ("auto", "require", "overwrite")
@@ -183,18 +185,39 @@ def _metrics_from_json(encoded: dict) -> EpochMetrics:
     return EpochMetrics(**{name: decode(value) for name, value in encoded.items()})
 
 
-# ----------------------------------------------------------------------------- records
+def _running_to_json(running: Running) -> dict:
+    return {
+        "values": _encode(list(running.values)),
+        "epoch_metrics": [_metrics_to_json(m) for m in running.epoch_metrics],
+        "seconds_per_epoch": list(running.seconds_per_epoch),
+        "seconds": running.seconds,
+        "compile_seconds": running.compile_seconds,
+    }
 
 
-@dataclasses.dataclass(frozen=True)
-class Running:
-    """The part of a stage trained before the checkpoint."""
+def _running_from_json(record: dict) -> Running:
+    return Running(
+        values=tuple(float(decode_non_finite(v)) for v in record["values"]),
+        epoch_metrics=tuple(_metrics_from_json(m) for m in record["epoch_metrics"]),
+        seconds_per_epoch=tuple(record["seconds_per_epoch"]),
+        seconds=float(record["seconds"]),
+        compile_seconds=float(record["compile_seconds"]),
+    )
 
-    values: tuple[float, ...]  # the stage's swept values (checked against the plan on resume)
-    epoch_metrics: list  # one EpochMetrics of host arrays per finished epoch, real lanes only
-    seconds_per_epoch: tuple[float, ...]
-    seconds: float  # wall time spent in the stage so far
-    compile_seconds: float
+
+# ----------------------------------------------------------------------------- lane state
+
+
+class LaneTemplate(NamedTuple):
+    """What restoring a running stage needs to know about this sweep's lanes (data only).
+
+    Every stage of a sweep has the same lanes, so one template serves any resume point.
+    """
+
+    state: Any  # one stage's lane state as shapes (jax.ShapeDtypeStruct), real lanes only
+    init_keys: np.ndarray  # (lanes, ...) raw bits of the lanes' initialisation keys
+    data_keys: np.ndarray  # (lanes, ...) raw bits of the lanes' batch-order keys
+    layout: LaneLayout  # how a restored state is padded and placed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,65 +227,203 @@ class ResumePoint:
     step: int
     stage: int  # the stage to run (or continue)
     epoch: int  # epochs of that stage already trained (0: start it)
-    history: SweepResult  # finished stages: evaluations, stage records, warnings
+    history: History  # the finished stages
     running: Running | None  # the stage's partial record, when ``epoch > 0``
-    lanes: Any  # its restored lane state, placed like a fresh one, when ``epoch > 0``
-    result: SweepResult | None  # the stored result of a finished sweep
+    lanes: Any  # its restored lane state, padded and placed by the template's layout
 
 
-def history_record(evaluations, stages, notes, record) -> SweepResult:
-    """The finished stages as a partial result (its best fields are unused)."""
-    return SweepResult(
-        best_lr=math.nan,
-        best_score=math.inf,
-        evaluations=tuple(evaluations),
-        stages=tuple(stages),
-        config=dict(record),
-        environment={},
-        warnings=tuple(notes),
-    )
-
-
-# ----------------------------------------------------------------------------- lane state
-
-
-def _real_lanes(tree, lanes: int):
-    """Drops lanes padded for a device count: a checkpoint holds the real lanes only."""
-    return jax.tree.map(lambda a: a if a.shape[0] == lanes else a[:lanes], tree)
-
-
-def _replicated_like(leaf):
-    sharding = getattr(leaf, "sharding", None)
-    if isinstance(sharding, jax.sharding.NamedSharding):
-        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    return sharding
-
-
-def _place_like(restored, fresh):
-    """Pads restored real lanes to the fresh state's lane count and places them the same way."""
-
-    def place(saved, like):
-        host = np.asarray(saved)
-        missing = like.shape[0] - host.shape[0]
-        if missing:  # padding repeats the last lane, as the device padding does
-            host = np.concatenate([host, np.repeat(host[-1:], missing, axis=0)])
-        return jax.make_array_from_callback(like.shape, like.sharding, lambda index: host[index])
-
-    return jax.tree.map(place, restored, fresh)
-
-
-def _lanes_item(state, inputs, stage: int, epoch: int, lanes: int) -> dict:
-    """The ``lanes`` item: state, random keys (raw bits), swept values, counters."""
+def _lanes_item(state, inputs, stage: int, epoch: int, layout: LaneLayout) -> dict:
+    """The ``lanes`` item: state, random keys (raw bits), swept values, counters (real lanes)."""
     keys = {"init_keys": inputs.init_keys, "data_keys": inputs.data_keys}
     return {
-        "state": _real_lanes(state, lanes),
-        "keys": {name: _real_lanes(jax.random.key_data(k), lanes) for name, k in keys.items()},
-        "values": _real_lanes(inputs.values, lanes),
+        "state": layout.real(state),
+        "keys": {name: layout.real(jax.random.key_data(k)) for name, k in keys.items()},
+        "values": layout.real(inputs.values),
         "counters": np.asarray([stage, epoch], np.int32),
     }
 
 
-# ----------------------------------------------------------------------------- the store
+def _restore_target(template: LaneTemplate, stage: int, epoch: int) -> dict:
+    """The abstract ``lanes`` item; a replicated placement lets any device count read it."""
+    sharding = replicated(template.layout.mesh)
+
+    def target(leaf):
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+    keys = {"init_keys": template.init_keys, "data_keys": template.data_keys}
+    return {
+        # the state's tree brings back the optax state types
+        "state": jax.tree.map(target, template.state),
+        "keys": {name: target(k) for name, k in keys.items()},
+        "values": target(jax.ShapeDtypeStruct((template.layout.lanes,), np.float32)),
+        "counters": np.asarray([stage, epoch], np.int32),
+    }
+
+
+def _check_restored(restored: dict, template: LaneTemplate, stage, epoch, values) -> None:
+    """Raises when the saved lanes are not this sweep's lanes at this point."""
+    counters = np.asarray(restored["counters"]).tolist()
+    if counters != [stage, epoch]:
+        raise ValueError(f"lanes record stage/epoch {counters}, progress says {stage}/{epoch}")
+    for name in ("init_keys", "data_keys"):
+        if not np.array_equal(np.asarray(restored["keys"][name]), getattr(template, name)):
+            raise ValueError(f"the saved {name} random keys differ from this sweep's")
+    expected = np.repeat(np.asarray(values, np.float32), template.layout.lanes // len(values))
+    if not np.array_equal(np.asarray(restored["values"]), expected):
+        raise ValueError("the saved lane values differ from this stage's")
+
+
+# ----------------------------------------------------------------------------- the directory
+
+
+class StepStore:
+    """The Orbax steps of one directory: read, save, set aside, delete. No sweep logic.
+
+    Opening removes what killed saves left (Orbax's temporary step directories).
+    """
+
+    def __init__(self, directory: str):
+        import orbax.checkpoint as ocp
+        from orbax.checkpoint import checkpoint_managers
+
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise ValueError(f"checkpoint_dir: {directory} exists and is not a directory")
+        self.directory = directory
+        self._ocp = ocp
+        _remove_temporary(directory)
+        self._manager = ocp.CheckpointManager(
+            directory,
+            item_names=("lanes", "progress"),
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=checkpoint_managers.LatestN(KEEP),
+                enable_async_checkpointing=True,
+                create=True,
+            ),
+        )
+
+    def steps(self) -> list[int]:
+        """The complete steps, newest first."""
+        return sorted(self._manager.all_steps(), reverse=True)
+
+    def read_progress(self, step: int) -> dict:
+        args = self._ocp.args.Composite(progress=self._ocp.args.JsonRestore())
+        progress = self._manager.restore(step, args=args).progress
+        if not isinstance(progress, dict) or "fingerprint" not in progress:
+            raise ValueError("no jaxsweep progress record")
+        return progress
+
+    def read_lanes(self, step: int, target: dict) -> dict:
+        _verify_arrays(os.path.join(self.directory, str(step), "lanes"))
+        args = self._ocp.args.Composite(lanes=self._ocp.args.StandardRestore(target))
+        return self._manager.restore(step, args=args).lanes
+
+    def save(self, step: int, progress: dict, lanes_item: dict | None) -> None:
+        """Starts an asynchronous save of ``progress`` (JSON) and, if given, the lanes."""
+        ocp = self._ocp
+        items = {"progress": ocp.args.JsonSave({"format": CHECKPOINT_FORMAT, **progress})}
+        if lanes_item is not None:
+            items["lanes"] = ocp.args.StandardSave(lanes_item)
+        if step in self._manager.all_steps():  # only after a damaged step was set aside
+            self._manager.delete(step)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def set_aside(self, step: int, error: BaseException) -> None:
+        """Moves a step that cannot be read to ``<step>.damaged``, with a warning."""
+        source = os.path.join(self.directory, str(step))
+        target, suffix = f"{source}.damaged", 1
+        while os.path.exists(target):
+            suffix += 1
+            target = f"{source}.damaged-{suffix}"
+        os.replace(source, target)
+        self._manager.reload()
+        warn(
+            f"checkpoint_dir: step {step} of {self.directory} could not be read "
+            f"({type(error).__name__}: {_first_line(error)}); moved it to {target}; the "
+            "previous complete checkpoint is used instead, if there is one",
+            CheckpointWarning,
+        )
+
+    def delete_all(self) -> None:
+        for step in self._manager.all_steps():
+            self._manager.delete(step)
+        self._manager.reload()
+
+    def close(self) -> None:
+        """Waits for pending saves to be complete on disk (safe to call twice)."""
+        if self._manager is not None:
+            manager, self._manager = self._manager, None
+            manager.wait_until_finished()
+            manager.close()
+
+
+def _remove_temporary(directory: str) -> None:
+    """Deletes Orbax's unfinished temporary step directories (left by killed saves)."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if ".orbax-checkpoint-tmp" in name:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- policy
+
+
+def readable_steps(store: StepStore, fingerprint: dict, resume: str) -> list[tuple[int, dict]]:
+    """This sweep's steps whose JSON reads, newest first; damaged steps are set aside.
+
+    Another sweep's steps are refused (``ConfigurationMismatchError``) or, with
+    ``resume="overwrite"``, deleted with a warning.
+    """
+    current = {**fingerprint, "checkpoint.format": CHECKPOINT_FORMAT}
+    readable = []
+    for step in store.steps():
+        try:
+            progress = store.read_progress(step)
+        except Exception as error:  # a damaged step: any reader error means unusable
+            store.set_aside(step, error)
+            continue
+        saved = {**progress["fingerprint"], "checkpoint.format": progress.get("format")}
+        if saved != current:
+            _on_mismatch(store, differences(saved, current), resume)
+            return []
+        readable.append((step, progress))
+    return readable
+
+
+def _on_mismatch(store: StepStore, changed: list[str], resume: str) -> None:
+    if resume == "overwrite":
+        store.delete_all()
+        warn(
+            f"checkpoint_dir: replaced the checkpoints of a different sweep in "
+            f"{store.directory} (resume='overwrite'); it differed in: " + "; ".join(changed),
+            CheckpointWarning,
+        )
+        return
+    raise ConfigurationMismatchError(
+        f"checkpoint_dir: {store.directory} holds checkpoints of a different sweep, so it "
+        "cannot be resumed by this call. Differences (saved -> now):\n  "
+        + "\n  ".join(changed)
+        + "\nNothing was changed on disk. To resume it, rerun with its original arguments "
+        "and data; to keep it and start this sweep, pass another checkpoint_dir; to replace "
+        "it with this sweep, pass resume='overwrite'."
+    )
+
+
+def restore(store: StepStore, step: int, progress: dict, template: LaneTemplate) -> ResumePoint:
+    """The resume point a step describes, its running lanes restored and placed."""
+    stage, epoch = int(progress["stage"]), int(progress["epoch"])
+    # inside stage 0 nothing is finished yet: no history was written
+    history = History.from_record(progress["history"])
+    if epoch == 0:
+        return ResumePoint(step, stage, epoch, history, None, None)
+    running = _running_from_json(progress["running"])
+    restored = store.read_lanes(step, _restore_target(template, stage, epoch))
+    _check_restored(restored, template, stage, epoch, running.values)
+    lanes = template.layout.place(restored["state"])
+    return ResumePoint(step, stage, epoch, history, running, lanes)
+
+
+# ----------------------------------------------------------------------------- the sweep's view
 
 
 class SweepCheckpoints:
@@ -276,114 +437,22 @@ class SweepCheckpoints:
         replaces another sweep's checkpoints (with a warning) instead of refusing.
       every_seconds: least time between two saves inside a stage (stage ends always save).
       epochs: epochs per stage (the step number is ``stage * epochs + epoch``).
+      config: the result's ``config`` record, stored with the history.
     """
 
-    def __init__(
-        self, directory: str, fingerprint: dict, resume: str, every_seconds: float, epochs: int
-    ):
-        import orbax.checkpoint as ocp
-        from orbax.checkpoint import checkpoint_managers
-
+    def __init__(self, directory, fingerprint, resume, every_seconds, epochs, config):
         self.directory = directory
-        self._ocp = ocp
-        self._fingerprint = fingerprint
-        self._resume = resume
-        self._every_seconds = every_seconds
-        self._epochs = epochs
-        self._history: dict | None = None
+        self._fingerprint, self._resume, self._config = fingerprint, resume, config
+        self._every_seconds, self._epochs = every_seconds, epochs
+        self._history: dict | None = None  # the stored history the next save carries
         self._last_save = time.monotonic()
-        self.saves = 0  # steps written by this process
-        self.blocking_seconds = 0.0  # time the sweep waited for saves (copy to host, JSON)
         self.resumed_from: tuple[int, int] | None = None
-        if os.path.exists(directory) and not os.path.isdir(directory):
-            raise ValueError(f"checkpoint_dir: {directory} exists and is not a directory")
-        self._remove_temporary()
-        self._manager = ocp.CheckpointManager(
-            directory,
-            item_names=("lanes", "progress"),
-            options=ocp.CheckpointManagerOptions(
-                preservation_policy=checkpoint_managers.LatestN(KEEP),
-                enable_async_checkpointing=True,
-                create=True,
-            ),
-        )
+        self._store = StepStore(directory)
         try:
-            self._candidates = self._readable_steps()
+            self._candidates = readable_steps(self._store, fingerprint, resume)
         except BaseException:
             self.close()
             raise
-
-    # -- opening
-
-    def _remove_temporary(self) -> None:
-        """Deletes what killed saves left: Orbax's unfinished temporary step directories."""
-        if not os.path.isdir(self.directory):
-            return
-        for name in os.listdir(self.directory):
-            if ".orbax-checkpoint-tmp" in name:
-                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-
-    def _set_aside(self, step: int, error: BaseException) -> None:
-        source = os.path.join(self.directory, str(step))
-        target = f"{source}.damaged"
-        suffix = 1
-        while os.path.exists(target):
-            suffix += 1
-            target = f"{source}.damaged-{suffix}"
-        os.replace(source, target)
-        self._manager.reload()
-        warnings.warn(
-            f"checkpoint_dir: step {step} of {self.directory} could not be read "
-            f"({type(error).__name__}: {_first_line(error)}); moved it to {target}; the "
-            "previous complete checkpoint is used instead, if there is one",
-            CheckpointWarning,
-            stacklevel=5,
-        )
-
-    def _read_progress(self, step: int) -> dict:
-        args = self._ocp.args.Composite(progress=self._ocp.args.JsonRestore())
-        progress = self._manager.restore(step, args=args).progress
-        if not isinstance(progress, dict) or "fingerprint" not in progress:
-            raise ValueError("no jaxsweep progress record")
-        return progress
-
-    def _readable_steps(self) -> list[tuple[int, dict]]:
-        """Steps whose JSON reads, newest first; refuses (or replaces) another sweep's."""
-        readable = []
-        for step in sorted(self._manager.all_steps(), reverse=True):
-            try:
-                progress = self._read_progress(step)
-            except Exception as error:  # a damaged step: any reader error means unusable
-                self._set_aside(step, error)
-                continue
-            saved = {**progress["fingerprint"], "checkpoint.format": progress.get("format")}
-            if saved != {**self._fingerprint, "checkpoint.format": CHECKPOINT_FORMAT}:
-                self._mismatch(saved)
-                return []
-            readable.append((step, progress))
-        return readable
-
-    def _mismatch(self, saved: dict) -> None:
-        changed = differences(saved, {**self._fingerprint, "checkpoint.format": CHECKPOINT_FORMAT})
-        if self._resume == "overwrite":
-            for step in self._manager.all_steps():
-                self._manager.delete(step)
-            self._manager.reload()
-            warnings.warn(
-                f"checkpoint_dir: replaced the checkpoints of a different sweep in "
-                f"{self.directory} (resume='overwrite'); it differed in: " + "; ".join(changed),
-                CheckpointWarning,
-                stacklevel=5,
-            )
-            return
-        raise ConfigurationMismatchError(
-            f"checkpoint_dir: {self.directory} holds checkpoints of a different sweep, so it "
-            "cannot be resumed by this call. Differences (saved -> now):\n  "
-            + "\n  ".join(changed)
-            + "\nNothing was changed on disk. To resume it, rerun with its original arguments "
-            "and data; to keep it and start this sweep, pass another checkpoint_dir; to replace "
-            "it with this sweep, pass resume='overwrite'."
-        )
 
     @property
     def finished(self) -> SweepResult | None:
@@ -401,111 +470,42 @@ class SweepCheckpoints:
                 "checkpoint of this sweep"
             )
 
-    # -- resuming
-
-    def resume_point(self, fresh_state: Callable[[Sequence[float]], Any], lanes_of: Callable):
+    def resume_point(self, template: LaneTemplate) -> ResumePoint | None:
         """The latest point to resume from, its lanes restored, or None to start afresh.
 
-        Args:
-          fresh_state: ``values -> (inputs, state)``: the per-lane inputs (``values``,
-            ``init_keys``, ``data_keys``) and the freshly initialised, placed lane state of a
-            stage with these values; its tree (optax state types included), shapes and
-            placement are the restore target.
-          lanes_of: ``values -> number of real lanes``.
+        A step whose arrays cannot be read is set aside and the one before it is tried.
         """
         while self._candidates:
-            step, progress = self._candidates[0]
+            step, progress = self._candidates.pop(0)
             try:
-                point = self._point(step, progress, fresh_state, lanes_of)
+                point = restore(self._store, step, progress, template)
             except Exception as error:  # damaged arrays: fall back to the previous step
-                self._candidates.pop(0)
-                self._set_aside(step, error)
+                self._store.set_aside(step, error)
                 continue
             self._history = progress["history"]
             self.resumed_from = (point.stage, point.epoch)
             return point
         return None
 
-    def _point(self, step: int, progress: dict, fresh_state, lanes_of) -> ResumePoint:
-        stage, epoch = int(progress["stage"]), int(progress["epoch"])
-        # inside stage 0 nothing is finished yet: no history was written
-        saved = progress["history"]
-        history = from_dict(saved) if saved is not None else history_record((), (), (), {})
-        running, lanes = None, None
-        if epoch > 0:
-            record = progress["running"]
-            values = tuple(float(decode_non_finite(v)) for v in record["values"])
-            running = Running(
-                values=values,
-                epoch_metrics=[_metrics_from_json(m) for m in record["epoch_metrics"]],
-                seconds_per_epoch=tuple(record["seconds_per_epoch"]),
-                seconds=float(record["seconds"]),
-                compile_seconds=float(record["compile_seconds"]),
-            )
-            lanes = self._restore_lanes(step, stage, epoch, values, fresh_state, lanes_of)
-        result = from_dict(progress["result"]) if progress.get("result") else None
-        return ResumePoint(step, stage, epoch, history, running, lanes, result)
-
-    def _restore_lanes(self, step, stage, epoch, values, fresh_state, lanes_of):
-        ocp = self._ocp
-        inputs, fresh = fresh_state(values)
-        like = _lanes_item(fresh, inputs, stage, epoch, lanes_of(values))
-
-        # The target is the same initialisation, traced abstractly: its tree brings back the
-        # optax state types; a replicated placement lets any device count read it.
-        def target(leaf):
-            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=_replicated_like(leaf))
-
-        _verify_arrays(os.path.join(self.directory, str(step), "lanes"))
-        abstract = jax.tree.map(target, jax.eval_shape(lambda tree: tree, like))
-        abstract["counters"] = like["counters"]
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(lanes=ocp.args.StandardRestore(abstract))
-        ).lanes
-        counters = np.asarray(restored["counters"]).tolist()
-        if counters != [stage, epoch]:
-            raise ValueError(f"lanes record stage/epoch {counters}, progress says {stage}/{epoch}")
-        for name, key in like["keys"].items():
-            if not np.array_equal(np.asarray(restored["keys"][name]), np.asarray(key)):
-                raise ValueError(f"the saved {name} random keys differ from this sweep's")
-        if not np.array_equal(np.asarray(restored["values"]), np.asarray(like["values"])):
-            raise ValueError("the saved lane values differ from this stage's")
-        return _place_like(restored["state"], fresh)
-
-    # -- saving
-
-    def _save(self, step: int, progress: dict, lanes_item: dict | None) -> None:
-        ocp = self._ocp
-        started = time.perf_counter()
-        items = {"progress": ocp.args.JsonSave({"format": CHECKPOINT_FORMAT, **progress})}
-        if lanes_item is not None:
-            items["lanes"] = ocp.args.StandardSave(lanes_item)
-        if step in self._manager.all_steps():  # only after a damaged step was set aside
-            self._manager.delete(step)
-        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-        self.saves += 1
-        self.blocking_seconds += time.perf_counter() - started
-        self._last_save = time.monotonic()
-
-    def _progress(self, stage: int, epoch: int, **extra) -> dict:
-        return {
+    def _save(self, stage: int, epoch: int, lanes_item: dict | None = None, **extra) -> None:
+        progress = {
             "fingerprint": self._fingerprint,
             "stage": stage,
             "epoch": epoch,
             "history": self._history,
             **extra,
         }
+        self._store.save(stage * self._epochs + epoch, progress, lanes_item)
+        self._last_save = time.monotonic()
 
-    def epoch_done(
-        self, stage: int, epoch: int, state, inputs, lanes: int, running: Running
-    ) -> bool:
+    def epoch_done(self, stage: int, epoch: int, state, inputs, layout, running: Running) -> bool:
         """Saves after ``epoch`` epochs of ``stage`` when ``every_seconds`` have passed.
 
         Args:
           stage, epoch: the stage, and how many of its epochs are trained.
           state: the lane state after those epochs (device arrays, maybe padded).
-          inputs: the per-lane inputs (``values``, ``init_keys``, ``data_keys``).
-          lanes: how many lanes are real (the rest is padding).
+          inputs: the per-lane inputs (``values``, ``init_keys``, ``data_keys``), placed.
+          layout: the stage's lane layout (which lanes are real).
           running: the stage's record so far.
 
         Returns:
@@ -513,35 +513,24 @@ class SweepCheckpoints:
         """
         if epoch >= self._epochs or time.monotonic() - self._last_save < self._every_seconds:
             return False
-        record = {
-            "values": _encode(list(running.values)),
-            "epoch_metrics": [_metrics_to_json(m) for m in running.epoch_metrics],
-            "seconds_per_epoch": list(running.seconds_per_epoch),
-            "seconds": running.seconds,
-            "compile_seconds": running.compile_seconds,
-        }
-        item = _lanes_item(state, inputs, stage, epoch, lanes)
-        self._save(stage * self._epochs + epoch, self._progress(stage, epoch, running=record), item)
+        item = _lanes_item(state, inputs, stage, epoch, layout)
+        self._save(stage, epoch, item, running=_running_to_json(running))
         return True
 
-    def stage_done(self, stage: int, history: SweepResult) -> None:
+    def stage_done(self, stage: int, history: History) -> None:
         """Saves the boundary after ``stage``: the history only, no arrays."""
-        self._history = history.to_dict()
-        self._save((stage + 1) * self._epochs, self._progress(stage + 1, 0), None)
+        self._history = history.to_record(self._config)
+        self._save(stage + 1, 0)
 
-    def finish(self, stage: int, result: SweepResult, history: SweepResult) -> None:
+    def finish(self, stage: int, result: SweepResult, history: History) -> None:
         """Stores the finished sweep's result after its last ``stage`` and waits for disk."""
-        self._history = history.to_dict()
-        step = (stage + 1) * self._epochs
-        self._save(step, self._progress(stage + 1, 0, result=result.to_dict()), None)
+        self._history = history.to_record(self._config)
+        self._save(stage + 1, 0, result=result.to_dict())
         self.close()
 
     def close(self) -> None:
         """Waits for pending saves to be complete on disk (safe to call twice)."""
-        if self._manager is not None:
-            manager, self._manager = self._manager, None
-            manager.wait_until_finished()
-            manager.close()
+        self._store.close()
 
     def describe(self, epochs_trained: int) -> dict:
         """This run's record for ``result.environment["checkpoint"]``."""
@@ -555,14 +544,8 @@ class SweepCheckpoints:
     def stored_result(self) -> SweepResult:
         """The finished sweep's stored result, marked as returned without training."""
         result = self.finished
-        environment = {
-            **result.environment,
-            "checkpoint": {
-                "directory": self.directory,
-                "resumed_from": "finished",
-                "epochs_trained": 0,
-            },
-        }
+        checkpoint = {"directory": self.directory, "resumed_from": "finished", "epochs_trained": 0}
+        environment = {**result.environment, "checkpoint": checkpoint}
         return dataclasses.replace(result, environment=environment)
 
 

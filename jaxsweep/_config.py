@@ -7,7 +7,6 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
-LOSS_NAMES = ("auto", "cross_entropy", "mse")
 SCALES = ("log", "linear")
 
 

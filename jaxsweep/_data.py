@@ -100,15 +100,15 @@ def to_device(split: Split) -> Split:
     return Split(*(jnp.asarray(a) for a in split))
 
 
-def epoch_batches(key: jax.Array, n_train: int, batch_size: int) -> jax.Array:
-    """Index matrix ``(steps, batch_size)`` of one epoch: a permutation, remainder dropped."""
+def epoch_batches(data_key: jax.Array, epoch, n_train: int, batch_size: int) -> jax.Array:
+    """Index matrix ``(steps, batch_size)`` of one epoch: a permutation, remainder dropped.
+
+    The order depends on (data key, epoch) alone: the data key is the seed's, so every value
+    of a seed sees the same batches, in every stage and after any resume.
+
+    >>> epoch_batches(jax.random.key(0), 0, n_train=10, batch_size=4).shape
+    (2, 4)
+    """
     steps = n_train // batch_size
-    order = jax.random.permutation(key, n_train)
+    order = jax.random.permutation(jax.random.fold_in(data_key, epoch), n_train)
     return order[: steps * batch_size].reshape(steps, batch_size)
-
-
-def target_kind(y: np.ndarray) -> str:
-    """``"classes"`` for integer labels, ``"values"`` for float targets."""
-    if np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_):
-        return "classes"
-    return "values"

@@ -64,9 +64,10 @@ class BarProgress(SilentProgress):
         self._bar.stop()
 
     def start_stage(self, stage: int, stages: int, values, epochs: int) -> None:
+        # stages count from 0, as in the result and the report: the last is ``stages - 1``
         shown = ", ".join(f"{v:.3g}" for v in values)
-        self._bar.update(self._task, description=f"stage {stage + 1}/{stages}")
-        self._bar.console.print(f"stage {stage + 1}/{stages}: {self._name} = {shown}")
+        self._bar.update(self._task, description=f"stage {stage}/{stages - 1}")
+        self._bar.console.print(f"stage {stage}/{stages - 1}: {self._name} = {shown}")
 
     def epoch_done(self, best_score: float) -> None:
         best = "best: -" if math.isinf(best_score) else f"best: {best_score:.4g}"
@@ -74,7 +75,7 @@ class BarProgress(SilentProgress):
 
     def stage_done(self, stage: int, best_value: float, best_score: float, name: str) -> None:
         self._bar.console.print(
-            f"stage {stage + 1} done: best {name} {best_value:.4g} (score {best_score:.4g})"
+            f"stage {stage} done: best {name} {best_value:.4g} (score {best_score:.4g})"
         )
 
     def finish_early(self) -> None:

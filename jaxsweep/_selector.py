@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+if TYPE_CHECKING:
+    from ._config import SweepConfig
 
 Scale = Literal["log", "linear"]
 Direction = Literal["up", "down"]
@@ -183,6 +186,35 @@ def next_stage(
         new.extend(_fill(interval.low, interval.high, share, scale))
     kept = tuple(sorted((iv.low, iv.high) for iv in ranked))
     return StagePlan(tuple(sorted(new)), kept, None)
+
+
+def plan_stage(
+    stage: int, points: Sequence[float], scores: Sequence[float], config: SweepConfig
+) -> StagePlan:
+    """Stage 0 is the grid over the range; later stages come from the scores so far.
+
+    >>> from jaxsweep._config import make_config
+    >>> config = make_config(
+    ...     hyperparam="learning_rate", value_range=(1e-3, 1e-1), range_name="lr_range",
+    ...     scale="log", points_per_stage=3, stages=2, top_k=1, epochs=1, batch_size=8,
+    ...     seeds=1, seed=0, min_improvement=0.0, validation_fraction=0.2, expand=True)
+    >>> [round(p, 6) for p in plan_stage(0, [], [], config).points]
+    [0.001, 0.01, 0.1]
+    >>> plan_stage(1, [1e-3, 1e-2, 1e-1], [0.9, 0.5, 0.7], config).intervals
+    ((0.01, 0.1),)
+    """
+    if stage == 0:
+        grid = initial_points(config.value_range, config.points_per_stage, config.scale)
+        return StagePlan(grid, (), None)
+    return next_stage(
+        points,
+        scores,
+        count=config.points_per_stage,
+        top_k=config.top_k,
+        initial_step=config.initial_step,
+        scale=config.scale,
+        expand=config.expand,
+    )
 
 
 def improvement(previous_best: float, new_best: float) -> float:

@@ -9,8 +9,9 @@ under ``jax.distributed.initialize()``: every process runs the whole sweep (the 
 in the same order) and holds the lanes of its own devices.
 
 The lane count must be a multiple of the device count, so a stage is padded with copies of its
-last lane; padded lanes are computed but dropped before anything is reported
-(:func:`pad_count`, :func:`pad_lanes`, :func:`to_host`).
+last lane; padded lanes are computed but dropped before anything is reported or saved. A
+:class:`LaneLayout` owns that for one stage: it pads and places the lanes, and gathers (or
+slices) the real lanes back.
 
 Only one process should write files: :func:`is_writer` is true in process 0 alone (and always
 in a single-process run). Result files, figures, reports and logs are written by the writer;
@@ -20,6 +21,7 @@ the hosts and writes each array once).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import jax
@@ -129,26 +131,55 @@ def _global_array(value, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def place_lanes(tree, mesh: Mesh):
-    """Places every array of ``tree`` split along its lane axis over the mesh.
-
-    Every process passes the same whole (padded) arrays; each keeps the rows of its devices.
-    """
-    return jax.tree.map(lambda a: _global_array(a, lane_sharding(mesh)), tree)
-
-
 def place_replicated(tree, mesh: Mesh):
     """Places a whole copy of every array of ``tree`` on every device of the mesh."""
     return jax.tree.map(lambda a: _global_array(a, replicated(mesh)), tree)
 
 
-def to_host(tree, lanes: int):
-    """Numpy copies of lane-sharded arrays, padded lanes dropped (gathered across hosts)."""
-    if jax.process_count() > 1:
-        tree = multihost_utils.process_allgather(tree, tiled=True)
-    else:
-        tree = jax.device_get(tree)
-    return jax.tree.map(lambda a: np.asarray(a)[:lanes], tree)
+@dataclasses.dataclass(frozen=True)
+class LaneLayout:
+    """Where one stage's lanes live: ``lanes`` real lanes, padded to ``padded``, over ``mesh``.
+
+    Every array that carries lanes (swept values, keys, lane state, metrics) goes through one
+    layout: :meth:`place` pads and splits it over the devices, :meth:`gather` brings the real
+    lanes back to the host, :meth:`real` drops the padding where the arrays are.
+
+    >>> layout = LaneLayout.over(lane_mesh(jax.devices()[:1]), lanes=3)
+    >>> layout.padded, layout.gather(layout.place(np.arange(3.0))).tolist()
+    (3, [0.0, 1.0, 2.0])
+    """
+
+    mesh: Mesh
+    lanes: int  # real lanes: reported and checkpointed
+    padded: int  # lanes computed: the next multiple of the device count
+
+    @classmethod
+    def over(cls, mesh: Mesh, lanes: int) -> LaneLayout:
+        return cls(mesh, lanes, pad_count(lanes, mesh.devices.size))
+
+    @property
+    def sharding(self) -> NamedSharding:
+        return lane_sharding(self.mesh)
+
+    def place(self, tree):
+        """Pads every array of ``tree`` (real or padded lanes) and splits it over the mesh.
+
+        Every process passes the same whole arrays; each keeps the rows of its devices.
+        """
+        padded = pad_lanes(tree, self.padded)
+        return jax.tree.map(lambda a: _global_array(a, self.sharding), padded)
+
+    def real(self, tree):
+        """The real lanes of every array of ``tree``, left where they are (padding dropped)."""
+        return jax.tree.map(lambda a: a if a.shape[0] == self.lanes else a[: self.lanes], tree)
+
+    def gather(self, tree):
+        """Numpy copies of lane-split arrays, padding dropped (gathered across hosts)."""
+        if jax.process_count() > 1:
+            tree = multihost_utils.process_allgather(tree, tiled=True)
+        else:
+            tree = jax.device_get(tree)
+        return jax.tree.map(lambda a: np.asarray(a)[: self.lanes], tree)
 
 
 def first_local(devices: Sequence):

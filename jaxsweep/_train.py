@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import optax
 
 from ._data import epoch_batches
+from ._losses import split_loss
 from ._model import ModelFunctions
+from ._optim import set_hyperparam
 
 LossFn = Callable[[Any, Any], Any]
 
@@ -57,34 +59,6 @@ class Programs(NamedTuple):
     )
 
 
-# ----------------------------------------------------------------------------- losses
-
-
-def cross_entropy(outputs, targets):
-    """Softmax cross-entropy against integer labels, mean over the batch."""
-    return optax.softmax_cross_entropy_with_integer_labels(
-        outputs, targets.astype(jnp.int32)
-    ).mean()
-
-
-def mean_squared_error(outputs, targets):
-    """Mean squared error; a trailing axis of size 1 is matched to 1-D targets."""
-    if outputs.shape != targets.shape and outputs.size == targets.size:
-        outputs = outputs.reshape(targets.shape)
-    return jnp.mean((outputs - targets) ** 2)
-
-
-BUILTIN_LOSSES = {"cross_entropy": cross_entropy, "mse": mean_squared_error}
-
-
-def split_loss(value) -> tuple[jax.Array, dict]:
-    """A loss function's return value as (optimised loss, auxiliary entries)."""
-    if isinstance(value, dict):
-        aux = {k: v for k, v in value.items() if k != "loss"}
-        return value["loss"], aux
-    return value, {}
-
-
 # ----------------------------------------------------------------------------- norms
 
 
@@ -101,13 +75,6 @@ def _per_module(tree) -> dict:
     if isinstance(tree, dict):
         return {str(k): v for k, v in tree.items()}
     return {"params": tree}
-
-
-def set_hyperparam(opt_state, name: str, value):
-    """Returns ``opt_state`` with ``hyperparams[name] = value`` (cast to the stored dtype)."""
-    current = opt_state.hyperparams[name]
-    hyperparams = {**opt_state.hyperparams, name: jnp.asarray(value, current.dtype)}
-    return opt_state._replace(hyperparams=hyperparams)
 
 
 # ----------------------------------------------------------------------------- programs
@@ -173,7 +140,7 @@ def make_programs(
         return LaneState(params, opt_state, carry.constants), step
 
     def run_lane_epoch(state: LaneState, data_key, epoch, x_train, y_train, x_val, y_val):
-        order = epoch_batches(jax.random.fold_in(data_key, epoch), n_train, batch_size)
+        order = epoch_batches(data_key, epoch, n_train, batch_size)
 
         def step(carry, indices):
             return train_step(carry, (x_train[indices], y_train[indices]))

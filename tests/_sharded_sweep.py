@@ -73,9 +73,9 @@ def main() -> None:
 
     # watch the metrics the epoch program returns: their sharding is what ran where
     seen = []
-    to_host = _sharding.to_host
+    gather = _sharding.LaneLayout.gather
 
-    def watching_to_host(tree, lanes):
+    def watching_gather(layout, tree):
         leaf = jax.tree.leaves(tree)[0]
         seen.append(
             {
@@ -84,9 +84,9 @@ def main() -> None:
                 "lanes": int(leaf.shape[0]),
             }
         )
-        return to_host(tree, lanes)
+        return gather(layout, tree)
 
-    _sharding.to_host = watching_to_host
+    _sharding.LaneLayout.gather = watching_gather
     result = tiny_sweep()
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def _kill() -> None:
 
 
 def _install_kill(mode: str, target: int) -> None:
-    original = _checkpoint.SweepCheckpoints._save
+    original = _checkpoint.StepStore.save
     calls = {"n": 0}
 
     def save(self, step, progress, lanes_item):
@@ -53,7 +53,7 @@ def _install_kill(mode: str, target: int) -> None:
             self._manager.wait_until_finished()
             _kill()
 
-    _checkpoint.SweepCheckpoints._save = save
+    _checkpoint.StepStore.save = save
     if mode == "in":
         from orbax.checkpoint._src.path import atomicity
 

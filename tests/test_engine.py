@@ -15,7 +15,7 @@ from conftest import SMALL, TinyMLP, make_classification, train_alone
 from flax import nnx
 
 import jaxsweep
-from jaxsweep import _data, _model, _run
+from jaxsweep import _data, _model, _optim
 
 # Tiny ranges often leave the best rate on an edge; that warning is tested on its own below.
 pytestmark = pytest.mark.filterwarnings("ignore::jaxsweep.SearchRangeWarning")
@@ -279,9 +279,9 @@ def test_json_round_trip_is_exact_and_standard(tmp_path, split_blobs):
 
 
 def test_optimizer_names_are_recorded_readably():
-    assert _run.describe_optimizer(optax.adam) == "adam"
+    assert _optim.describe_optimizer(optax.adam) == "adam"
     partial = functools.partial(optax.sgd, momentum=0.9)
-    assert _run.describe_optimizer(partial) == "sgd(momentum=0.9)"
+    assert _optim.describe_optimizer(partial) == "sgd(momentum=0.9)"
 
 
 def test_validation_split_is_deterministic_and_disjoint():

@@ -9,7 +9,8 @@ import pytest
 from conftest import SMALL, TinyMLP, train_alone
 
 import jaxsweep
-from jaxsweep._run import _resolve_range, resolve_optimizer
+from jaxsweep._optim import resolve_optimizer
+from jaxsweep._setup import DEFAULT_LR_RANGE, resolve_range
 
 pytestmark = pytest.mark.filterwarnings("ignore::jaxsweep.SearchRangeWarning")
 
@@ -92,13 +93,13 @@ def test_the_learning_rate_stays_what_the_factory_says():
 
 
 def test_learning_rate_range_given_once():
-    assert _resolve_range("learning_rate", None, (1e-4, 1e-1)) == ((1e-4, 1e-1), "lr_range")
-    assert _resolve_range("learning_rate", (1e-4, 1e-1), (1e-5, 1e-2)) == (
-        (1e-4, 1e-1),
-        "hyperparam_range",
-    )
-    with pytest.raises(ValueError, match="hyperparam_range: give the learning-rate range once"):
-        _resolve_range("learning_rate", (1e-4, 1e-1), (1e-3, 1e-2))
+    assert resolve_range("learning_rate", None, (1e-4, 1e-1)) == ((1e-4, 1e-1), "lr_range")
+    assert resolve_range("learning_rate", None, None) == (DEFAULT_LR_RANGE, "lr_range")
+    assert resolve_range("learning_rate", (1e-4, 1e-1), None) == ((1e-4, 1e-1), "hyperparam_range")
+    # given twice is refused whatever the value, the default's value included
+    for lr_range in ((1e-3, 1e-2), DEFAULT_LR_RANGE):
+        with pytest.raises(ValueError, match="hyperparam_range: give the learning-rate range once"):
+            resolve_range("learning_rate", (1e-4, 1e-1), lr_range)
 
 
 def _run(blobs, **kwargs):

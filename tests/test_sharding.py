@@ -62,15 +62,23 @@ def test_pad_lanes_repeats_the_last_lane_of_values_and_keys():
         _sharding.pad_lanes(values, 2)
 
 
-def test_place_lanes_and_to_host_round_trip_without_padding():
+def test_layout_places_and_gathers_without_padding():
     mesh = _sharding.lane_mesh(jax.devices()[:1])
     keys = jax.random.split(jax.random.key(0), 4)
-    values, placed_keys = _sharding.place_lanes((jnp.arange(4.0), keys), mesh)
+    layout = _sharding.LaneLayout(mesh, lanes=3, padded=4)
+    values, placed_keys = layout.place((jnp.arange(3.0), keys))  # values padded, keys not
     assert values.sharding.spec == jax.sharding.PartitionSpec("lanes")
+    np.testing.assert_array_equal(values, [0.0, 1.0, 2.0, 2.0])
     np.testing.assert_array_equal(jax.random.key_data(placed_keys), jax.random.key_data(keys))
-    host = _sharding.to_host({"v": values}, 3)
+    host = layout.gather({"v": values})
     assert isinstance(host["v"], np.ndarray)
     np.testing.assert_array_equal(host["v"], [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(layout.real(values), [0.0, 1.0, 2.0])
+
+
+def test_layout_pads_to_a_multiple_of_the_device_count():
+    layout = _sharding.LaneLayout.over(_sharding.lane_mesh(jax.devices()[:1]), lanes=3)
+    assert (layout.lanes, layout.padded) == (3, 3)
 
 
 def test_one_process_writes():

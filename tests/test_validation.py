@@ -7,7 +7,7 @@ import pytest
 from conftest import TinyMLP, make_classification
 
 import jaxsweep
-from jaxsweep import _run
+from jaxsweep import _train
 
 X, Y = make_classification(n=64)
 
@@ -19,7 +19,7 @@ def nothing_compiles(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the training program was built before the input was checked")
 
-    monkeypatch.setattr(_run, "make_programs", forbidden)
+    monkeypatch.setattr(_train, "make_programs", forbidden)
 
 
 def with_nan():

@@ -1,0 +1,258 @@
+"""The driver: the only impure loop of a sweep, one stage at a time.
+
+``drive(setup)`` opens the checkpoints (a mismatch fails before anything compiles), builds the
+stage programs, and runs :func:`sweep`, whose loop reads as the search itself: plan a stage
+from the history (pure), train its lanes, turn their metrics into records, apply the stop
+rule. The progress bar and the checkpoints are hooks the loop calls at fixed points; they
+never decide anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import jax
+import numpy as np
+
+from . import _selector, _sharding, _train
+from ._checkpoint import LaneTemplate, ResumePoint, SweepCheckpoints, fingerprint
+from ._config import SweepConfig
+from ._environment import describe
+from ._history import History, Running, StageCost, collect_evaluations
+from ._progress import BarProgress, SilentProgress
+from ._result import SweepResult
+from ._setup import Setup
+from ._stage import StageLanes, StagePrograms, lane_inputs
+from ._train import EpochMetrics
+from ._warnings import SearchRangeWarning, warn
+
+
+def drive(setup: Setup) -> SweepResult:
+    """Runs a checked sweep: a finished checkpointed sweep returns its stored result."""
+    checkpoints = _open_checkpoints(setup)
+    if checkpoints is not None and checkpoints.finished is not None:
+        checkpoints.close()
+        stored = checkpoints.stored_result()
+        for note in stored.warnings:  # the same call warns the same, trained or stored
+            warn(note, SearchRangeWarning)
+        return stored
+    try:
+        if checkpoints is not None:
+            checkpoints.check_resumable()
+        engine = build_stage_programs(setup)
+        # one bar per sweep: under jax.distributed only the writing process shows it
+        show = setup.progress and _sharding.is_writer()
+        config = setup.config
+        reporter = BarProgress(config.stages, config.epochs) if show else SilentProgress()
+        with reporter:
+            return sweep(setup, engine, _Hooks(reporter, checkpoints, config))
+    finally:
+        if checkpoints is not None:  # a pending save completes even when the sweep fails
+            checkpoints.close()
+
+
+def build_stage_programs(setup: Setup) -> StagePrograms:
+    """The programs a sweep runs for every stage, over its devices (nothing compiled yet)."""
+    config, split = setup.config, setup.split
+    programs = _train.make_programs(
+        setup.model,
+        setup.loss_fn,
+        setup.optimizer,
+        config.hyperparam,
+        config.batch_size,
+        len(split.x_train),
+    )
+    return StagePrograms(programs, split, setup.devices)  # host arrays, placed once
+
+
+def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
+    """The stage loop: plan, train, record, stop; progress and checkpoints are hooks."""
+    config = setup.config
+    resumed = hooks.resume(_lane_template(engine, config))
+    history = History() if resumed is None else resumed.history
+    stop_reason, stage = "completed", 0
+    for stage in range(0 if resumed is None else resumed.stage, config.stages):
+        plan = _selector.plan_stage(stage, history.points, history.scores, config)
+        if plan.expansion is not None:  # said before the stage it concerns starts
+            history = history.noted(_expansion_note(stage, plan, config))
+            warn(history.notes[-1], SearchRangeWarning)
+        hooks.start_stage(stage, plan.points)
+        part = resumed if resumed is not None and resumed.stage == stage else None
+        lanes, running = _train_stage(engine, stage, plan, config, hooks, part, history)
+        evaluations = collect_evaluations(stage, plan.points, config.seeds, running.epoch_metrics)
+        memory = engine.memory(lanes, _sharding.first_local(setup.devices))
+        cost = StageCost(
+            running.seconds, running.seconds_per_epoch, running.compile_seconds, *memory
+        )
+        previous_best = history.best()[1]
+        history = history.with_stage(plan, evaluations, cost)
+        hooks.stage_done(stage, history, config.hyperparam)
+        if stage > 0 and _selector.should_stop(
+            previous_best, history.best()[1], config.min_improvement
+        ):
+            stop_reason = "min_improvement"
+            hooks.stop_early()
+            break
+        if stage + 1 < config.stages:
+            hooks.save_stage(stage, history)
+    final = _final_note(history, config.hyperparam)
+    if final is not None:
+        history = history.noted(final)
+        warn(final, SearchRangeWarning)
+    result = history.result(
+        setup.record,
+        environment=hooks.environment(setup.devices),
+        param_count=setup.param_count,
+        stop_reason=stop_reason,
+    )
+    hooks.finish(stage, result, history)
+    return result
+
+
+def _train_stage(
+    engine: StagePrograms,
+    stage: int,
+    plan: _selector.StagePlan,
+    config: SweepConfig,
+    hooks: _Hooks,
+    resumed: ResumePoint | None,
+    history: History,
+) -> tuple[StageLanes, Running]:
+    """Trains a stage's lanes through its epochs, continuing a resumed part of it."""
+    started = time.perf_counter()
+    lanes = engine.start(plan.points, config.seed, config.seeds)
+    running = Running(tuple(plan.points), compile_seconds=engine.compile(lanes))
+    state = lanes.state
+    if resumed is not None and resumed.running is not None:
+        if running.values != resumed.running.values:  # the selector is pure: never
+            raise RuntimeError(f"stage {stage}: the checkpoint's values differ from the plan")
+        state, started = resumed.lanes, started - resumed.running.seconds
+        running = dataclasses.replace(
+            resumed.running,
+            compile_seconds=resumed.running.compile_seconds + running.compile_seconds,
+        )
+    for epoch in range(len(running.epoch_metrics), config.epochs):
+        epoch_started = time.perf_counter()
+        state, metrics = engine.run_epoch(lanes, state, epoch)
+        metrics = lanes.layout.gather(metrics)  # padding dropped
+        now = time.perf_counter()
+        running = running.after_epoch(metrics, now - epoch_started, now - started)
+        hooks.epoch_done(stage, epoch + 1, state, lanes, running, history)
+    return lanes, running
+
+
+def _lane_template(engine: StagePrograms, config: SweepConfig) -> LaneTemplate:
+    """Every stage's lanes as data: what a checkpoint restores a running stage into."""
+    values = range(config.points_per_stage)  # keys and shapes do not depend on the values
+    inputs = lane_inputs(values, config.seed, config.seeds)
+    lanes = len(inputs.seed_index)
+    return LaneTemplate(
+        state=engine.abstract_state(lanes, config.seed, config.seeds),
+        init_keys=np.asarray(jax.random.key_data(inputs.init_keys)),
+        data_keys=np.asarray(jax.random.key_data(inputs.data_keys)),
+        layout=engine.layout(lanes),
+    )
+
+
+class _Hooks:
+    """The edges the loop reports to: the progress bar, and the checkpoints when there are."""
+
+    def __init__(self, reporter, checkpoints: SweepCheckpoints | None, config: SweepConfig):
+        self.reporter, self.checkpoints, self.config = reporter, checkpoints, config
+        self.epochs_trained = 0  # in this process (a resumed sweep trains fewer)
+
+    def resume(self, template: LaneTemplate) -> ResumePoint | None:
+        """Where the checkpoints say to continue; every key and batch order derives from
+        (seed, epoch), so the rest trains exactly as it would have."""
+        if self.checkpoints is None:
+            return None
+        point = self.checkpoints.resume_point(template)
+        if point is None:
+            return None
+        for note in point.history.notes:  # the same call warns the same, interrupted or not
+            warn(note, SearchRangeWarning)
+        self.reporter.message(
+            f"resumed from {self.checkpoints.directory}: stage {point.stage}, "
+            f"{point.epoch} of {self.config.epochs} epochs done"
+        )
+        best_score = point.history.best()[1]
+        for _ in range(point.stage * self.config.epochs + point.epoch):  # the bar counts them
+            self.reporter.epoch_done(best_score)
+        return point
+
+    def start_stage(self, stage: int, values) -> None:
+        self.reporter.start_stage(stage, self.config.stages, values, self.config.epochs)
+
+    def epoch_done(self, stage, epoch, state, lanes: StageLanes, running, history) -> None:
+        self.epochs_trained += 1
+        if self.checkpoints is not None:
+            self.checkpoints.epoch_done(stage, epoch, state, lanes.inputs, lanes.layout, running)
+        self.reporter.epoch_done(_running_best(running.epoch_metrics[-1], history.best()[1]))
+
+    def stage_done(self, stage: int, history: History, name: str) -> None:
+        self.reporter.stage_done(stage, *history.best(), name)
+
+    def stop_early(self) -> None:
+        self.reporter.finish_early()
+
+    def save_stage(self, stage: int, history: History) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.stage_done(stage, history)
+
+    def environment(self, devices) -> dict:
+        environment = describe(devices)
+        if self.checkpoints is not None:
+            environment["checkpoint"] = self.checkpoints.describe(self.epochs_trained)
+        return environment
+
+    def finish(self, stage: int, result: SweepResult, history: History) -> None:
+        if self.checkpoints is not None:  # a rerun of a finished sweep returns this as is
+            self.checkpoints.finish(stage, result, history)
+
+
+def _open_checkpoints(setup: Setup) -> SweepCheckpoints | None:
+    """The sweep's checkpoints, read before compiling: a mismatch fails in seconds."""
+    args = setup.checkpoint
+    if args.directory is None:
+        return None
+    return SweepCheckpoints(
+        args.directory,
+        fingerprint(setup.record, setup.split, setup.abstract_params),
+        args.resume,
+        args.every_seconds,
+        setup.config.epochs,
+        setup.record,
+    )
+
+
+def _expansion_note(stage: int, plan: _selector.StagePlan, config: SweepConfig) -> str:
+    """Says that (and where) a stage searches beyond what was evaluated."""
+    (low, high), (range_low, range_high) = plan.intervals[0], config.value_range
+    edge = "largest" if plan.expansion == "up" else "smallest"
+    outside = low < range_low or high > range_high
+    return (
+        f"stage {stage}: the best {config.hyperparam} was the {edge} evaluated, so this stage "
+        f"searches beyond it ({low:.3g} to {high:.3g})"
+        + (", outside the given range" if outside else "")
+    )
+
+
+def _final_note(history: History, name: str) -> str | None:
+    """A warning for a sweep whose answer is not bracketed by what it evaluated, else None."""
+    best_value, best_score = history.best()
+    if math.isinf(best_score):
+        return "every evaluation diverged: try a lower range or a different optimizer"
+    if _selector.edge_of_best(history.points, history.scores) is not None:
+        return (
+            f"the best {name} {best_value:.3g} is at the edge of what was evaluated: the "
+            "optimum may lie beyond it (run more stages or widen the range)"
+        )
+    return None
+
+
+def _running_best(metrics: EpochMetrics, best_score: float) -> float:
+    """The best score known after an epoch, for the progress bar (diverged lanes ignored)."""
+    scores = np.where(np.asarray(metrics.diverged), np.inf, np.asarray(metrics.val_loss))
+    return float(min(best_score, np.nanmin(scores, initial=np.inf)))

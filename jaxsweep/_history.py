@@ -1,0 +1,190 @@
+"""What a sweep has evaluated so far, as one immutable value, and metrics turned into records.
+
+The driver threads one :class:`History` from stage to stage (``history = history.with_stage(...)``);
+the selector reads its points and scores, the checkpoint stores it, the result is made from it.
+A :class:`Running` is the part of the current stage trained so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _selector
+from ._result import Evaluation, Stage, SweepResult, from_dict
+from ._train import EpochMetrics
+
+
+@dataclasses.dataclass(frozen=True)
+class StageCost:
+    """What a finished stage cost: wall time, compile time, memory."""
+
+    seconds: float  # wall time of the stage, compilation included
+    seconds_per_epoch: tuple[float, ...]
+    compile_seconds: float  # 0 when the compiled program was reused
+    memory_bytes: int
+    memory_source: str  # "device_peak", "compiled_estimate" or "unavailable"
+
+
+@dataclasses.dataclass(frozen=True)
+class History:
+    """Everything evaluated in the finished stages, and the warnings given so far."""
+
+    evaluations: tuple[Evaluation, ...] = ()
+    stages: tuple[Stage, ...] = ()
+    notes: tuple[str, ...] = ()  # warnings, in the order they were given
+
+    @property
+    def points(self) -> tuple[float, ...]:
+        return tuple(e.lr for e in self.evaluations)
+
+    @property
+    def scores(self) -> tuple[float, ...]:
+        return tuple(e.score for e in self.evaluations)
+
+    def best(self) -> tuple[float, float]:
+        """The best value and its score; ``(nan, inf)`` before anything was evaluated."""
+        if not self.evaluations:
+            return math.nan, math.inf
+        return _selector.best_point(self.points, self.scores)
+
+    def noted(self, note: str) -> History:
+        return dataclasses.replace(self, notes=(*self.notes, note))
+
+    def with_stage(
+        self, plan: _selector.StagePlan, evaluations: Sequence[Evaluation], cost: StageCost
+    ) -> History:
+        """This history with one more finished stage."""
+        grown = dataclasses.replace(self, evaluations=(*self.evaluations, *evaluations))
+        best_value, best_score = grown.best()
+        stage = Stage(
+            index=len(self.stages),
+            lrs=tuple(plan.points),
+            intervals=tuple(plan.intervals),
+            expansion=plan.expansion,
+            best_lr=best_value,
+            best_score=best_score,
+            **dataclasses.asdict(cost),
+        )
+        return dataclasses.replace(grown, stages=(*self.stages, stage))
+
+    def result(self, config: dict[str, Any], **fields) -> SweepResult:
+        """A :class:`SweepResult` of this history (``fields``: environment, stop reason, ...)."""
+        best_value, best_score = self.best()
+        return SweepResult(
+            best_lr=best_value,
+            best_score=best_score,
+            evaluations=self.evaluations,
+            stages=self.stages,
+            config=dict(config),
+            warnings=self.notes,
+            **{"environment": {}, **fields},
+        )
+
+    def to_record(self, config: dict[str, Any]) -> dict:
+        """The history as a partial result's JSON (the checkpoint's format; best unused)."""
+        partial = self.result(config)
+        return dataclasses.replace(partial, best_lr=math.nan, best_score=math.inf).to_dict()
+
+    @classmethod
+    def from_record(cls, record: dict | None) -> History:
+        """Reads :meth:`to_record`'s output; None (nothing finished yet) is the empty history."""
+        if record is None:
+            return cls()
+        partial = from_dict(record)
+        return cls(partial.evaluations, partial.stages, partial.warnings)
+
+
+@dataclasses.dataclass(frozen=True)
+class Running:
+    """The part of a stage trained so far (real lanes only, on the host)."""
+
+    values: tuple[float, ...]  # the stage's swept values (checked against the plan on resume)
+    epoch_metrics: tuple[EpochMetrics, ...] = ()  # one per finished epoch, host arrays
+    seconds_per_epoch: tuple[float, ...] = ()
+    seconds: float = 0.0  # wall time spent in the stage so far
+    compile_seconds: float = 0.0
+
+    def after_epoch(self, metrics: EpochMetrics, epoch_seconds: float, seconds: float) -> Running:
+        return dataclasses.replace(
+            self,
+            epoch_metrics=(*self.epoch_metrics, metrics),
+            seconds_per_epoch=(*self.seconds_per_epoch, epoch_seconds),
+            seconds=seconds,
+        )
+
+
+# ----------------------------------------------------------------------------- metrics -> records
+
+
+def _per_epoch(epochs: Sequence[EpochMetrics], getter) -> np.ndarray:
+    """Stacks one metric over epochs: shape ``(lanes, epochs)``."""
+    return np.stack([np.asarray(getter(m), dtype=np.float64) for m in epochs], axis=1)
+
+
+def _series(values: np.ndarray) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
+def _lane_series(epochs: Sequence[EpochMetrics], values: int, seeds: int) -> dict[str, Any]:
+    """Every metric as an array ``(values, seeds, epochs)``; mappings averaged over seeds."""
+
+    def by_value(getter) -> np.ndarray:
+        return _per_epoch(epochs, getter).reshape(values, seeds, -1)
+
+    def mapping(field: str) -> dict[str, np.ndarray]:
+        names = getattr(epochs[0], field).keys()
+        return {n: by_value(lambda m, n=n: getattr(m, field)[n]).mean(axis=1) for n in names}
+
+    plain = ("train_loss", "val_loss", "first_step_loss", "diverged", "stability")
+    series = {name: by_value(lambda m, name=name: getattr(m, name)) for name in plain}
+    series["grad"] = by_value(lambda m: m.grad_norm_mean)
+    series["grad_max"] = by_value(lambda m: m.grad_norm_max)
+    for field in ("module_grad_norm", "update_ratio", "train_aux", "val_aux"):
+        series[field] = mapping(field)
+    return series
+
+
+def collect_evaluations(
+    stage: int, values: Sequence[float], seeds: int, epochs: Sequence[EpochMetrics]
+) -> list[Evaluation]:
+    """Turns a stage's per-lane, per-epoch metrics into one :class:`Evaluation` per value.
+
+    Lanes are ordered value-major: lane ``i * seeds + s`` is value ``i`` and seed ``s``.
+    """
+    s = _lane_series(epochs, len(values), seeds)
+    diverged = s["diverged"].any(axis=(1, 2))
+    evaluations = []
+    for i, value in enumerate(values):
+        mean_train = s["train_loss"][i].mean(axis=0)
+        previous = np.concatenate([[s["first_step_loss"][i, :, 0].mean()], mean_train[:-1]])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reduction = 1.0 - mean_train / previous
+        seed_scores = s["val_loss"][i, :, -1]
+        score = float(seed_scores.mean())
+        is_diverged = bool(diverged[i]) or not math.isfinite(score)
+        evaluations.append(
+            Evaluation(
+                lr=float(value),
+                stage=stage,
+                score=math.inf if is_diverged else score,
+                diverged=is_diverged,
+                seed_scores=_series(seed_scores),
+                train_loss=_series(mean_train),
+                val_loss=_series(s["val_loss"][i].mean(axis=0)),
+                seed_val_loss=tuple(_series(row) for row in s["val_loss"][i]),
+                grad_norm=_series(s["grad"][i].mean(axis=0)),
+                grad_norm_max=_series(s["grad_max"][i].max(axis=0)),
+                loss_reduction_rate=_series(reduction),
+                stability=_series(s["stability"][i].mean(axis=0)),
+                **{
+                    field: {k: _series(v[i]) for k, v in s[field].items()}
+                    for field in ("module_grad_norm", "update_ratio", "train_aux", "val_aux")
+                },
+            )
+        )
+    return evaluations

@@ -1,0 +1,238 @@
+"""Every input check of ``run``, in one place, before anything compiles: one typed ``Setup``.
+
+Checks run on the host in milliseconds (shapes are traced abstractly, nothing is compiled),
+so bad input fails with a ``TypeError``/``ValueError`` that names the argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+
+from . import _checkpoint, _sharding
+from ._config import SweepConfig, make_config
+from ._data import Split, prepare
+from ._losses import resolve_loss, split_loss
+from ._model import ModelFunctions, adapt, count_parameters, module_names
+from ._optim import describe_optimizer, resolve_optimizer
+
+DEFAULT_LR_RANGE = (1e-5, 1e-2)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointArgs:
+    """``run``'s checkpoint arguments, checked."""
+
+    directory: str | None  # absolute path, or None for no checkpoints
+    resume: str  # "auto" | "require" | "overwrite"
+    every_seconds: float  # least time between two saves inside a stage
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """A checked sweep: everything the driver needs, nothing left to validate."""
+
+    config: SweepConfig  # the scalar settings
+    split: Split  # host arrays after the train/validation split
+    loss_fn: Callable  # (outputs, targets) -> scalar | {"loss": scalar, ...}
+    loss_name: str
+    optimizer: optax.GradientTransformation  # inject_hyperparams: the swept value is data
+    model: ModelFunctions  # pure init / apply
+    abstract_params: Any  # one lane's parameters as shapes
+    devices: tuple  # the lanes are split over these
+    checkpoint: CheckpointArgs
+    progress: bool
+    record: dict[str, Any]  # the result's ``config``: every argument that shapes the sweep
+
+    @property
+    def param_count(self) -> int:
+        return count_parameters(self.abstract_params)
+
+
+def setup(
+    model_fn: Callable,
+    data,
+    *,
+    loss,
+    optimizer,
+    lr_range,
+    hyperparam,
+    hyperparam_range,
+    scale,
+    points_per_stage,
+    stages,
+    top_k,
+    epochs,
+    batch_size,
+    seeds,
+    seed,
+    min_improvement,
+    validation_fraction,
+    expand,
+    checkpoint_dir,
+    resume,
+    checkpoint_every_seconds,
+    devices,
+    progress,
+) -> Setup:
+    """Checks every argument of :func:`jaxsweep.run` (same names, no defaults): a Setup.
+
+    The order of the checks is the order of the costs: scalars, then the data, then the
+    loss, optimizer and model (traced abstractly; nothing compiles).
+    """
+    if not isinstance(hyperparam, str) or not hyperparam:
+        raise TypeError(f"hyperparam: expected a non-empty name, got {hyperparam!r}")
+    value_range, range_name = resolve_range(hyperparam, hyperparam_range, lr_range)
+    config = make_config(
+        hyperparam=hyperparam,
+        value_range=value_range,
+        range_name=range_name,
+        scale=scale,
+        points_per_stage=points_per_stage,
+        stages=stages,
+        top_k=top_k,
+        epochs=epochs,
+        batch_size=batch_size,
+        seeds=seeds,
+        seed=seed,
+        min_improvement=min_improvement,
+        validation_fraction=validation_fraction,
+        expand=expand,
+    )
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress: expected True or False, got {progress!r}")
+    checkpoint = CheckpointArgs(
+        *_checkpoint.check_arguments(checkpoint_dir, resume, checkpoint_every_seconds)
+    )
+    devices = tuple(_sharding.resolve_devices(devices))
+    return _with_data(config, model_fn, data, loss, optimizer, devices, checkpoint, progress)
+
+
+def _with_data(config, model_fn, data, loss, optimizer, devices, checkpoint, progress) -> Setup:
+    """The checks that need the data: split, batch size, loss, optimizer and model."""
+    split = prepare(data, config.validation_fraction, config.seed)
+    if config.batch_size > len(split.x_train):
+        raise ValueError(
+            f"batch_size: {config.batch_size} is larger than the {len(split.x_train)} "
+            "training examples"
+        )
+    loss_fn, loss_name = resolve_loss(loss, split.y_train)
+    tx = resolve_optimizer(optimizer, config.hyperparam)
+    model = adapt(model_fn, split.x_train[:1])
+    abstract_params = _probe(model, loss_fn, tx, config.hyperparam, split, config.batch_size)
+    return Setup(
+        config=config,
+        split=split,
+        loss_fn=loss_fn,
+        loss_name=loss_name,
+        optimizer=tx,
+        model=model,
+        abstract_params=abstract_params,
+        devices=devices,
+        checkpoint=checkpoint,
+        progress=progress,
+        record=_record(config, split, model, abstract_params, loss_name, optimizer),
+    )
+
+
+def resolve_range(hyperparam: str, hyperparam_range, lr_range) -> tuple[Any, str]:
+    """The stage-0 range of the swept value and the argument name that gave it.
+
+    ``lr_range`` and ``hyperparam_range`` default to None: a range given twice is refused,
+    whatever its value (the default, ``DEFAULT_LR_RANGE``, applies to the learning rate only).
+
+    >>> resolve_range("learning_rate", None, None)
+    ((1e-05, 0.01), 'lr_range')
+    >>> resolve_range("momentum", (0.0, 0.9), None)
+    ((0.0, 0.9), 'hyperparam_range')
+    """
+    if hyperparam == "learning_rate":
+        if hyperparam_range is None:
+            return (DEFAULT_LR_RANGE if lr_range is None else lr_range), "lr_range"
+        if lr_range is not None:
+            raise ValueError(
+                "hyperparam_range: give the learning-rate range once, as lr_range or as "
+                "hyperparam_range, not both"
+            )
+        return hyperparam_range, "hyperparam_range"
+    if lr_range is not None:
+        raise ValueError(
+            f"lr_range: the sweep is over {hyperparam!r}, so the learning rate is fixed; set it "
+            "in the optimizer factory (e.g. functools.partial(optax.adamw, learning_rate=1e-3)) "
+            "and give the searched span as hyperparam_range"
+        )
+    if hyperparam_range is None:
+        raise ValueError(
+            f"hyperparam_range: required when sweeping {hyperparam!r} (e.g. (1e-5, 1e-1) with "
+            'scale="log", or (0.0, 0.99) with scale="linear")'
+        )
+    return hyperparam_range, "hyperparam_range"
+
+
+def _probe(model: ModelFunctions, loss_fn, optimizer, hyperparam: str, split: Split, batch: int):
+    """Traces one step abstractly (no compilation) to check model, loss and optimizer fit.
+
+    Returns one lane's parameters as shapes.
+    """
+    x, y = split.x_train[:batch], split.y_train[:batch]
+
+    def loss_terms(key):
+        params, constants = model.init(key)
+        return split_loss(loss_fn(model.apply(params, constants, x), y))
+
+    try:
+        loss_value, aux = jax.eval_shape(loss_terms, jax.random.key(0))
+    except KeyError as error:
+        raise TypeError(f"loss: a dict return value needs a 'loss' entry ({error})") from None
+    except Exception as error:
+        raise ValueError(
+            f"model_fn/loss: the model and loss could not be applied to a batch of data "
+            f"with x shape {x.shape} and y shape {y.shape}: {error}"
+        ) from error
+    if loss_value.shape != ():
+        raise ValueError(f"loss: must return a scalar, got shape {loss_value.shape}")
+    for name, value in aux.items():
+        if getattr(value, "shape", None) != ():
+            raise ValueError(f"loss: auxiliary entry {name!r} must be a scalar")
+    params = jax.eval_shape(lambda k: model.init(k)[0], jax.random.key(0))
+    _probe_optimizer(optimizer, params, hyperparam)
+    return params
+
+
+def _probe_optimizer(optimizer, params, hyperparam: str) -> None:
+    try:
+        opt_state = jax.eval_shape(optimizer.init, params)
+    except Exception as error:
+        raise TypeError(
+            f"optimizer: could not be initialised with {hyperparam!r} held as an array "
+            f"(is it a number for this optimizer?): {error}"
+        ) from error
+    swept = opt_state.hyperparams.get(hyperparam)
+    if swept is None or getattr(swept, "shape", None) != ():
+        raise TypeError(
+            f"optimizer: {hyperparam!r} is not a numeric hyperparameter of this optimizer "
+            f"(it has {sorted(opt_state.hyperparams)})"
+        )
+
+
+def _record(config, split, model, abstract_params, loss_name, optimizer) -> dict[str, Any]:
+    """The result's ``config`` record: every setting, and what the data and model were."""
+    # the learning rate's span keeps its own name; another hyperparameter's is generic
+    range_key = "lr_range" if config.hyperparam == "learning_rate" else "hyperparam_range"
+    return {
+        **config.to_json(),
+        range_key: list(config.value_range),
+        "loss": loss_name,
+        "optimizer": describe_optimizer(optimizer),
+        "model": model.name,
+        "model_api": model.kind,
+        "n_train": len(split.x_train),
+        "n_val": len(split.x_val),
+        "x_shape": list(split.x_train.shape[1:]),
+        "y_shape": list(split.y_train.shape[1:]),
+        "modules": list(module_names(abstract_params)),
+    }

@@ -1,0 +1,188 @@
+"""A sweep's stage programs, compiled over a lane mesh: what the driver runs for every stage.
+
+This is the one place that turns the pure programs of :mod:`jaxsweep._train` into running
+code: lanes are laid out value-major over a one-axis device mesh, each seed's parameters are
+initialised once per sweep, and the epoch program is compiled once per lane count (a sweep
+has one). The benchmarks build their "jaxsweep stage" here too, so they time exactly what a
+sweep runs::
+
+    stage = StagePrograms(make_programs(...), split, jax.devices()[:1])
+    lanes = stage.start([1e-3, 1e-2], seed=0, seeds=1)
+    stage.compile(lanes)
+    state = lanes.state
+    for epoch in range(3):
+        state, metrics = stage.run_epoch(lanes, state, epoch)
+        host_metrics = lanes.layout.gather(metrics)
+
+Randomness depends on (seed, seed index, epoch) only (:func:`seed_keys`): every stage and
+every rerun of a sweep sees the same initial parameters and batch orders.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _sharding
+from ._data import Split
+from ._sharding import LaneLayout
+from ._train import LaneState, Programs
+
+# Initialisation runs once per sweep, for milliseconds, but its random-number code is long:
+# on CPU, skipping LLVM's optimisation passes compiles it ~3x faster (~2 s less per sweep).
+INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
+
+
+class LaneInputs(NamedTuple):
+    """Per-lane inputs of a stage, value-major (lane ``i * seeds + s``)."""
+
+    values: jax.Array  # (lanes,) float32 swept values
+    init_keys: jax.Array  # (lanes,) parameter-initialisation keys (one per seed)
+    data_keys: jax.Array  # (lanes,) batch-order keys (one per seed)
+    seed_index: np.ndarray  # (lanes,) int32: which seed each lane trains
+
+
+class StageLanes(NamedTuple):
+    """A started stage: its per-lane inputs and fresh lane state, padded and placed."""
+
+    inputs: LaneInputs  # placed like the state
+    layout: LaneLayout  # real and padded lane counts, the mesh
+    state: LaneState  # fresh: the seeds' parameters, a new optimizer state per lane
+
+
+@functools.lru_cache(maxsize=16)
+def seed_keys(seed: int, seeds: int) -> tuple[jax.Array, jax.Array]:
+    """``(seeds,)`` init keys and data keys, derived from (seed, seed index) alone.
+
+    >>> init, data = seed_keys(0, 2)
+    >>> init.shape, data.shape
+    ((2,), (2,))
+    """
+    base = jax.random.key(seed)
+    per_seed = [jax.random.fold_in(base, s) for s in range(seeds)]
+    init = jnp.stack([jax.random.fold_in(k, 0) for k in per_seed])
+    data = jnp.stack([jax.random.fold_in(k, 1) for k in per_seed])
+    return init, data
+
+
+def lane_inputs(values: Sequence[float], seed: int, seeds: int) -> LaneInputs:
+    """The per-lane inputs of a stage training ``values`` for ``seeds`` seeds (host side).
+
+    >>> lane_inputs([0.1, 0.2], seed=0, seeds=2).seed_index.tolist()
+    [0, 1, 0, 1]
+    """
+    seed_init_keys, seed_data_keys = seed_keys(seed, seeds)
+    seed_of_lane = np.tile(np.arange(seeds, dtype=np.int32), len(values))
+    return LaneInputs(
+        values=jnp.asarray(np.repeat(np.asarray(values, np.float64), seeds), jnp.float32),
+        init_keys=seed_init_keys[seed_of_lane],
+        data_keys=seed_data_keys[seed_of_lane],
+        seed_index=seed_of_lane,
+    )
+
+
+def compiled_memory(compiled) -> dict[str, int]:
+    """A compiled program's memory estimate: arguments, outputs, temporaries and their total.
+
+    The total counts buffers the program aliases (donated inputs reused as outputs) once.
+    """
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return {}
+    parts = {
+        "arguments": int(analysis.argument_size_in_bytes),
+        "outputs": int(analysis.output_size_in_bytes),
+        "temporaries": int(analysis.temp_size_in_bytes),
+    }
+    return {**parts, "total": sum(parts.values()) - int(analysis.alias_size_in_bytes)}
+
+
+class StagePrograms:
+    """The programs of one sweep, jitted over a lane mesh; compiled on first use.
+
+    Args:
+      programs: the pure programs (:func:`jaxsweep._train.make_programs`).
+      data: the host arrays of the split: placed whole on every device, once.
+      devices: the devices the lanes are split over (:func:`_sharding.resolve_devices`).
+    """
+
+    def __init__(self, programs: Programs, data: Split, devices: Sequence):
+        # lanes split over a one-axis mesh, data copied to every device: jit partitions the
+        # vmapped programs (SPMD), and every output keeps the lane axis split the same way
+        self.mesh = _sharding.lane_mesh(devices)
+        self.data = _sharding.place_replicated(data, self.mesh)
+        lanes = _sharding.lane_sharding(self.mesh)
+        self._programs = programs
+        self._init = jax.jit(programs.init_seeds, out_shardings=_sharding.replicated(self.mesh))
+        self._start = jax.jit(programs.start_lanes, out_shardings=lanes)
+        self._epoch = jax.jit(programs.run_epoch, out_shardings=lanes)
+        self._compiled_init = None
+        self._seed_starts: dict[tuple[int, int], Any] = {}
+        self._compiled: dict[int, Any] = {}  # padded lane count -> compiled epoch program
+
+    def seed_start(self, seed: int, seeds: int):
+        """Each seed's initial ``(params, constants)``, leading axis ``(seeds,)``, replicated.
+
+        Parameters depend on the seed alone: each seed is initialised once per sweep, and
+        every stage only gathers them into its lanes and starts fresh optimizers.
+        """
+        if (seed, seeds) not in self._seed_starts:
+            keys = _sharding.place_replicated(seed_keys(seed, seeds)[0], self.mesh)
+            if self._compiled_init is None:
+                options = INIT_COMPILER_OPTIONS.get(jax.default_backend())
+                self._compiled_init = self._init.lower(keys).compile(compiler_options=options)
+            self._seed_starts[seed, seeds] = self._compiled_init(keys)
+        return self._seed_starts[seed, seeds]
+
+    def layout(self, lanes: int) -> LaneLayout:
+        return LaneLayout.over(self.mesh, lanes)
+
+    def start(self, values: Sequence[float], seed: int, seeds: int) -> StageLanes:
+        """Lays out a stage training ``values`` and starts its lanes, placed over the mesh."""
+        inputs = lane_inputs(values, seed, seeds)
+        layout = self.layout(len(inputs.seed_index))
+        placed = layout.place(inputs)
+        params, constants = self.seed_start(seed, seeds)
+        state = self._start(params, constants, placed.seed_index, placed.values)
+        return StageLanes(placed, layout, state)
+
+    def abstract_state(self, lanes: int, seed: int, seeds: int):
+        """The lane state of ``lanes`` real lanes as shapes (traced, never run or compiled)."""
+        params, constants = self.seed_start(seed, seeds)
+        seed_index = np.zeros(lanes, np.int32)
+        values = np.zeros(lanes, np.float32)
+        return jax.eval_shape(self._programs.start_lanes, params, constants, seed_index, values)
+
+    def compile(self, lanes: StageLanes) -> float:
+        """Compiles the epoch program for this stage's lane count; seconds spent (0: reused)."""
+        if lanes.layout.padded in self._compiled:
+            return 0.0
+        started = time.perf_counter()
+        lowered = self._epoch.lower(lanes.state, lanes.inputs.data_keys, np.int32(0), *self.data)
+        self._compiled[lanes.layout.padded] = lowered.compile()
+        return time.perf_counter() - started
+
+    def run_epoch(self, lanes: StageLanes, state: LaneState, epoch: int):
+        """One epoch of every lane: ``(state, metrics)``, both still split over the devices."""
+        program = self._compiled[lanes.layout.padded]
+        return program(state, lanes.inputs.data_keys, np.int32(epoch), *self.data)
+
+    def memory(self, lanes: StageLanes, device) -> tuple[int, str]:
+        """Peak device memory when the backend reports it, else the compiled estimate."""
+        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+        if stats and "peak_bytes_in_use" in stats:
+            return int(stats["peak_bytes_in_use"]), "device_peak"
+        estimate = compiled_memory(self._compiled[lanes.layout.padded])
+        if not estimate:
+            return 0, "unavailable"
+        return estimate["total"], "compiled_estimate"
+
+    def compiled_epoch(self, lanes: StageLanes):
+        """The compiled epoch program of this stage's lane count (after :meth:`compile`)."""
+        return self._compiled[lanes.layout.padded]
