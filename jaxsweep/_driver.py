@@ -70,7 +70,7 @@ def build_stage_programs(setup: Setup) -> StagePrograms:
 def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
     """The stage loop: plan, train, record, stop; progress and checkpoints are hooks."""
     config = setup.config
-    resumed = hooks.resume(_lane_template(engine, config))
+    resumed = hooks.resume(engine)
     history = History() if resumed is None else resumed.history
     stop_reason, stage = "completed", 0
     for stage in range(0 if resumed is None else resumed.stage, config.stages):
@@ -163,12 +163,12 @@ class _Hooks:
         self.reporter, self.checkpoints, self.config = reporter, checkpoints, config
         self.epochs_trained = 0  # in this process (a resumed sweep trains fewer)
 
-    def resume(self, template: LaneTemplate) -> ResumePoint | None:
+    def resume(self, engine: StagePrograms) -> ResumePoint | None:
         """Where the checkpoints say to continue; every key and batch order derives from
         (seed, epoch), so the rest trains exactly as it would have."""
         if self.checkpoints is None:
             return None
-        point = self.checkpoints.resume_point(template)
+        point = self.checkpoints.resume_point(_lane_template(engine, self.config))
         if point is None:
             return None
         for note in point.history.notes:  # the same call warns the same, interrupted or not
