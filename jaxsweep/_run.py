@@ -103,29 +103,5 @@ def run(
           hyperparam="weight_decay", hyperparam_range=(1e-5, 1e-1),
       )
     """
-    checked = setup(
-        model_fn,
-        data,
-        loss=loss,
-        optimizer=optimizer,
-        lr_range=lr_range,
-        hyperparam=hyperparam,
-        hyperparam_range=hyperparam_range,
-        scale=scale,
-        points_per_stage=points_per_stage,
-        stages=stages,
-        top_k=top_k,
-        epochs=epochs,
-        batch_size=batch_size,
-        seeds=seeds,
-        seed=seed,
-        min_improvement=min_improvement,
-        validation_fraction=validation_fraction,
-        expand=expand,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        checkpoint_every_seconds=checkpoint_every_seconds,
-        devices=devices,
-        progress=progress,
-    )
-    return drive(checked)
+    arguments = dict(locals())  # every argument of this call, by name, before anything else
+    return drive(setup(**arguments))

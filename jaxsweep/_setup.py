@@ -62,46 +62,25 @@ def setup(
     lr_range,
     hyperparam,
     hyperparam_range,
-    scale,
-    points_per_stage,
-    stages,
-    top_k,
-    epochs,
-    batch_size,
-    seeds,
-    seed,
-    min_improvement,
-    validation_fraction,
-    expand,
     checkpoint_dir,
     resume,
     checkpoint_every_seconds,
     devices,
     progress,
+    **settings,
 ) -> Setup:
     """Checks every argument of :func:`jaxsweep.run` (same names, no defaults): a Setup.
 
-    The order of the checks is the order of the costs: scalars, then the data, then the
-    loss, optimizer and model (traced abstractly; nothing compiles).
+    ``settings`` are ``run``'s scalar search and training settings (``scale``, ``stages``,
+    ``epochs``, ...), checked by :func:`jaxsweep._config.make_config`. The order of the checks
+    is the order of their costs: scalars, then the data, then the loss, optimizer and model
+    (traced abstractly; nothing compiles).
     """
     if not isinstance(hyperparam, str) or not hyperparam:
         raise TypeError(f"hyperparam: expected a non-empty name, got {hyperparam!r}")
     value_range, range_name = resolve_range(hyperparam, hyperparam_range, lr_range)
     config = make_config(
-        hyperparam=hyperparam,
-        value_range=value_range,
-        range_name=range_name,
-        scale=scale,
-        points_per_stage=points_per_stage,
-        stages=stages,
-        top_k=top_k,
-        epochs=epochs,
-        batch_size=batch_size,
-        seeds=seeds,
-        seed=seed,
-        min_improvement=min_improvement,
-        validation_fraction=validation_fraction,
-        expand=expand,
+        hyperparam=hyperparam, value_range=value_range, range_name=range_name, **settings
     )
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected True or False, got {progress!r}")

@@ -77,6 +77,41 @@ def _per_module(tree) -> dict:
     return {"params": tree}
 
 
+def _step_norms(grads, updates, params) -> dict:
+    """A step's global and per-module gradient norms and per-module update ratios."""
+    module_grads, module_updates = _per_module(grads), _per_module(updates)
+    module_params = _per_module(params)
+    # one pass over the gradients serves both the per-module and the global norm
+    grad_squares = {k: _squared_norm(g) for k, g in module_grads.items()}
+    return {
+        "grad_norm": jnp.sqrt(sum(grad_squares.values(), jnp.zeros(()))),
+        "module_grad_norm": {k: jnp.sqrt(v) for k, v in grad_squares.items()},
+        "update_ratio": {
+            k: _norm(module_updates[k]) / (_norm(module_params[k]) + 1e-12) for k in module_grads
+        },
+    }
+
+
+def _epoch_metrics(steps: dict, val_loss, val_aux) -> EpochMetrics:
+    """One lane's epoch from its stacked step records and its validation loss."""
+    losses = steps["loss"]
+    mean_loss = jnp.mean(losses)
+    finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(val_loss)
+    return EpochMetrics(
+        train_loss=mean_loss,
+        val_loss=val_loss,
+        first_step_loss=losses[0],
+        grad_norm_mean=jnp.mean(steps["grad_norm"]),
+        grad_norm_max=jnp.max(steps["grad_norm"]),
+        stability=jnp.std(losses) / (jnp.abs(mean_loss) + 1e-12),
+        diverged=~finite,
+        train_aux=jax.tree_util.tree_map(jnp.mean, steps["aux"]),
+        val_aux=val_aux,
+        module_grad_norm=jax.tree_util.tree_map(jnp.mean, steps["module_grad_norm"]),
+        update_ratio=jax.tree_util.tree_map(jnp.mean, steps["update_ratio"]),
+    )
+
+
 # ----------------------------------------------------------------------------- programs
 
 
@@ -123,20 +158,7 @@ def make_programs(
         )
         updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params)
         params = optax.apply_updates(carry.params, updates)
-        module_grads, module_updates = _per_module(grads), _per_module(updates)
-        module_params = _per_module(carry.params)
-        # one pass over the gradients serves both the per-module and the global norm
-        grad_squares = {k: _squared_norm(g) for k, g in module_grads.items()}
-        step = {
-            "loss": loss,
-            "aux": aux,
-            "grad_norm": jnp.sqrt(sum(grad_squares.values(), jnp.zeros(()))),
-            "module_grad_norm": {k: jnp.sqrt(v) for k, v in grad_squares.items()},
-            "update_ratio": {
-                k: _norm(module_updates[k]) / (_norm(module_params[k]) + 1e-12)
-                for k in module_grads
-            },
-        }
+        step = {"loss": loss, "aux": aux, **_step_norms(grads, updates, carry.params)}
         return LaneState(params, opt_state, carry.constants), step
 
     def run_lane_epoch(state: LaneState, data_key, epoch, x_train, y_train, x_val, y_val):
@@ -147,23 +169,7 @@ def make_programs(
 
         state, steps = jax.lax.scan(step, state, order)
         val_loss, val_aux = loss_of(state.params, state.constants, x_val, y_val)
-        losses = steps["loss"]
-        mean_loss = jnp.mean(losses)
-        finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(val_loss)
-        metrics = EpochMetrics(
-            train_loss=mean_loss,
-            val_loss=val_loss,
-            first_step_loss=losses[0],
-            grad_norm_mean=jnp.mean(steps["grad_norm"]),
-            grad_norm_max=jnp.max(steps["grad_norm"]),
-            stability=jnp.std(losses) / (jnp.abs(mean_loss) + 1e-12),
-            diverged=~finite,
-            train_aux=jax.tree_util.tree_map(jnp.mean, steps["aux"]),
-            val_aux=val_aux,
-            module_grad_norm=jax.tree_util.tree_map(jnp.mean, steps["module_grad_norm"]),
-            update_ratio=jax.tree_util.tree_map(jnp.mean, steps["update_ratio"]),
-        )
-        return state, metrics
+        return state, _epoch_metrics(steps, val_loss, val_aux)
 
     return Programs(
         init_seeds=jax.vmap(model.init),

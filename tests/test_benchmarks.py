@@ -19,6 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common, cost_growth, precision, stage_throughput, whole_sweep  # noqa: E402
 from jaxsweep.models import MLP  # noqa: E402
 
+# each benchmark compiles several programs of its own, even at this size
+pytestmark = pytest.mark.slow
+
 TINY = dict(epochs=1, batch_size=32, limit=240)
 
 

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+# every example is a fresh process that compiles its own programs: the slow part of the suite
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 NOTEBOOK = EXAMPLES / "colab_tpu.ipynb"

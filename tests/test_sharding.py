@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,8 +82,11 @@ def test_layout_pads_to_a_multiple_of_the_device_count():
     assert (layout.lanes, layout.padded) == (3, 3)
 
 
-def test_one_process_writes():
-    assert _sharding.is_writer()
+@pytest.mark.parametrize("index, writes", [(0, True), (1, False), (3, False)])
+def test_only_process_zero_writes(monkeypatch, index, writes):
+    # several real processes are in test_two_processes_run_one_sweep_together
+    monkeypatch.setattr(jax, "process_index", lambda: index)
+    assert _sharding.is_writer() is writes
 
 
 def test_devices_default_to_every_local_device():
@@ -166,16 +170,24 @@ def _read(path: pathlib.Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _fields(result: jaxsweep.SweepResult, *names: str) -> list[dict]:
+    return [{name: getattr(e, name) for name in names} for e in result.evaluations]
+
+
 def _assert_same_sweep(result: jaxsweep.SweepResult, reference: jaxsweep.SweepResult):
     assert [e.lr for e in result.evaluations] == [e.lr for e in reference.evaluations]
-    for got, want in zip(result.evaluations, reference.evaluations, strict=True):
-        np.testing.assert_allclose(got.seed_val_loss, want.seed_val_loss, rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(got.train_loss, want.train_loss, rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(got.grad_norm, want.grad_norm, rtol=1e-3, atol=1e-6)
+    losses = ("seed_val_loss", "train_loss")
+    chex.assert_trees_all_close(
+        _fields(result, *losses), _fields(reference, *losses), rtol=1e-4, atol=1e-6
+    )
+    chex.assert_trees_all_close(
+        _fields(result, "grad_norm"), _fields(reference, "grad_norm"), rtol=1e-3, atol=1e-6
+    )
     assert result.best_lr == reference.best_lr
     np.testing.assert_allclose(result.best_score, reference.best_score, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_four_devices_give_the_one_device_result(runs):
     reference, root = runs
     assert reference.environment["device_count"] == 1
@@ -192,6 +204,7 @@ def test_four_devices_give_the_one_device_result(runs):
     _assert_same_sweep(result, reference)
 
 
+@pytest.mark.slow
 def test_two_processes_run_one_sweep_together(runs):
     reference, root = runs
     reports = [_read(root / "hosts" / f"process-{i}.json") for i in range(2)]

@@ -103,8 +103,17 @@ def test_model_that_cannot_take_the_data_is_reported():
         jaxsweep.run(lambda: WantsImages(), (X, Y), batch_size=16, progress=False)
 
 
-def test_nothing_on_disk_is_touched_by_a_failed_call(tmp_path):
-    before = sorted(tmp_path.iterdir())
-    with pytest.raises(ValueError):
-        jaxsweep.run(lambda: TinyMLP(), (X, Y), epochs=0, progress=False)
-    assert sorted(tmp_path.iterdir()) == before
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        (dict(epochs=0), ValueError),  # a setting: the first check
+        (dict(data=(X, Y[:-1])), ValueError),  # the data
+        (dict(loss=bad_loss), ValueError),  # the abstract trace of a step: the last check
+    ],
+)
+def test_nothing_on_disk_is_touched_by_a_failed_call(tmp_path, overrides, error):
+    arguments = dict(model_fn=lambda: TinyMLP(), data=(X, Y), batch_size=16, progress=False)
+    arguments.update(overrides, checkpoint_dir=tmp_path / "checkpoints")
+    with pytest.raises(error):
+        jaxsweep.run(arguments.pop("model_fn"), arguments.pop("data"), **arguments)
+    assert list(tmp_path.iterdir()) == []  # not even the checkpoint directory
