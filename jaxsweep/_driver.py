@@ -76,18 +76,13 @@ def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
     for stage in range(0 if resumed is None else resumed.stage, config.stages):
         plan = _selector.plan_stage(stage, history.points, history.scores, config)
         if plan.expansion is not None:  # said before the stage it concerns starts
-            history = history.noted(_expansion_note(stage, plan, config))
-            warn(history.notes[-1], SearchRangeWarning)
+            history = _warned(history, _expansion_note(stage, plan, config))
         hooks.start_stage(stage, plan.points)
         part = resumed if resumed is not None and resumed.stage == stage else None
         lanes, running = _train_stage(engine, stage, plan, config, hooks, part, history)
-        evaluations = collect_evaluations(stage, plan.points, config.seeds, running.epoch_metrics)
-        memory = engine.memory(lanes, _sharding.first_local(setup.devices))
-        cost = StageCost(
-            running.seconds, running.seconds_per_epoch, running.compile_seconds, *memory
-        )
         previous_best = history.best()[1]
-        history = history.with_stage(plan, evaluations, cost)
+        memory = engine.memory(lanes, _sharding.first_local(setup.devices))
+        history = _with_stage(history, stage, plan, config, running, memory)
         hooks.stage_done(stage, history, config.hyperparam)
         if stage > 0 and _selector.should_stop(
             previous_best, history.best()[1], config.min_improvement
@@ -99,8 +94,7 @@ def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
             hooks.save_stage(stage, history)
     final = _final_note(history, config.hyperparam)
     if final is not None:
-        history = history.noted(final)
-        warn(final, SearchRangeWarning)
+        history = _warned(history, final)
     result = history.result(
         setup.record,
         environment=hooks.environment(setup.devices),
@@ -141,6 +135,19 @@ def _train_stage(
         running = running.after_epoch(metrics, now - epoch_started, now - started)
         hooks.epoch_done(stage, epoch + 1, state, lanes, running, history)
     return lanes, running
+
+
+def _with_stage(history, stage, plan, config, running: Running, memory) -> History:
+    """The history with this stage's records: an evaluation per value, the stage's cost."""
+    evaluations = collect_evaluations(stage, plan.points, config.seeds, running.epoch_metrics)
+    seconds = (running.seconds, running.seconds_per_epoch, running.compile_seconds)
+    return history.with_stage(plan, evaluations, StageCost(*seconds, *memory))
+
+
+def _warned(history: History, note: str) -> History:
+    """Gives a search-range warning, and keeps it with the history (and the result)."""
+    warn(note, SearchRangeWarning)
+    return history.noted(note)
 
 
 def _lane_template(engine: StagePrograms, config: SweepConfig) -> LaneTemplate:

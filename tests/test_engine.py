@@ -16,7 +16,9 @@ from conftest import SMALL, TinyMLP, make_classification, train_alone
 from flax import nnx
 
 import jaxsweep
-from jaxsweep import _data, _model, _optim
+from jaxsweep import _data, _driver, _model, _optim
+from jaxsweep._progress import BarProgress, SilentProgress
+from jaxsweep._warnings import warn
 
 # Tiny ranges often leave the best rate on an edge; that warning is tested on its own below.
 pytestmark = pytest.mark.filterwarnings("ignore::jaxsweep.SearchRangeWarning")
@@ -181,6 +183,49 @@ def test_optimum_beyond_the_range_is_followed(split_blobs):
     assert min(result.stages[1].lrs) > 1e-6
     assert result.best_lr > 1e-6
     assert any("outside the given range" in w for w in result.warnings)
+
+
+def test_search_beyond_warning_comes_before_the_stage_it_names(split_blobs, monkeypatch):
+    events = []
+
+    class Recording(SilentProgress):
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def start_stage(self, stage, stages, values, epochs):
+            events.append(("start", stage))
+
+        def stage_done(self, stage, *rest):
+            events.append(("done", stage))
+
+    def recorded(note, category):
+        events.append(("warn", note.split(":")[0]))
+        warn(note, category)
+
+    monkeypatch.setattr(_driver, "BarProgress", Recording)
+    monkeypatch.setattr(_driver, "warn", recorded)
+    arguments = dict(SMALL, progress=True)
+    with pytest.warns(jaxsweep.SearchRangeWarning, match="stage 1: .* beyond"):
+        jaxsweep.run(
+            lambda: TinyMLP(),
+            split_blobs,
+            lr_range=(1e-7, 1e-6),
+            points_per_stage=2,
+            stages=2,
+            **arguments,
+        )
+    assert events[:4] == [("start", 0), ("done", 0), ("warn", "stage 1"), ("start", 1)]
+
+
+def test_progress_counts_stages_from_zero(capsys):
+    bar = BarProgress(total_stages=2, epochs=1)
+    with bar:
+        bar.start_stage(0, 2, [1e-3], 1)
+        bar.stage_done(0, 1e-3, 0.5, "learning_rate")
+        bar.start_stage(1, 2, [2e-3], 1)
+    err = capsys.readouterr().err
+    assert "stage 0/1" in err and "stage 0 done" in err and "stage 1/1" in err
+    assert "stage 2" not in err
 
 
 class NNXMLP(nnx.Module):

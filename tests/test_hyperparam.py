@@ -124,6 +124,12 @@ def _run(blobs, **kwargs):
             ValueError,
             "lr_range: the sweep is over 'weight_decay'",
         ),
+        (
+            # the default's value, given explicitly, is still given twice
+            dict(lr_range=(1e-5, 1e-2), hyperparam_range=(1e-4, 1e-1)),
+            ValueError,
+            "hyperparam_range: give the learning-rate range once",
+        ),
         (dict(hyperparam=""), TypeError, "hyperparam"),
         (dict(hyperparam=3), TypeError, "hyperparam"),
         (dict(scale="cubic"), ValueError, "scale"),
