@@ -72,7 +72,10 @@ class Shape:
         return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), decay], [warmup])
 
     def describe(self, total_steps: int | None = None) -> str:
-        """E.g. ``warmup_cosine (linear warmup over 10% of the steps (60 of 600), cosine decay to 0)``."""
+        """What the swept value is the peak of, for the report.
+
+        E.g. ``warmup_cosine (linear warmup over 10% of the steps (60 of 600), cosine decay to 0)``.
+        """
         name = f"warmup_{self.decay}" if self.warmup_fraction > 0 else self.decay
         parts = []
         if self.warmup_fraction > 0:
