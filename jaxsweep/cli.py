@@ -1,7 +1,8 @@
 """The ``jaxsweep`` command.
 
 ``jaxsweep demo`` sweeps an MLP on the bundled digits data and writes result, report and
-figures; ``jaxsweep report DIR`` rebuilds report and figures from ``DIR/result.json`` alone;
+figures; ``jaxsweep run FILE.py:FACTORY --data FILE.npz`` does the same for your own model
+and data; ``jaxsweep report DIR`` rebuilds report and figures from ``DIR/result.json`` alone;
 ``jaxsweep show DIR`` prints the per-stage table and the best rate.
 """
 
@@ -60,16 +61,58 @@ def _demo(args) -> int:
     _check_writable(args.out)  # fail before the sweep, not after it
     x, y = load_digits()
     console.print(f"digits: {len(x)} images of 8x8 pixels, 10 classes")
-    started = time.perf_counter()
-    result = jaxsweep.run(
-        lambda: MLP(hidden=(128, 128)),
-        (x, y),
-        epochs=args.epochs,
-        stages=args.stages,
-        min_improvement=args.min_improvement,
-        progress=not args.quiet,
-        checkpoint_dir=args.checkpoint_dir,
+    return _sweep_and_write(
+        console,
+        args,
+        lambda: jaxsweep.run(
+            lambda: MLP(hidden=(128, 128)),
+            (x, y),
+            epochs=args.epochs,
+            stages=args.stages,
+            min_improvement=args.min_improvement,
+            progress=not args.quiet,
+            checkpoint_dir=args.checkpoint_dir,
+        ),
     )
+
+
+def _run(args) -> int:
+    import jaxsweep
+
+    from ._userfiles import load_factory, load_npz, parse_optimizer
+
+    console = _console()
+    # every input is read and checked before the sweep starts compiling
+    model_fn = load_factory(args.model)
+    data = load_npz(args.data)
+    optimizer = parse_optimizer(args.optimizer)
+    _check_writable(args.out)
+    options = {"lr_range": tuple(args.lr_range)} if args.lr_range else {}
+    return _sweep_and_write(
+        console,
+        args,
+        lambda: jaxsweep.run(
+            model_fn,
+            data,
+            optimizer=optimizer,
+            loss=args.loss,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            stages=args.stages,
+            seeds=args.seeds,
+            seed=args.seed,
+            min_improvement=args.min_improvement,
+            progress=not args.quiet,
+            checkpoint_dir=args.checkpoint_dir,
+            **options,
+        ),
+    )
+
+
+def _sweep_and_write(console, args, sweep) -> int:
+    """Runs ``sweep()``, then saves result.json, the report and the figures in ``args.out``."""
+    started = time.perf_counter()
+    result = sweep()
     seconds = time.perf_counter() - started
     if args.checkpoint_dir is not None:
         console.print(_resume_line(result.environment["checkpoint"]))
@@ -193,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="save Orbax checkpoints here; rerun the same command to resume a killed sweep",
     )
     demo.set_defaults(handler=_demo)
+    _add_run_parser(commands)
     rebuild = commands.add_parser(
         "report", help="rebuild report.md, methods.tex and figures from DIR/result.json"
     )
@@ -202,6 +246,44 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("dir", metavar="DIR", help="folder holding result.json")
     show.set_defaults(handler=_show)
     return parser
+
+
+def _add_run_parser(commands) -> None:
+    run = commands.add_parser(
+        "run",
+        help="sweep your own model on your own data",
+        description="Sweep the model built by FACTORY in FILE.py on the arrays of an .npz file "
+        "(x and y, or x_train, y_train, x_val and y_val), then write result.json, report.md, "
+        "methods.tex and figures/ to --out.",
+    )
+    run.add_argument("model", metavar="FILE.py:FACTORY", help="file and name of the model factory")
+    run.add_argument("--data", required=True, metavar="FILE.npz", help="the training data")
+    run.add_argument("--out", default=os.path.join("runs", "sweep"), help="output folder")
+    run.add_argument("--epochs", type=int, default=3)
+    run.add_argument("--batch-size", type=int, default=128)
+    run.add_argument(
+        "--lr-range", type=float, nargs=2, metavar=("LO", "HI"), help="stage-0 learning rates"
+    )
+    run.add_argument(
+        "--optimizer", default="adam", help="an optax name, e.g. adam or 'sgd(momentum=0.9)'"
+    )
+    run.add_argument("--loss", default="auto", choices=("auto", "cross_entropy", "mse"))
+    run.add_argument("--stages", type=int, default=5)
+    run.add_argument("--seeds", type=int, default=1, help="initialisations per value")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--min-improvement",
+        type=float,
+        default=0.01,
+        help="stop early below this relative gain (0: run every stage)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="save Orbax checkpoints here; rerun the same command to resume a killed sweep",
+    )
+    run.set_defaults(handler=_run)
 
 
 def main(argv=None) -> int:
