@@ -1,0 +1,125 @@
+"""Random-access sources: reading batches, columns, and prefetching on a worker thread."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from jaxsweep import _sources
+
+
+class Squares:
+    """A user's dataset class: item i is (x, y) computed on demand, nothing held in memory."""
+
+    def __init__(self, n):
+        self.n, self.reads = n, 0
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        self.reads += 1
+        return np.full(3, i, np.float32), np.int32(i % 2)
+
+
+class Records:
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"image": np.full((2, 2), i, np.float32), "label": i % 3, "id": str(i)}
+
+
+def test_read_batch_stacks_the_examples_asked_for_in_that_order():
+    source = Squares(10)
+    x, y = _sources.read_batch(source, [7, 2, 2, 9])
+    np.testing.assert_array_equal(x[:, 0], [7, 2, 2, 9])
+    np.testing.assert_array_equal(y, [1, 0, 0, 1])
+    assert x.shape == (4, 3) and source.reads == 4
+
+
+def test_columns_of_records_and_of_a_dict_of_arrays():
+    pairs = _sources.columns(Records(5), x="image", y="label")
+    assert len(pairs) == 5 and _sources.is_source(pairs)
+    x, y = _sources.read_batch(pairs, [4, 1])
+    assert x.shape == (2, 2, 2) and y.tolist() == [1, 1]
+    arrays = _sources.columns({"a": np.arange(4), "b": np.ones(4)}, x="a", y="b")
+    assert isinstance(arrays, tuple) and arrays[0].tolist() == [0, 1, 2, 3]
+    with pytest.raises(KeyError, match="no column 'lbl'"):
+        _sources.columns({"a": np.arange(4), "b": np.ones(4)}, x="a", y="lbl")
+    with pytest.raises(KeyError, match="no column 'lbl'"):
+        _sources.read_batch(_sources.columns(Records(3), x="image", y="lbl"), [0])
+
+
+def test_dict_items_without_columns_say_how_to_name_them():
+    with pytest.raises(TypeError, match=r"jaxsweep.columns"):
+        _sources.read_batch(Records(3), [0])
+
+
+def test_is_source():
+    assert _sources.is_source(Squares(3))
+    for value in (np.zeros(3), (np.zeros(3), np.zeros(3)), [1, 2], {"train": 1}, "abc"):
+        assert not _sources.is_source(value)
+
+
+def test_subset_and_getitems():
+    class Batched(Squares):
+        def __getitems__(self, indices):
+            self.batched = list(indices)
+            return [self[i] for i in indices]
+
+    source = Batched(10)
+    subset = _sources.Subset(source, np.array([9, 3, 5]))
+    x, _ = _sources.read_batch(subset, [2, 0])
+    np.testing.assert_array_equal(x[:, 0], [5, 9])
+    assert source.batched == [5, 9]
+
+
+def test_read_all_covers_every_example():
+    x, y = _sources.read_all(Squares(7), "val", batch=3)
+    np.testing.assert_array_equal(x[:, 0], np.arange(7))
+
+
+def test_grain_map_dataset_is_a_source():
+    grain = pytest.importorskip("grain")
+    dataset = grain.MapDataset.range(12).map(lambda i: (np.full(2, i, np.float32), i % 4))
+    assert _sources.is_source(dataset)
+    x, y = _sources.read_batch(dataset, [11, 0, 5])
+    np.testing.assert_array_equal(x[:, 0], [11, 0, 5])
+    np.testing.assert_array_equal(y, [3, 0, 1])
+
+
+def test_prefetch_keeps_order_reads_ahead_and_stops_with_the_consumer():
+    started = []
+
+    def produce(job):
+        started.append(job)
+        return job * 10
+
+    stream = _sources.prefetch(produce, range(100), depth=2)
+    assert next(stream) == 0
+    time.sleep(0.05)
+    assert len(started) <= 4  # bounded: the consumed one, the queue, one waiting to be put
+    assert [next(stream) for _ in range(5)] == [10, 20, 30, 40, 50]
+    stream.close()
+    time.sleep(0.05)
+    assert not any(t.name == "jaxsweep-prefetch" for t in threading.enumerate())
+    assert len(started) < 100
+
+
+def test_prefetch_raises_the_worker_error_where_the_batch_is_wanted():
+    def produce(job):
+        if job == 3:
+            raise IndexError("no item 3")
+        return job
+
+    stream = _sources.prefetch(produce, range(10))
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(IndexError, match="no item 3"):
+        next(stream)
