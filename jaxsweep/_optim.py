@@ -13,6 +13,8 @@ from numbers import Real
 import jax.numpy as jnp
 import optax
 
+from . import _schedules
+
 
 def describe_optimizer(optimizer) -> str:
     """A readable name: ``adam``, or ``sgd(momentum=0.9)`` for a partial.
@@ -27,8 +29,11 @@ def describe_optimizer(optimizer) -> str:
     return getattr(optimizer, "__name__", type(optimizer).__name__)
 
 
-def resolve_optimizer(optimizer, hyperparam: str) -> optax.GradientTransformation:
+def resolve_optimizer(optimizer, hyperparam: str, schedule=None) -> optax.GradientTransformation:
     """Wraps an optax factory so that ``hyperparam`` is array data in the optimizer state.
+
+    With ``schedule`` (a unit schedule, peak 1), every update is also scaled by
+    ``schedule(step)``: the rate trained at step ``t`` is the lane's rate times ``schedule(t)``.
 
     Raises:
       TypeError: ``optimizer`` is a built transformation or not callable, does not accept
@@ -47,6 +52,8 @@ def resolve_optimizer(optimizer, hyperparam: str) -> optax.GradientTransformatio
         signature = None
     if signature is not None:
         _check_signature(signature, describe_optimizer(optimizer), hyperparam)
+    if schedule is not None:
+        optimizer = _schedules.with_schedule(optimizer, schedule)
     return optax.inject_hyperparams(optimizer)(**{hyperparam: 1.0})
 
 

@@ -27,6 +27,7 @@ def run(
     top_k: int = 2,
     epochs: int = 3,
     batch_size: int = 128,
+    schedule=None,
     seeds: int = 1,
     seed: int = 0,
     min_improvement: float = 0.01,
@@ -69,6 +70,12 @@ def run(
       top_k: intervals refined in each later stage.
       epochs: epochs each rate is trained for.
       batch_size: examples per step.
+      schedule: how the rate changes over the steps, the swept value being its peak: None
+        (constant), a name (``"warmup_cosine"``: linear warmup over 10% of the steps, then
+        cosine decay to 0; ``"cosine"``, ``"linear"``, ``"warmup_linear"``, ``"constant"``),
+        a shape from :mod:`jaxsweep.schedules` (``warmup_cosine(warmup_fraction=0.05)``), or
+        any optax schedule with peak 1.0. The rate at step ``t`` is the swept value times
+        ``schedule(t)``; shapes stretch to the run's total steps.
       seeds: initialisations (and batch orders) per rate; the score is their mean.
       seed: the root of every random choice (split, init, batch order).
       min_improvement: stop when a stage improves the best score by less than this fraction.

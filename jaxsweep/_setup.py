@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import optax
 
-from . import _checkpoint, _sharding
+from . import _checkpoint, _schedules, _sharding
 from ._config import SweepConfig, make_config
 from ._data import Split, prepare
 from ._losses import resolve_loss, split_loss
@@ -67,6 +67,7 @@ def setup(
     checkpoint_every_seconds,
     devices,
     progress,
+    schedule,
     **settings,
 ) -> Setup:
     """Checks every argument of :func:`jaxsweep.run` (same names, no defaults): a Setup.
@@ -88,10 +89,14 @@ def setup(
         *_checkpoint.check_arguments(checkpoint_dir, resume, checkpoint_every_seconds)
     )
     devices = tuple(_sharding.resolve_devices(devices))
-    return _with_data(config, model_fn, data, loss, optimizer, devices, checkpoint, progress)
+    return _with_data(
+        config, model_fn, data, loss, optimizer, devices, checkpoint, progress, schedule
+    )
 
 
-def _with_data(config, model_fn, data, loss, optimizer, devices, checkpoint, progress) -> Setup:
+def _with_data(
+    config, model_fn, data, loss, optimizer, devices, checkpoint, progress, schedule
+) -> Setup:
     """The checks that need the data: split, batch size, loss, optimizer and model."""
     split = prepare(data, config.validation_fraction, config.seed)
     if config.batch_size > len(split.x_train):
@@ -100,7 +105,9 @@ def _with_data(config, model_fn, data, loss, optimizer, devices, checkpoint, pro
             "training examples"
         )
     loss_fn, loss_name = resolve_loss(loss, split.y_train)
-    tx = resolve_optimizer(optimizer, config.hyperparam)
+    total_steps = config.epochs * (len(split.x_train) // config.batch_size)
+    scheduled = _schedules.resolve(schedule, total_steps)
+    tx = resolve_optimizer(optimizer, config.hyperparam, scheduled and scheduled.fn)
     model = adapt(model_fn, split.x_train[:1])
     abstract_params = _probe(model, loss_fn, tx, config.hyperparam, split, config.batch_size)
     return Setup(
@@ -114,7 +121,10 @@ def _with_data(config, model_fn, data, loss, optimizer, devices, checkpoint, pro
         devices=devices,
         checkpoint=checkpoint,
         progress=progress,
-        record=_record(config, split, model, abstract_params, loss_name, optimizer),
+        record={
+            **_record(config, split, model, abstract_params, loss_name, optimizer),
+            "schedule": scheduled and scheduled.description,
+        },
     )
 
 
@@ -185,6 +195,16 @@ def _probe(model: ModelFunctions, loss_fn, optimizer, hyperparam: str, split: Sp
 def _probe_optimizer(optimizer, params, hyperparam: str) -> None:
     try:
         opt_state = jax.eval_shape(optimizer.init, params)
+    except jax.errors.ConcretizationTypeError as error:
+        # e.g. optax.warmup_cosine_decay_schedule(0.0, learning_rate, ...) compares the
+        # swept value in Python, but the sweep holds it as an array: the shape goes to schedule=
+        raise TypeError(
+            f"optimizer: the factory uses {hyperparam!r} as a Python number (a schedule built "
+            "from it?), but the sweep holds it as an array. Give the schedule's shape as "
+            "schedule= instead, e.g. schedule='warmup_cosine' or "
+            "schedule=optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total_steps): "
+            f"the swept value becomes its peak ({type(error).__name__})"
+        ) from None
     except Exception as error:
         raise TypeError(
             f"optimizer: could not be initialised with {hyperparam!r} held as an array "

@@ -96,6 +96,7 @@ def _run(args) -> int:
             data,
             optimizer=optimizer,
             loss=args.loss,
+            schedule=args.schedule,
             epochs=args.epochs,
             batch_size=args.batch_size,
             stages=args.stages,
@@ -268,6 +269,12 @@ def _add_run_parser(commands) -> None:
         "--optimizer", default="adam", help="an optax name, e.g. adam or 'sgd(momentum=0.9)'"
     )
     run.add_argument("--loss", default="auto", choices=("auto", "cross_entropy", "mse"))
+    run.add_argument(
+        "--schedule",
+        default=None,
+        choices=("constant", "cosine", "linear", "warmup_cosine", "warmup_linear"),
+        help="a schedule shape; the swept learning rate is its peak",
+    )
     run.add_argument("--stages", type=int, default=5)
     run.add_argument("--seeds", type=int, default=1, help="initialisations per value")
     run.add_argument("--seed", type=int, default=0)

@@ -189,6 +189,18 @@ def _config_rows(result: SweepResult) -> list[str]:
     return rows
 
 
+def _schedule_sentence(config: dict, escape) -> str:
+    """`` The swept ... is the peak of a <schedule> schedule.`` or nothing without one."""
+    schedule = config.get("schedule")
+    if not schedule:
+        return ""
+    name = config.get("hyperparam", "learning_rate").replace("_", " ")
+    return (
+        f" The rate followed a {escape(schedule)} schedule over the training steps: the swept "
+        f"{escape(name)} is its peak."
+    )
+
+
 def _environment_lines(result: SweepResult) -> list[str]:
     env = dict(result.environment)
     versions = env.pop("versions", {}) or {}
@@ -217,7 +229,7 @@ def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(F
         "",
         f"Model `{result.config.get('model', '?')}` with optimizer "
         f"`{result.config.get('optimizer', '?')}`, loss `{result.config.get('loss', '?')}`; "
-        f"stop reason: {result.stop_reason}.",
+        f"stop reason: {result.stop_reason}.{_schedule_sentence(result.config, _md_escape)}",
         "",
         *_config_rows(result),
         "",
@@ -350,7 +362,8 @@ def methods_tex(result: SweepResult) -> str:
         f"trained {int(cfg.get('points_per_stage', 0))} new rates inside them, following the "
         "optimum beyond the evaluated range when the best rate lay on its edge. All rates of a "
         "stage were trained simultaneously in one vectorised program, each starting from the "
-        "same initial parameters and seeing the same batches.",
+        "same initial parameters and seeing the same batches."
+        + _schedule_sentence(cfg, tex_escape),
         "",
         f"The search {stop}: {stages} stages, {eff.evaluations} evaluations in "
         f"{eff.sweep_seconds:.1f}~s. The best evaluated rate was "

@@ -8,7 +8,7 @@ import pytest
 from conftest import make_classification
 
 import jaxsweep
-from jaxsweep import _run, cli
+from jaxsweep import _train, cli
 
 MODEL_FILE = textwrap.dedent(
     """
@@ -42,7 +42,7 @@ def test_run_writes_result_report_and_figures_with_the_options_given(files, caps
     argv = ["run", f"{files / 'model.py'}:make_model", "--data", str(files / "split.npz")]
     argv += ["--out", str(out), "--epochs", "1", "--batch-size", "32", "--stages", "2"]
     argv += ["--lr-range", "1e-3", "1e-1", "--optimizer", "sgd(momentum=0.9)", "--seeds", "2"]
-    argv += ["--min-improvement", "0", "--quiet"]
+    argv += ["--min-improvement", "0", "--quiet", "--schedule", "warmup_cosine"]
     assert cli.main(argv) == 0
     result = jaxsweep.load(out / "result.json")
     assert result.config["optimizer"] == "sgd(momentum=0.9)"
@@ -50,6 +50,7 @@ def test_run_writes_result_report_and_figures_with_the_options_given(files, caps
     assert (result.config["seeds"], result.config["epochs"], result.config["stages"]) == (2, 1, 2)
     assert (result.config["n_train"], result.config["n_val"]) == (96, 24)
     assert result.config["model"] == "Small"
+    assert result.config["schedule"].startswith("warmup_cosine (linear warmup over 10%")
     assert (out / "report.md").is_file() and (out / "methods.tex").is_file()
     assert (out / "figures" / "lr_curve.png").stat().st_size > 10_000
     assert f"{result.best_lr:.4g}" in capsys.readouterr().out
@@ -69,7 +70,7 @@ def test_run_writes_result_report_and_figures_with_the_options_given(files, caps
     ],
 )
 def test_run_errors_are_one_line_naming_the_thing(case, words, files, capsys, monkeypatch):
-    monkeypatch.setattr(_run, "make_programs", lambda *a, **k: pytest.fail("compiled"))
+    monkeypatch.setattr(_train, "make_programs", lambda *a, **k: pytest.fail("compiled"))
     model, data, optimizer = f"{files / 'model.py'}:make_model", str(files / "data.npz"), "adam"
     if case == "no_file":
         model = f"{files / 'nowhere.py'}:make_model"

@@ -1,14 +1,17 @@
 """Schedule shapes and the schedule chained after an injected optimizer."""
 
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import SMALL, TinyMLP, train_alone
 
-from jaxsweep import _schedules, schedules
+import jaxsweep
+from jaxsweep import _schedules, _train, schedules
 
 
 def reference(step, total, warmup, decay, final):
@@ -114,3 +117,87 @@ def test_chained_schedule_equals_optax_with_the_scheduled_rate():
 
     np.testing.assert_allclose(train(injected), train(plain), rtol=1e-4, atol=1e-6)
     assert injected.init({"w": jnp.zeros(3)}).hyperparams["learning_rate"] == peak
+
+
+# ----------------------------------------------------------------------------- in a sweep
+
+
+@pytest.fixture(scope="module")
+def scheduled(split_blobs):
+    with warnings.catch_warnings():  # a 2-point range leaves the best on an edge
+        warnings.simplefilter("ignore", jaxsweep.SearchRangeWarning)
+        return _sweep(split_blobs)
+
+
+def _sweep(split_blobs):
+    return jaxsweep.run(
+        lambda: TinyMLP(),
+        split_blobs,
+        stages=1,
+        points_per_stage=2,
+        lr_range=(3e-3, 3e-2),
+        schedule=schedules.warmup_cosine(warmup_fraction=0.25),
+        **SMALL,
+    )
+
+
+def test_a_scheduled_lane_equals_optax_with_the_scheduled_rate_in_a_plain_loop(
+    scheduled, split_blobs
+):
+    total = 2 * (192 // 32)  # 2 epochs of 6 steps
+    for evaluation in scheduled.evaluations:
+        rate = optax.warmup_cosine_decay_schedule(0.0, evaluation.lr, 3, total)
+        alone = train_alone(optax.adam(rate), split_blobs, epochs=2, batch_size=32)
+        np.testing.assert_allclose(evaluation.val_loss, alone["val_loss"], rtol=1e-4)
+        np.testing.assert_allclose(evaluation.train_loss, alone["train_loss"], rtol=1e-4)
+    # and not what a constant rate gives: the schedule changed the training
+    constant = train_alone(
+        optax.adam(scheduled.evaluations[0].lr), split_blobs, epochs=2, batch_size=32
+    )
+    assert abs(constant["val_loss"][-1] - scheduled.evaluations[0].val_loss[-1]) > 1e-3
+
+
+def test_the_record_and_report_say_which_schedule_the_swept_value_is_the_peak_of(scheduled):
+    from jaxsweep.report import markdown, methods_tex
+
+    described = "warmup_cosine (linear warmup over 25% of the steps (3 of 12), cosine decay to 0)"
+    assert scheduled.config["schedule"] == described
+    assert f"followed a {described} schedule" in markdown(scheduled)
+    assert "the swept learning rate is its peak" in markdown(scheduled)
+    assert r"warmup\_cosine (linear warmup over 25\% of the steps" in methods_tex(scheduled)
+
+
+@pytest.mark.filterwarnings("ignore::jaxsweep.SearchRangeWarning")
+def test_a_schedule_built_in_the_factory_works_when_optax_allows_it(split_blobs):
+    """cosine_decay_schedule(learning_rate, ...) takes the array; it equals schedule='cosine'."""
+    total = 12
+    inside = jaxsweep.run(
+        lambda: TinyMLP(),
+        split_blobs,
+        optimizer=lambda learning_rate: optax.adam(
+            optax.cosine_decay_schedule(learning_rate, total)
+        ),
+        stages=1,
+        points_per_stage=2,
+        lr_range=(3e-3, 3e-2),
+        **SMALL,
+    )
+    alone = train_alone(
+        optax.adam(optax.cosine_decay_schedule(inside.evaluations[1].lr, total)),
+        split_blobs,
+        epochs=2,
+        batch_size=32,
+    )
+    np.testing.assert_allclose(inside.evaluations[1].val_loss, alone["val_loss"], rtol=1e-4)
+
+
+def test_a_schedule_that_compares_the_swept_value_points_to_schedule(split_blobs, monkeypatch):
+    monkeypatch.setattr(_train, "make_programs", lambda *a, **k: pytest.fail("built"))
+    factory = lambda learning_rate: optax.adamw(
+        optax.warmup_cosine_decay_schedule(0.0, learning_rate, 10, 100)
+    )
+    with pytest.raises(TypeError, match="schedule=") as info:
+        jaxsweep.run(lambda: TinyMLP(), split_blobs, optimizer=factory, **SMALL)
+    assert "the swept value becomes its peak" in str(info.value)
+    with pytest.raises(ValueError, match="schedule: unknown name"):
+        jaxsweep.run(lambda: TinyMLP(), split_blobs, schedule="cosine_warmup", **SMALL)
