@@ -199,11 +199,11 @@ def _probe_optimizer(optimizer, params, hyperparam: str) -> None:
         # e.g. optax.warmup_cosine_decay_schedule(0.0, learning_rate, ...) compares the
         # swept value in Python, but the sweep holds it as an array: the shape goes to schedule=
         raise TypeError(
-            f"optimizer: the factory uses {hyperparam!r} as a Python number (a schedule built "
-            "from it?), but the sweep holds it as an array. Give the schedule's shape as "
-            "schedule= instead, e.g. schedule='warmup_cosine' or "
-            "schedule=optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total_steps): "
-            f"the swept value becomes its peak ({type(error).__name__})"
+            f"optimizer: could not be initialised with {hyperparam!r} held as an array: the "
+            f"factory uses it as a Python number ({type(error).__name__}). If it builds a "
+            "schedule from it, give the schedule's shape as schedule= instead, e.g. "
+            "schedule='warmup_cosine' or schedule=optax.warmup_cosine_decay_schedule(0.0, 1.0, "
+            "warmup, total_steps): the swept value becomes its peak"
         ) from None
     except Exception as error:
         raise TypeError(
