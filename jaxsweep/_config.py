@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 SCALES = ("log", "linear")
+MODES = ("min", "max")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,13 @@ class SweepConfig:
     min_improvement: float
     validation_fraction: float
     expand: bool
+    metric: str = "val_loss"  # what ranks the values: the validation loss or an aux entry
+    mode: str = "min"  # "min" or "max": whether a lower or a higher metric is better
+
+    @property
+    def sign(self) -> float:
+        """+1 when lower is better, -1 when higher is: ``sign * metric`` is minimised."""
+        return 1.0 if self.mode == "min" else -1.0
 
     @property
     def initial_step(self) -> float:
@@ -84,6 +92,8 @@ def make_config(
     min_improvement,
     validation_fraction,
     expand,
+    metric="val_loss",
+    mode="min",
 ) -> SweepConfig:
     """Checks every scalar argument of ``run`` and returns them as a :class:`SweepConfig`.
 
@@ -101,6 +111,10 @@ def make_config(
         raise ValueError(f"min_improvement: must be >= 0, got {improvement}")
     if not isinstance(expand, bool):
         raise TypeError(f"expand: expected True or False, got {expand!r}")
+    if not isinstance(metric, str) or not metric:
+        raise TypeError(f"metric: expected a name such as 'val_loss', got {metric!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode: expected 'min' or 'max', got {mode!r}")
     return SweepConfig(
         hyperparam=hyperparam,
         value_range=_range(range_name, value_range, scale),
@@ -115,4 +129,6 @@ def make_config(
         min_improvement=improvement,
         validation_fraction=fraction,
         expand=expand,
+        metric=metric,
+        mode=mode,
     )

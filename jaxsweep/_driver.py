@@ -72,6 +72,7 @@ def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
     config = setup.config
     resumed = hooks.resume(engine)
     history = History() if resumed is None else resumed.history
+    history = dataclasses.replace(history, sign=config.sign)  # the metric's direction
     stop_reason, stage = "completed", 0
     for stage in range(0 if resumed is None else resumed.stage, config.stages):
         plan = _selector.plan_stage(stage, history.points, history.scores, config)
@@ -80,12 +81,12 @@ def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
         hooks.start_stage(stage, plan.points)
         part = resumed if resumed is not None and resumed.stage == stage else None
         lanes, running = _train_stage(engine, stage, plan, config, hooks, part, history)
-        previous_best = history.best()[1]
+        previous_best = history.best_objective()
         memory = engine.memory(lanes, _sharding.first_local(setup.devices))
         history = _with_stage(history, stage, plan, config, running, memory)
         hooks.stage_done(stage, history, config.hyperparam)
         if stage > 0 and _selector.should_stop(
-            previous_best, history.best()[1], config.min_improvement
+            previous_best, history.best_objective(), config.min_improvement
         ):
             stop_reason = "min_improvement"
             hooks.stop_early()
@@ -139,7 +140,9 @@ def _train_stage(
 
 def _with_stage(history, stage, plan, config, running: Running, memory) -> History:
     """The history with this stage's records: an evaluation per value, the stage's cost."""
-    evaluations = collect_evaluations(stage, plan.points, config.seeds, running.epoch_metrics)
+    evaluations = collect_evaluations(
+        stage, plan.points, config.seeds, running.epoch_metrics, config.metric, config.sign
+    )
     seconds = (running.seconds, running.seconds_per_epoch, running.compile_seconds)
     return history.with_stage(plan, evaluations, StageCost(*seconds, *memory))
 
@@ -196,7 +199,9 @@ class _Hooks:
         self.epochs_trained += 1
         if self.checkpoints is not None:
             self.checkpoints.epoch_done(stage, epoch, state, lanes.inputs, lanes.layout, running)
-        self.reporter.epoch_done(_running_best(running.epoch_metrics[-1], history.best()[1]))
+        self.reporter.epoch_done(
+            _running_best(running.epoch_metrics[-1], history.best()[1], self.config)
+        )
 
     def stage_done(self, stage: int, history: History, name: str) -> None:
         self.reporter.stage_done(stage, *history.best(), name)
@@ -259,7 +264,10 @@ def _final_note(history: History, name: str) -> str | None:
     return None
 
 
-def _running_best(metrics: EpochMetrics, best_score: float) -> float:
+def _running_best(metrics: EpochMetrics, best_score: float, config: SweepConfig) -> float:
     """The best score known after an epoch, for the progress bar (diverged lanes ignored)."""
-    scores = np.where(np.asarray(metrics.diverged), np.inf, np.asarray(metrics.val_loss))
-    return float(min(best_score, np.nanmin(scores, initial=np.inf)))
+    name = config.metric.removeprefix("val_")
+    values = metrics.val_loss if config.metric == "val_loss" else metrics.val_aux[name]
+    signed = config.sign * np.asarray(values, np.float64)
+    signed = np.where(np.asarray(metrics.diverged), np.inf, signed)
+    return config.sign * float(min(config.sign * best_score, np.nanmin(signed, initial=np.inf)))

@@ -37,6 +37,7 @@ class History:
     evaluations: tuple[Evaluation, ...] = ()
     stages: tuple[Stage, ...] = ()
     notes: tuple[str, ...] = ()  # warnings, in the order they were given
+    sign: float = 1.0  # +1 when a lower metric is better (mode "min"), -1 when higher is
 
     @property
     def points(self) -> tuple[float, ...]:
@@ -44,13 +45,19 @@ class History:
 
     @property
     def scores(self) -> tuple[float, ...]:
-        return tuple(e.score for e in self.evaluations)
+        """What the selector ranks, lower is better: the scores times :attr:`sign`."""
+        return tuple(self.sign * e.score for e in self.evaluations)
 
     def best(self) -> tuple[float, float]:
-        """The best value and its score; ``(nan, inf)`` before anything was evaluated."""
+        """The best value and its score (the metric itself); ``(nan, worst)`` before any."""
         if not self.evaluations:
-            return math.nan, math.inf
-        return _selector.best_point(self.points, self.scores)
+            return math.nan, self.sign * math.inf
+        value, objective = _selector.best_point(self.points, self.scores)
+        return value, self.sign * objective
+
+    def best_objective(self) -> float:
+        """The best score signed so that lower is better (what the stop rule compares)."""
+        return self.sign * self.best()[1]
 
     def noted(self, note: str) -> History:
         return dataclasses.replace(self, notes=(*self.notes, note))
@@ -96,7 +103,8 @@ class History:
         if record is None:
             return cls()
         partial = from_dict(record)
-        return cls(partial.evaluations, partial.stages, partial.warnings)
+        sign = -1.0 if partial.config.get("mode", "min") == "max" else 1.0
+        return cls(partial.evaluations, partial.stages, partial.warnings, sign)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,14 +157,28 @@ def _lane_series(epochs: Sequence[EpochMetrics], values: int, seeds: int) -> dic
     return series
 
 
+def _metric_series(epochs: Sequence[EpochMetrics], metric: str, seeds: int) -> np.ndarray:
+    """An auxiliary validation metric (``val_<name>``) per lane: ``(values, seeds, epochs)``."""
+    name = metric.removeprefix("val_")
+    return _per_epoch(epochs, lambda m: m.val_aux[name]).reshape(-1, seeds, len(epochs))
+
+
 def collect_evaluations(
-    stage: int, values: Sequence[float], seeds: int, epochs: Sequence[EpochMetrics]
+    stage: int,
+    values: Sequence[float],
+    seeds: int,
+    epochs: Sequence[EpochMetrics],
+    metric: str = "val_loss",
+    sign: float = 1.0,
 ) -> list[Evaluation]:
     """Turns a stage's per-lane, per-epoch metrics into one :class:`Evaluation` per value.
 
-    Lanes are ordered value-major: lane ``i * seeds + s`` is value ``i`` and seed ``s``.
+    Lanes are ordered value-major: lane ``i * seeds + s`` is value ``i`` and seed ``s``. The
+    score is ``metric`` after the last epoch, mean over seeds; a diverged value scores the
+    worst possible (``sign * inf``).
     """
     s = _lane_series(epochs, len(values), seeds)
+    per_seed = s["val_loss"] if metric == "val_loss" else _metric_series(epochs, metric, seeds)
     diverged = s["diverged"].any(axis=(1, 2))
     evaluations = []
     for i, value in enumerate(values):
@@ -164,14 +186,14 @@ def collect_evaluations(
         previous = np.concatenate([[s["first_step_loss"][i, :, 0].mean()], mean_train[:-1]])
         with np.errstate(divide="ignore", invalid="ignore"):
             reduction = 1.0 - mean_train / previous
-        seed_scores = s["val_loss"][i, :, -1]
+        seed_scores = per_seed[i, :, -1]
         score = float(seed_scores.mean())
         is_diverged = bool(diverged[i]) or not math.isfinite(score)
         evaluations.append(
             Evaluation(
                 lr=float(value),
                 stage=stage,
-                score=math.inf if is_diverged else score,
+                score=sign * math.inf if is_diverged else score,
                 diverged=is_diverged,
                 seed_scores=_series(seed_scores),
                 train_loss=_series(mean_train),

@@ -79,3 +79,28 @@ def resolve_loss(loss, y_train: np.ndarray) -> tuple[Callable, str]:
     if loss == "cross_entropy" and kind != "classes":
         raise ValueError(f"loss: cross_entropy needs integer labels, y has dtype {y_train.dtype}")
     return BUILTIN_LOSSES[loss], loss
+
+
+def resolve_metric(metric: str, aux_names) -> str:
+    """The validation metric that ranks the values, by its recorded name.
+
+    ``"val_loss"`` (or ``"loss"``) is the optimised loss on the validation set; an auxiliary
+    entry ``name`` of the loss's dict is ``"val_name"`` (or ``"name"``).
+
+    >>> resolve_metric("accuracy", ("accuracy",)), resolve_metric("val_loss", ())
+    ('val_accuracy', 'val_loss')
+    """
+    known = ("val_loss", *(f"val_{name}" for name in aux_names))
+    canonical = metric if metric.startswith("val_") else f"val_{metric}"
+    if canonical not in known:
+        if metric.startswith("train_"):
+            raise ValueError(
+                f"metric: {metric!r} is measured on the training batches; the score is "
+                f"measured on the validation set: one of {list(known)}"
+            )
+        raise ValueError(
+            f"metric: {metric!r} is not measured; the validation metrics of this loss are "
+            f"{list(known)} (auxiliary entries come from a loss returning a dict, e.g. "
+            '{"loss": ..., "accuracy": ...})'
+        )
+    return canonical

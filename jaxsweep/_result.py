@@ -28,9 +28,11 @@ class Evaluation:
 
     lr: float  # the evaluated value (a learning rate unless ``config["hyperparam"]`` says else)
     stage: int
-    score: float  # final-epoch validation loss, mean over seeds; +inf when diverged
+    # the final validation metric (``config["metric"]``, the loss by default), mean over seeds;
+    # the worst possible when diverged: +inf when lower is better, -inf when higher is
+    score: float
     diverged: bool  # NaN/inf appeared in any seed
-    seed_scores: tuple[float, ...]  # final validation loss per seed
+    seed_scores: tuple[float, ...]  # final validation metric per seed
     train_loss: tuple[float, ...]
     val_loss: tuple[float, ...]
     seed_val_loss: tuple[tuple[float, ...], ...]  # [seed][epoch]
@@ -47,6 +49,26 @@ class Evaluation:
     def value(self) -> float:
         """The evaluated hyperparameter value (same as ``lr``)."""
         return self.lr
+
+    def series(self, metric: str) -> tuple[float, ...]:
+        """A recorded metric by name, one entry per validation (mean over seeds).
+
+        ``"val_loss"`` and ``"train_loss"``, or ``"val_<name>"`` / ``"train_<name>"`` for an
+        auxiliary entry ``name`` of the loss's dict.
+        """
+        part, _, name = metric.partition("_")
+        if name == "loss" and part in ("val", "train"):
+            return getattr(self, metric)
+        aux = {"val": self.val_aux, "train": self.train_aux}.get(part, {})
+        if name not in aux:
+            known = ["val_loss", "train_loss", *(f"val_{k}" for k in self.val_aux)]
+            known += [f"train_{k}" for k in self.train_aux]
+            raise KeyError(f"metric: {metric!r} was not recorded; recorded: {known}")
+        return aux[name]
+
+    def validation_metrics(self) -> tuple[str, ...]:
+        """The names of every validation metric recorded: the loss, then auxiliary entries."""
+        return ("val_loss", *(f"val_{k}" for k in self.val_aux))
 
 
 @dataclass(frozen=True)
@@ -81,9 +103,23 @@ class SweepResult:
     warnings: tuple[str, ...] = ()
 
     @property
+    def metric(self) -> str:
+        """The validation metric that ranked the values (``"val_loss"``, ``"val_accuracy"``)."""
+        return self.config.get("metric", "val_loss")
+
+    @property
+    def mode(self) -> str:
+        """``"min"`` when a lower metric is better, ``"max"`` when a higher one is."""
+        return self.config.get("mode", "min")
+
+    def objective(self, score: float) -> float:
+        """``score`` signed so that lower is better (what the search minimised)."""
+        return -score if self.mode == "max" else score
+
+    @property
     def best(self) -> Evaluation:
         """The best evaluation."""
-        return min(self.evaluations, key=lambda e: (e.score, e.lr))
+        return min(self.evaluations, key=lambda e: (self.objective(e.score), e.lr))
 
     @functools.cached_property
     def confidence(self) -> _confidence.Confidence:
@@ -93,10 +129,11 @@ class SweepResult:
         when ``seeds >= 2``, else the local quadratic fit); ``confidence.refined`` is the fit.
         Each says which method produced it (``method``) and why (``note``).
         """
+        # the estimates minimise: a metric to maximise enters with its sign flipped
         return _confidence.estimate(
             [e.lr for e in self.evaluations],
-            [e.score for e in self.evaluations],
-            [e.seed_scores for e in self.evaluations],
+            [self.objective(e.score) for e in self.evaluations],
+            [tuple(self.objective(s) for s in e.seed_scores) for e in self.evaluations],
             scale=self.config.get("scale", "log"),
         )
 

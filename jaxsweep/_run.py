@@ -28,6 +28,8 @@ def run(
     epochs: int = 3,
     batch_size: int = 128,
     schedule=None,
+    metric: str = "val_loss",
+    mode: str = "min",
     seeds: int = 1,
     seed: int = 0,
     min_improvement: float = 0.01,
@@ -76,6 +78,11 @@ def run(
         a shape from :mod:`jaxsweep.schedules` (``warmup_cosine(warmup_fraction=0.05)``), or
         any optax schedule with peak 1.0. The rate at step ``t`` is the swept value times
         ``schedule(t)``; shapes stretch to the run's total steps.
+      metric: what ranks the values (Ray Tune's name): ``"val_loss"``, the optimised loss on
+        the validation set, or ``"val_<name>"`` (or ``"<name>"``) for an auxiliary entry of a
+        loss returning a dict, e.g. ``"val_accuracy"``. The score, the best value, the
+        intervals, the early stop, the figures and the report all follow it.
+      mode: ``"min"`` (lower is better) or ``"max"`` (e.g. accuracy).
       seeds: initialisations (and batch orders) per rate; the score is their mean.
       seed: the root of every random choice (split, init, batch order).
       min_improvement: stop when a stage improves the best score by less than this fraction.
@@ -98,8 +105,8 @@ def run(
 
     Returns:
       A :class:`SweepResult`; ``result.best_lr`` is the value (a rate unless
-      ``result.config["hyperparam"]`` names another) with the lowest final validation loss
-      (mean over seeds); ``result.environment["device_count"]`` says how many devices ran it.
+      ``result.config["hyperparam"]`` names another) with the best final ``metric`` (mean
+      over seeds); ``result.environment["device_count"]`` says how many devices ran it.
 
     Example::
 

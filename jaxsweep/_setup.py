@@ -16,7 +16,7 @@ import optax
 from . import _checkpoint, _schedules, _sharding
 from ._config import SweepConfig, make_config
 from ._data import Split, prepare
-from ._losses import resolve_loss, split_loss
+from ._losses import resolve_loss, resolve_metric, split_loss
 from ._model import ModelFunctions, adapt, count_parameters, module_names
 from ._optim import describe_optimizer, resolve_optimizer
 
@@ -109,7 +109,10 @@ def _with_data(
     scheduled = _schedules.resolve(schedule, total_steps)
     tx = resolve_optimizer(optimizer, config.hyperparam, scheduled and scheduled.fn)
     model = adapt(model_fn, split.x_train[:1])
-    abstract_params = _probe(model, loss_fn, tx, config.hyperparam, split, config.batch_size)
+    abstract_params, aux_names = _probe(
+        model, loss_fn, tx, config.hyperparam, split, config.batch_size
+    )
+    config = dataclasses.replace(config, metric=resolve_metric(config.metric, aux_names))
     return Setup(
         config=config,
         split=split,
@@ -165,7 +168,7 @@ def resolve_range(hyperparam: str, hyperparam_range, lr_range) -> tuple[Any, str
 def _probe(model: ModelFunctions, loss_fn, optimizer, hyperparam: str, split: Split, batch: int):
     """Traces one step abstractly (no compilation) to check model, loss and optimizer fit.
 
-    Returns one lane's parameters as shapes.
+    Returns one lane's parameters as shapes, and the names of the loss's auxiliary entries.
     """
     x, y = split.x_train[:batch], split.y_train[:batch]
 
@@ -189,7 +192,7 @@ def _probe(model: ModelFunctions, loss_fn, optimizer, hyperparam: str, split: Sp
             raise ValueError(f"loss: auxiliary entry {name!r} must be a scalar")
     params = jax.eval_shape(lambda k: model.init(k)[0], jax.random.key(0))
     _probe_optimizer(optimizer, params, hyperparam)
-    return params
+    return params, tuple(aux)
 
 
 def _probe_optimizer(optimizer, params, hyperparam: str) -> None:

@@ -15,6 +15,7 @@ import sys
 import time
 
 from ._result import SweepResult
+from .report import metric_name
 
 
 def _console():
@@ -97,6 +98,8 @@ def _run(args) -> int:
             optimizer=optimizer,
             loss=args.loss,
             schedule=args.schedule,
+            metric=args.metric,
+            mode=args.mode,
             epochs=args.epochs,
             batch_size=args.batch_size,
             stages=args.stages,
@@ -123,7 +126,8 @@ def _sweep_and_write(console, args, sweep) -> int:
     console.print(stage_table(result))
     console.print(
         f"best learning rate: [bold]{result.best_lr:.4g}[/bold] "
-        f"(validation loss {result.best_score:.4f}), {len(result.evaluations)} evaluations "
+        f"({metric_name(result.metric)} {result.best_score:.4f}), {len(result.evaluations)} "
+        "evaluations "
         f"in {seconds:.1f} s on {result.environment['device_kind']}"
     )
     console.print(_best_lines(result))
@@ -193,7 +197,8 @@ def _best_lines(result: SweepResult, with_best: bool = False) -> str:
         score = "diverged" if math.isinf(result.best_score) else f"{result.best_score:.4f}"
         lines.insert(
             0,
-            f"best learning rate: [bold]{result.best_lr:.4g}[/bold] (validation loss {score}), "
+            f"best learning rate: [bold]{result.best_lr:.4g}[/bold] "
+            f"({metric_name(result.metric)} {score}), "
             f"{len(result.evaluations)} evaluations, stop reason: {result.stop_reason}",
         )
     return "\n".join(lines)
@@ -275,6 +280,13 @@ def _add_run_parser(commands) -> None:
         choices=("constant", "cosine", "linear", "warmup_cosine", "warmup_linear"),
         help="a schedule shape; the swept learning rate is its peak",
     )
+    run.add_argument(
+        "--metric",
+        default="val_loss",
+        help="the validation metric that ranks the values: val_loss, or an entry of the "
+        "loss's dict such as val_accuracy",
+    )
+    run.add_argument("--mode", default="min", choices=("min", "max"), help="which way is better")
     run.add_argument("--stages", type=int, default=5)
     run.add_argument("--seeds", type=int, default=1, help="initialisations per value")
     run.add_argument("--seed", type=int, default=0)

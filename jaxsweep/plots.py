@@ -19,6 +19,8 @@ from .report import FIGURE_DIR, FIGURES, Efficiency, efficiency
 
 DPI = 150
 SCORE_LABEL = "validation loss after the last epoch (lower is better)"
+SCORE_METRIC = "val_loss"
+MAX_EXTRA_METRICS = 4  # other validation metrics drawn beside the score in lr_curve
 BEST_COLOUR = "#d62728"
 INTERVAL_COLOUR = "#1f77b4"
 
@@ -30,6 +32,19 @@ def _figure(width: float, height: float):
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
+
+
+def score_label(result: SweepResult) -> str:
+    """What the score axis shows: the metric that ranked the values, and which way is better."""
+    if result.metric == SCORE_METRIC and result.mode == "min":
+        return SCORE_LABEL
+    better = "lower" if result.mode == "min" else "higher"
+    return f"{_metric_name(result.metric)} after the last epoch ({better} is better)"
+
+
+def _metric_name(metric: str) -> str:
+    """``val_accuracy`` -> ``validation accuracy``."""
+    return "validation " + metric.removeprefix("val_").replace("_", " ")
 
 
 def _rate_label(result: SweepResult) -> str:
@@ -58,11 +73,12 @@ def _score_norm(scores):
     return Normalize(low, high)
 
 
-def _score_cmap():
+def _score_cmap(result: SweepResult):
     import matplotlib
 
-    # viridis reversed: the best (lowest) scores are the brightest; diverged cells grey
-    return matplotlib.colormaps["viridis_r"].with_extremes(bad="0.75")
+    # the best scores are the brightest (viridis reversed when lower is better); diverged grey
+    name = "viridis_r" if result.mode == "min" else "viridis"
+    return matplotlib.colormaps[name].with_extremes(bad="0.75")
 
 
 def _scale(result: SweepResult) -> str:
@@ -125,7 +141,7 @@ def _stage_panels(result: SweepResult, width: float):
     figure = _figure(12 if zoom else width, 5.5)
     axes = figure.subplots(1, 2 if zoom else 1, squeeze=False)[0]
     norm = _score_norm([e.score for e in result.evaluations])
-    return figure, axes, zoom, norm, _score_cmap()
+    return figure, axes, zoom, norm, _score_cmap(result)
 
 
 def heatmap(result: SweepResult):
@@ -176,7 +192,7 @@ def heatmap(result: SweepResult):
         axes[1].set_title("Zoom on the rates the final stages refined")
         axes[0].axhspan(*zoom, fill=False, edgecolor="white", linestyle=":", lw=1.2)
     colourbar = figure.colorbar(mesh, ax=list(axes))
-    colourbar.set_label("score of the nearest evaluated rate:\n" + SCORE_LABEL)
+    colourbar.set_label("score of the nearest evaluated rate:\n" + score_label(result))
     handles = [
         Line2D([], [], color=BEST_COLOUR, marker="*", markersize=11, label="best rate so far"),
         Line2D(
@@ -257,7 +273,7 @@ def search_path(result: SweepResult):
         handles.insert(1, Patch(color="#ff7f0e", alpha=0.3, label="searched beyond the range"))
     axes[0].legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.9)
     colourbar = figure.colorbar(points, ax=list(axes))
-    colourbar.set_label(SCORE_LABEL)
+    colourbar.set_label(score_label(result))
     return figure
 
 
@@ -267,8 +283,10 @@ def lr_curve(result: SweepResult):
 
     conf = result.confidence
     best, refined = conf.best, conf.refined
-    figure = _figure(13.5, 5)
-    axes = figure.subplots(1, 2)
+    extras = _extra_metrics(result)
+    figure = _figure(13.5, 9 if extras else 5)
+    top, bottom = figure.subfigures(2, 1, height_ratios=(5, 4)) if extras else (figure, None)
+    axes = top.subplots(1, 2)
     colours = matplotlib.colormaps["tab10"]
     finite = _finite([e.score for e in result.evaluations])
     log_y = len(finite) > 0 and finite.min() > 0 and finite.max() / finite.min() > 10
@@ -294,7 +312,7 @@ def lr_curve(result: SweepResult):
                 transform=ax.get_xaxis_transform(),
                 marker="x",
                 color="black",
-                label="diverged (score +inf)",
+                label="diverged (scored worst)",
                 clip_on=False,
             )
         if all(math.isfinite(v) for v in best.interval):
@@ -318,7 +336,9 @@ def lr_curve(result: SweepResult):
         if refined.fit is not None:
             fit = refined.fit
             grid = (np.geomspace if _scale(result) == "log" else np.linspace)(*fit.window, 200)
-            ax.plot(grid, fit.predict(grid), color="black", lw=1.2, label="local quadratic fit")
+            # the fit minimised the signed score: drawn back in the metric's own sign
+            fitted = [result.objective(v) for v in fit.predict(grid)]
+            ax.plot(grid, fitted, color="black", lw=1.2, label="local quadratic fit")
             ax.axvline(
                 refined.lr,
                 color="black",
@@ -333,12 +353,49 @@ def lr_curve(result: SweepResult):
         ax.grid(True, which="major", alpha=0.3)
     if log_y:
         axes[0].set_yscale("log")
-    axes[0].set_ylabel(SCORE_LABEL)
+    axes[0].set_ylabel(score_label(result))
     _fit_y_limits(axes[1], result)
     axes[0].set_title("Every evaluation")
     axes[1].set_title("Around the best rate (points outside the view are clipped)")
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, framealpha=0.9)
+    if extras:
+        _extra_panels(bottom, result, extras)
     return figure
+
+
+def _extra_metrics(result: SweepResult) -> tuple[str, ...]:
+    """The validation metrics other than the score (the loss when ranked by another)."""
+    names = result.evaluations[0].validation_metrics()
+    return tuple(n for n in names if n != result.metric)[:MAX_EXTRA_METRICS]
+
+
+def _extra_panels(subfigure, result: SweepResult, extras) -> None:
+    """One small panel per other validation metric: its final value against the rate."""
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab10"]
+    axes = subfigure.subplots(1, len(extras), squeeze=False)[0]
+    for ax, metric in zip(axes, extras, strict=True):
+        for stage in result.stages:
+            chosen = [e for e in result.evaluations if e.stage == stage.index and not e.diverged]
+            ax.scatter(
+                [e.lr for e in chosen],
+                [e.series(metric)[-1] for e in chosen],
+                color=colours(stage.index % 10),
+                s=18,
+                edgecolors="black",
+                linewidths=0.3,
+            )
+        ax.axvline(result.best_lr, color=BEST_COLOUR, lw=1, ls="--")
+        ax.set_xscale(_scale(result))
+        _plain_log_ticks(ax.xaxis)
+        ax.set_xlabel(_rate_label(result))
+        ax.set_title(f"{_metric_name(metric)} after the last epoch", fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
+    subfigure.suptitle(
+        f"Other validation metrics (dashed: the best value by {_metric_name(result.metric)})",
+        fontsize=10,
+    )
 
 
 def _fit_limits(result: SweepResult) -> tuple[float, float]:
@@ -384,7 +441,7 @@ def loss_curves(result: SweepResult):
     # plasma without its palest yellows, which vanish on white
     cmap = ListedColormap(matplotlib.colormaps["plasma"](np.linspace(0.0, 0.85, 256)))
     styles = [(BEST_COLOUR, "o", "-"), ("black", "s", "--"), ("#2ca02c", "^", ":")]
-    ranked = sorted(result.evaluations, key=lambda e: (e.score, e.lr))
+    ranked = sorted(result.evaluations, key=lambda e: (result.objective(e.score), e.lr))
     top = ranked[:3]
     epochs = np.arange(1, len(result.evaluations[0].val_loss) + 1)
     for ax, field, title in zip(
@@ -428,7 +485,7 @@ def loss_curves(result: SweepResult):
 
 def _loss_limits(result: SweepResult) -> tuple[float, float]:
     """Shows every non-diverged curve of the better half of rates; diverging ones are clipped."""
-    ranked = sorted(result.evaluations, key=lambda e: (e.score, e.lr))
+    ranked = sorted(result.evaluations, key=lambda e: (result.objective(e.score), e.lr))
     better = ranked[: max(3, len(ranked) // 2)]
     values = _finite(
         [v for e in better for v in (*e.train_loss, *e.val_loss)]

@@ -189,6 +189,30 @@ def _config_rows(result: SweepResult) -> list[str]:
     return rows
 
 
+def metric_name(metric: str) -> str:
+    """``val_accuracy`` -> ``validation accuracy``; ``val_loss`` -> ``validation loss``."""
+    return "validation " + metric.removeprefix("val_").replace("_", " ")
+
+
+REPORTED_VALUES = 5  # rows of the report's validation-metrics table
+
+
+def _metric_rows(result: SweepResult) -> list[str]:
+    """The best values by score, with the final value of every validation metric."""
+    names = result.evaluations[0].validation_metrics()
+    ranked = sorted(result.evaluations, key=lambda e: (result.objective(e.score), e.lr))
+    header = " | ".join(
+        f"**{metric_name(n)}**" if n == result.metric else metric_name(n) for n in names
+    )
+    rows = [f"| value | stage | {header} |", "|" + "---|" * 2 + "---:|" * len(names)]
+    for evaluation in ranked[:REPORTED_VALUES]:
+        cells = " | ".join(
+            "diverged" if evaluation.diverged else _g(evaluation.series(n)[-1]) for n in names
+        )
+        rows.append(f"| {_g(evaluation.lr)} | {evaluation.stage} | {cells} |")
+    return rows
+
+
 def _schedule_sentence(config: dict, escape) -> str:
     """`` The swept ... is the peak of a <schedule> schedule.`` or nothing without one."""
     schedule = config.get("schedule")
@@ -219,7 +243,8 @@ def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(F
     lines = [
         "# jaxsweep report",
         "",
-        f"Best learning rate **{_g(result.best_lr)}** (validation loss {_g(result.best_score)}), "
+        f"Best learning rate **{_g(result.best_lr)}** ({metric_name(result.metric)} "
+        f"{_g(result.best_score)}), "
         f"{best.label} {_interval(best.low, best.high)} from the {METHOD_NAMES[best.method]}; "
         f"refined rate {_g(refined.lr)}. {eff.evaluations} evaluations in {len(result.stages)} "
         f"stages where an equivalent grid needs {eff.grid_evaluations} "
@@ -239,9 +264,17 @@ def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(F
         "",
         "## Stages",
         "",
-        "Scores are final-epoch validation losses (mean over seeds), lower is better.",
+        f"Scores are the final {metric_name(result.metric)} (mean over seeds), "
+        f"{'lower' if result.mode == 'min' else 'higher'} is better.",
         "",
         *_stage_rows(result),
+        "",
+        "## Validation metrics",
+        "",
+        "The best values by score, with every metric measured on the validation set after "
+        "the last epoch (mean over seeds).",
+        "",
+        *_metric_rows(result),
         "",
         "## Best learning rate",
         "",
@@ -338,9 +371,11 @@ def methods_tex(result: SweepResult) -> str:
     )
     interval_method = {
         "seed_bootstrap": f"a percentile bootstrap over the {seeds} seeds of the rate with the "
-        "lowest mean score, widened where needed to the evaluated rates next to the best one",
+        f"{'lowest' if result.mode == 'min' else 'highest'} mean score, widened where needed to "
+        "the evaluated rates next to the best one",
         "quadratic_fit": "Fieller's interval for the vertex of a parabola fitted by least squares "
-        "to the validation loss against the logarithm of the learning rate around the best "
+        f"to the {tex_escape(metric_name(result.metric))} against the logarithm of the learning "
+        "rate around the best "
         "evaluated rate, widened where needed to the evaluated rates next to the best one",
         "neighbours": "the evaluated rates on either side of the best one (no reliable "
         "quadratic fit was available)",
@@ -354,8 +389,10 @@ def methods_tex(result: SweepResult) -> str:
         f"(optimizer {tex_escape(cfg.get('optimizer', ''))}, loss "
         f"{tex_escape(cfg.get('loss', ''))}, {int(cfg.get('epochs', 0))} epochs, batch size "
         f"{int(cfg.get('batch_size', 0))}, {seeds} seed{'s' if seeds != 1 else ''}) with a "
-        f"hierarchical coarse-to-fine search. The score of a rate is its validation loss after "
-        f"the last epoch (mean over seeds; {int(cfg.get('n_val', 0))} held-out examples). "
+        f"hierarchical coarse-to-fine search. The score of a rate is its "
+        f"{tex_escape(metric_name(result.metric))} after the last epoch"
+        f"{'' if result.mode == 'min' else ', higher being better'}"
+        f" (mean over seeds; {int(cfg.get('n_val', 0))} held-out examples). "
         f"Stage~0 trained {int(cfg.get('points_per_stage', 0))} rates spaced log-uniformly "
         f"from {tex_number(low)} to {tex_number(high)}; each later stage kept the "
         f"{int(cfg.get('top_k', 0))} best intervals between neighbouring evaluated rates and "
@@ -367,7 +404,8 @@ def methods_tex(result: SweepResult) -> str:
         "",
         f"The search {stop}: {stages} stages, {eff.evaluations} evaluations in "
         f"{eff.sweep_seconds:.1f}~s. The best evaluated rate was "
-        f"{tex_number(result.best_lr)} (validation loss {tex_number(result.best_score, 4)}), "
+        f"{tex_number(result.best_lr)} ({tex_escape(metric_name(result.metric))} "
+        f"{tex_number(result.best_score, 4)}), "
         f"with a {tex_escape(best.label)} from {tex_number(best.low)} to "
         f"{tex_number(best.high)}, "
         f"obtained by {interval_method[best.method]}. A local quadratic fit refines the "

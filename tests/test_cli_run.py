@@ -43,6 +43,7 @@ def test_run_writes_result_report_and_figures_with_the_options_given(files, caps
     argv += ["--out", str(out), "--epochs", "1", "--batch-size", "32", "--stages", "2"]
     argv += ["--lr-range", "1e-3", "1e-1", "--optimizer", "sgd(momentum=0.9)", "--seeds", "2"]
     argv += ["--min-improvement", "0", "--quiet", "--schedule", "warmup_cosine"]
+    argv += ["--metric", "loss", "--mode", "min"]
     assert cli.main(argv) == 0
     result = jaxsweep.load(out / "result.json")
     assert result.config["optimizer"] == "sgd(momentum=0.9)"
@@ -50,6 +51,7 @@ def test_run_writes_result_report_and_figures_with_the_options_given(files, caps
     assert (result.config["seeds"], result.config["epochs"], result.config["stages"]) == (2, 1, 2)
     assert (result.config["n_train"], result.config["n_val"]) == (96, 24)
     assert result.config["model"] == "Small"
+    assert (result.config["metric"], result.config["mode"]) == ("val_loss", "min")
     assert result.config["schedule"].startswith("warmup_cosine (linear warmup over 10%")
     assert (out / "report.md").is_file() and (out / "methods.tex").is_file()
     assert (out / "figures" / "lr_curve.png").stat().st_size > 10_000
