@@ -9,9 +9,9 @@ saving is the running stage's lanes and what the finished stages found.
 
 One checkpoint is one Orbax step directory with two items:
 
-- ``lanes`` (only while a stage is running): the stage's real lanes (padding for a device
-  count dropped) of parameters, optimizer states and constants, the raw bits of their random
-  keys, their swept values and the ``(stage, epoch)`` counters;
+- ``lanes`` (only while a stage is running): the stage's lanes of parameters, optimizer
+  states and constants, the raw bits of their random keys, their swept values (all as the
+  devices hold them, padding included) and the ``(stage, epoch)`` counters;
 - ``progress`` (JSON): the configuration fingerprint, the counters, the finished stages as a
   partial :class:`~jaxsweep.SweepResult`, the running stage's per-epoch metrics, and, once the
   sweep is over, its result.
@@ -22,10 +22,20 @@ so a killed save leaves a temporary directory (removed here) and never a half st
 that still fails to read (a file deleted, a disk fault) is moved aside, with a warning, and the
 previous one is used. Only the latest two steps are kept.
 
+Several processes (``jax.distributed``) save through Orbax's multi-process protocol: every
+process writes the shards of its own devices' lanes, process 0 writes the JSON item, and
+process 0 renames the step into place only after every process has written its part, so a
+step is complete only when all processes committed it. Everything else on disk is done by
+process 0 alone (removing temporary directories, setting damaged steps aside, warnings); it
+chooses the step to resume from and the others follow (:mod:`jaxsweep._hosts`). A resumed
+run reads the lanes back to the host whole, so any number of processes and devices can
+resume any checkpoint.
+
 Limits: one sweep writes to a directory at a time (a second live writer's temporary
-directories would be removed); the directory is a local or mounted path; the fingerprint sees
-every setting, the data's content, the model's parameter shapes and the names of the loss and
-optimizer, not the body of a function whose name and shapes stay the same.
+directories would be removed); the directory is a local or mounted path that every process
+sees; the fingerprint sees every setting, the data's content, the model's parameter shapes and
+the names of the loss and optimizer, not the body of a function whose name and shapes stay the
+same.
 
 Pieces, from the disk up: :class:`StepStore` (the Orbax directory: read, save, set a damaged
 step aside; no sweep logic), :func:`readable_steps` (this sweep's steps, and the policy for
@@ -38,6 +48,7 @@ All Orbax I/O of the package lives in this module; the pure core never imports i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -53,8 +64,9 @@ import jax
 import numpy as np
 
 from ._history import History, Running
+from ._hosts import Hosts, differences, lost
 from ._result import SweepResult, decode_non_finite, encode_float, from_dict
-from ._sharding import LaneLayout, replicated
+from ._sharding import LaneLayout
 from ._train import EpochMetrics
 from ._warnings import warn
 
@@ -134,21 +146,6 @@ def fingerprint(record: dict[str, Any], split: Sequence[np.ndarray], abstract_pa
     fields["data.content"] = _data_digest(split)
     fields["model.parameters"] = hashlib.blake2b(layout.encode(), digest_size=8).hexdigest()
     return json.loads(json.dumps(_encode(fields)))  # tuples become lists, as read back
-
-
-def differences(saved: dict, current: dict) -> list[str]:
-    """The fields that differ, each as ``name: saved -> current``."""
-    lines = []
-    for name in sorted(set(saved) | set(current)):
-        old, new = saved.get(name, "(absent)"), current.get(name, "(absent)")
-        if old != new:
-            lines.append(f"{name}: {_short(old)} -> {_short(new)}")
-    return lines
-
-
-def _short(value) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else value
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # ----------------------------------------------------------------------------- JSON
@@ -235,39 +232,46 @@ class ResumePoint:
     epoch: int  # epochs of that stage already trained (0: start it)
     history: History  # the finished stages
     running: Running | None  # the stage's partial record, when ``epoch > 0``
-    lanes: Any  # its restored lane state, padded and placed by the template's layout
+    lanes: Any  # its lane state: host arrays of the real lanes, then padded and placed
 
 
-def _lanes_item(state, inputs, stage: int, epoch: int, layout: LaneLayout) -> dict:
-    """The ``lanes`` item: state, random keys (raw bits), swept values, counters (real lanes)."""
+def _lanes_item(state, inputs, stage: int, epoch: int) -> dict:
+    """The ``lanes`` item: state, random keys (raw bits), swept values, counters.
+
+    The arrays go to Orbax as the devices hold them, padding included, so every process
+    writes the shards of its own devices and nothing is gathered (slicing the padding off
+    would turn them into whole copies that one process writes alone). Restoring drops it.
+    """
     keys = {"init_keys": inputs.init_keys, "data_keys": inputs.data_keys}
     return {
-        "state": layout.real(state),
-        "keys": {name: layout.real(jax.random.key_data(k)) for name, k in keys.items()},
-        "values": layout.real(inputs.values),
+        "state": state,
+        "keys": {name: jax.random.key_data(k) for name, k in keys.items()},
+        "values": inputs.values,
         "counters": np.asarray([stage, epoch], np.int32),
     }
 
 
-def _restore_target(template: LaneTemplate, stage: int, epoch: int) -> dict:
-    """The abstract ``lanes`` item; a replicated placement lets any device count read it."""
-    sharding = replicated(template.layout.mesh)
+def _restore_target(template: LaneTemplate, stage: int, epoch: int, saved_lanes: int) -> dict:
+    """The ``lanes`` item as host arrays of ``saved_lanes`` rows (as the saving run padded).
 
-    def target(leaf):
-        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+    Host arrays, not device arrays: any number of processes and devices can read them.
+    """
+
+    def target(leaf):  # np.empty commits no memory; Orbax only reads its shape and dtype
+        return np.empty((saved_lanes, *leaf.shape[1:]), leaf.dtype)
 
     keys = {"init_keys": template.init_keys, "data_keys": template.data_keys}
     return {
         # the state's tree brings back the optax state types
         "state": jax.tree.map(target, template.state),
         "keys": {name: target(k) for name, k in keys.items()},
-        "values": target(jax.ShapeDtypeStruct((template.layout.lanes,), np.float32)),
+        "values": target(jax.ShapeDtypeStruct((saved_lanes,), np.float32)),
         "counters": np.asarray([stage, epoch], np.int32),
     }
 
 
 def _check_restored(restored: dict, template: LaneTemplate, stage, epoch, values) -> None:
-    """Raises when the saved lanes are not this sweep's lanes at this point."""
+    """Raises when the saved lanes (padding dropped) are not this sweep's lanes at this point."""
     counters = np.asarray(restored["counters"]).tolist()
     if counters != [stage, epoch]:
         raise ValueError(f"lanes record stage/epoch {counters}, progress says {stage}/{epoch}")
@@ -285,25 +289,29 @@ def _check_restored(restored: dict, template: LaneTemplate, stage, epoch, values
 class StepStore:
     """The Orbax steps of one directory: read, save, set aside, delete. No sweep logic.
 
-    Opening removes what killed saves left (Orbax's temporary step directories).
+    Opening removes what killed saves left (Orbax's temporary step directories). With several
+    processes every method is called by all of them: saves and deletions follow Orbax's
+    multi-process protocol, and what touches the directory outside it (removing temporary
+    directories, setting a step aside) is done by the writer while the others wait. Reading
+    is done by each process alone, with no meeting.
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, hosts: Hosts):
         import orbax.checkpoint as ocp
         from orbax.checkpoint import checkpoint_managers
 
         if os.path.exists(directory) and not os.path.isdir(directory):
             raise ValueError(f"checkpoint_dir: {directory} exists and is not a directory")
-        self.directory = directory
-        self._ocp = ocp
-        _remove_temporary(directory)
+        self.directory, self._hosts, self._ocp = directory, hosts, ocp
+        hosts.writer_says("open checkpoint_dir", lambda: _prepare(directory))
         self._manager = ocp.CheckpointManager(
             directory,
             item_names=("lanes", "progress"),
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=checkpoint_managers.LatestN(KEEP),
                 enable_async_checkpointing=True,
-                create=True,
+                create=False,  # the writer made it
+                multiprocessing_options=_multiprocessing_options(ocp, hosts),
             ),
         )
 
@@ -311,17 +319,35 @@ class StepStore:
         """The complete steps, newest first."""
         return sorted(self._manager.all_steps(), reverse=True)
 
+    def reload(self) -> None:
+        """Sees the steps as they are on disk now (after the writer set one aside)."""
+        self._manager.reload()
+
     def read_progress(self, step: int) -> dict:
-        args = self._ocp.args.Composite(progress=self._ocp.args.JsonRestore())
-        progress = self._manager.restore(step, args=args).progress
+        from etils import epath
+
+        handler = self._ocp.handlers.JsonCheckpointHandler()
+        progress = handler.restore(epath.Path(self.directory, str(step), "progress"))
         if not isinstance(progress, dict) or "fingerprint" not in progress:
             raise ValueError("no jaxsweep progress record")
         return progress
 
+    def saved_lanes(self, step: int) -> int:
+        """How many lanes (padding included) the step's ``lanes`` item holds."""
+        from etils import epath
+
+        handler = self._ocp.StandardCheckpointHandler()
+        metadata = handler.metadata(epath.Path(self.directory, str(step), "lanes"))
+        return int(metadata.tree["values"].shape[0])
+
     def read_lanes(self, step: int, target: dict) -> dict:
-        _verify_arrays(os.path.join(self.directory, str(step), "lanes"))
-        args = self._ocp.args.Composite(lanes=self._ocp.args.StandardRestore(target))
-        return self._manager.restore(step, args=args).lanes
+        """The step's ``lanes`` item as ``target`` describes it (host arrays)."""
+        from etils import epath
+
+        item = os.path.join(self.directory, str(step), "lanes")
+        _verify_arrays(item)
+        handler = self._ocp.StandardCheckpointHandler()
+        return handler.restore(epath.Path(item), args=self._ocp.args.StandardRestore(target))
 
     def save(self, step: int, progress: dict, lanes_item: dict | None) -> None:
         """Starts an asynchronous save of ``progress`` (JSON) and, if given, the lanes."""
@@ -329,56 +355,88 @@ class StepStore:
         items = {"progress": ocp.args.JsonSave({"format": CHECKPOINT_FORMAT, **progress})}
         if lanes_item is not None:
             items["lanes"] = ocp.args.StandardSave(lanes_item)
-        if step in self._manager.all_steps():  # only after a damaged step was set aside
-            self._manager.delete(step)
-        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        with self._meeting(f"saving checkpoint step {step}"):
+            if step in self._manager.all_steps():  # only after a damaged step was set aside
+                self._manager.delete(step)
+            self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-    def set_aside(self, step: int, error: BaseException) -> None:
-        """Moves a step that cannot be read to ``<step>.damaged``, with a warning."""
+    def set_aside(self, step: int, reason: str) -> None:
+        """Moves a step that cannot be read to ``<step>.damaged``: the writer, with a warning."""
+        self._hosts.writer_says(f"set aside step {step}", lambda: self.move_aside(step, reason))
+        self._manager.reload()
+
+    def move_aside(self, step: int, reason: str) -> str:
+        """:meth:`set_aside` in this process alone (the writer, while the others wait)."""
         source = os.path.join(self.directory, str(step))
         target, suffix = f"{source}.damaged", 1
         while os.path.exists(target):
             suffix += 1
             target = f"{source}.damaged-{suffix}"
         os.replace(source, target)
-        self._manager.reload()
         warn(
-            f"checkpoint_dir: step {step} of {self.directory} could not be read "
-            f"({type(error).__name__}: {_first_line(error)}); moved it to {target}; the "
-            "previous complete checkpoint is used instead, if there is one",
+            f"checkpoint_dir: step {step} of {self.directory} could not be read ({reason}); "
+            f"moved it to {target}; the previous complete checkpoint is used instead, if there "
+            "is one",
             CheckpointWarning,
         )
+        return target
 
     def delete_all(self) -> None:
-        for step in self._manager.all_steps():
-            self._manager.delete(step)
+        with self._meeting("deleting checkpoints"):
+            for step in self._manager.all_steps():
+                self._manager.delete(step)
         self._manager.reload()
 
     def close(self) -> None:
         """Waits for pending saves to be complete on disk (safe to call twice)."""
         if self._manager is not None:
             manager, self._manager = self._manager, None
-            manager.wait_until_finished()
-            manager.close()
+            with self._meeting("completing the last checkpoint save"):
+                manager.wait_until_finished()
+                manager.close()
+
+    @contextlib.contextmanager
+    def _meeting(self, what: str):
+        """Orbax's barriers fail this way when another process is gone."""
+        try:
+            yield
+        except (jax.errors.JaxRuntimeError, TimeoutError) as error:
+            if self._hosts.count == 1:
+                raise
+            raise lost(what, error) from error
 
 
-def _remove_temporary(directory: str) -> None:
-    """Deletes Orbax's unfinished temporary step directories (left by killed saves)."""
-    if not os.path.isdir(directory):
-        return
+def _multiprocessing_options(ocp, hosts: Hosts):
+    """Process 0 is Orbax's primary host. Naming every process as active makes Orbax meet
+    through the coordination service (barriers with timeouts) rather than collectives."""
+    if hosts.count == 1:
+        return ocp.options.MultiprocessingOptions()
+    return ocp.options.MultiprocessingOptions(
+        primary_host=0,
+        active_processes=set(range(hosts.count)),
+        barrier_sync_key_prefix=hosts.namespace.replace("/", "-"),
+    )
+
+
+def _prepare(directory: str) -> str:
+    """Creates the directory and removes Orbax's unfinished temporary step directories."""
+    os.makedirs(directory, exist_ok=True)
     for name in os.listdir(directory):
         if ".orbax-checkpoint-tmp" in name:
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    return directory
 
 
 # ----------------------------------------------------------------------------- policy
 
 
-def readable_steps(store: StepStore, fingerprint: dict, resume: str) -> list[tuple[int, dict]]:
-    """This sweep's steps whose JSON reads, newest first; damaged steps are set aside.
+def inspect_steps(store: StepStore, fingerprint: dict) -> dict:
+    """The writer's look at the directory before a sweep resumes (the others wait for it).
 
-    Another sweep's steps are refused (``ConfigurationMismatchError``) or, with
-    ``resume="overwrite"``, deleted with a warning.
+    Returns:
+      ``{"steps": [...]}``, this sweep's steps whose JSON reads, newest first (a damaged step
+      is moved aside, with a warning), or ``{"mismatch": [...]}``, the fields in which the
+      directory's sweep differs from this one.
     """
     current = {**fingerprint, "checkpoint.format": CHECKPOINT_FORMAT}
     readable = []
@@ -386,14 +444,32 @@ def readable_steps(store: StepStore, fingerprint: dict, resume: str) -> list[tup
         try:
             progress = store.read_progress(step)
         except Exception as error:  # a damaged step: any reader error means unusable
-            store.set_aside(step, error)
+            store.move_aside(step, _reason(error))
             continue
         saved = {**progress["fingerprint"], "checkpoint.format": progress.get("format")}
         if saved != current:
-            _on_mismatch(store, differences(saved, current), resume)
-            return []
-        readable.append((step, progress))
-    return readable
+            return {"mismatch": differences(saved, current)}
+        readable.append(step)
+    return {"steps": readable}
+
+
+def readable_steps(
+    store: StepStore, fingerprint: dict, resume: str, hosts: Hosts
+) -> list[tuple[int, dict]]:
+    """This sweep's steps whose JSON reads, newest first, as the writer found them.
+
+    Another sweep's steps are refused (``ConfigurationMismatchError``) or, with
+    ``resume="overwrite"``, deleted with a warning.
+    """
+    said = hosts.writer_says(
+        "inspect checkpoint_dir", lambda: json.dumps(inspect_steps(store, fingerprint))
+    )
+    found = json.loads(said)
+    store.reload()  # the writer may have moved steps aside
+    if "mismatch" in found:
+        _on_mismatch(store, found["mismatch"], resume)
+        return []
+    return [(step, store.read_progress(step)) for step in found["steps"]]
 
 
 def _on_mismatch(store: StepStore, changed: list[str], resume: str) -> None:
@@ -416,17 +492,23 @@ def _on_mismatch(store: StepStore, changed: list[str], resume: str) -> None:
 
 
 def restore(store: StepStore, step: int, progress: dict, template: LaneTemplate) -> ResumePoint:
-    """The resume point a step describes, its running lanes restored and placed."""
+    """The resume point a step describes, its running lanes read back to the host.
+
+    The lanes are the real ones (padding dropped), not yet placed on the devices.
+    """
     stage, epoch = int(progress["stage"]), int(progress["epoch"])
     # inside stage 0 nothing is finished yet: no history was written
     history = History.from_record(progress["history"])
     if epoch == 0:
         return ResumePoint(step, stage, epoch, history, None, None)
     running = _running_from_json(progress["running"])
-    restored = store.read_lanes(step, _restore_target(template, stage, epoch))
-    _check_restored(restored, template, stage, epoch, running.values)
-    lanes = template.layout.place(restored["state"])
-    return ResumePoint(step, stage, epoch, history, running, lanes)
+    target = _restore_target(template, stage, epoch, store.saved_lanes(step))
+    restored = store.read_lanes(step, target)
+    real = template.layout.real({name: restored[name] for name in ("state", "keys", "values")})
+    _check_restored(
+        {**real, "counters": restored["counters"]}, template, stage, epoch, running.values
+    )
+    return ResumePoint(step, stage, epoch, history, running, real["state"])
 
 
 # ----------------------------------------------------------------------------- the sweep's view
@@ -444,18 +526,19 @@ class SweepCheckpoints:
       every_seconds: least time between two saves inside a stage (stage ends always save).
       epochs: epochs per stage (the step number is ``stage * epochs + epoch``).
       config: the result's ``config`` record, stored with the history.
+      hosts: this process among the sweep's processes (they all make the same calls).
     """
 
-    def __init__(self, directory, fingerprint, resume, every_seconds, epochs, config):
+    def __init__(self, directory, fingerprint, resume, every_seconds, epochs, config, hosts):
         self.directory = directory
         self._fingerprint, self._resume, self._config = fingerprint, resume, config
-        self._every_seconds, self._epochs = every_seconds, epochs
+        self._every_seconds, self._epochs, self._hosts = every_seconds, epochs, hosts
         self._history: dict | None = None  # the stored history the next save carries
         self._last_save = time.monotonic()
         self.resumed_from: tuple[int, int] | None = None
-        self._store = StepStore(directory)
+        self._store = StepStore(directory, hosts)
         try:
-            self._candidates = readable_steps(self._store, fingerprint, resume)
+            self._candidates = readable_steps(self._store, fingerprint, resume, hosts)
         except BaseException:
             self.close()
             raise
@@ -477,20 +560,30 @@ class SweepCheckpoints:
             )
 
     def resume_point(self, template: LaneTemplate) -> ResumePoint | None:
-        """The latest point to resume from, its lanes restored, or None to start afresh.
+        """The latest point to resume from, its lanes restored and placed, or None.
 
-        A step whose arrays cannot be read is set aside and the one before it is tried.
+        A step whose arrays cannot be read (in any process) is set aside and the one before
+        it is tried; every process reads each step alone and they agree before going on.
         """
         while self._candidates:
             step, progress = self._candidates.pop(0)
             try:
-                point = restore(self._store, step, progress, template)
+                point, problem = restore(self._store, step, progress, template), ""
             except Exception as error:  # damaged arrays: fall back to the previous step
-                self._store.set_aside(step, error)
+                point, problem = None, _reason(error)
+            problems = self._hosts.exchange(f"restore step {step}", problem)
+            failed = [(index, text) for index, text in enumerate(problems) if text]
+            if failed:
+                index, text = failed[0]
+                self._store.set_aside(
+                    step, text if len(problems) == 1 else f"process {index}: {text}"
+                )
                 continue
             self._history = progress["history"]
             self.resumed_from = (point.stage, point.epoch)
-            return point
+            if point.lanes is None:
+                return point
+            return dataclasses.replace(point, lanes=template.layout.place(point.lanes))
         return None
 
     def _save(self, stage: int, epoch: int, lanes_item: dict | None = None, **extra) -> None:
@@ -504,24 +597,33 @@ class SweepCheckpoints:
         self._store.save(stage * self._epochs + epoch, progress, lanes_item)
         self._last_save = time.monotonic()
 
-    def epoch_done(self, stage: int, epoch: int, state, inputs, layout, running: Running) -> bool:
+    def epoch_done(self, stage: int, epoch: int, state, inputs, running: Running) -> bool:
         """Saves after ``epoch`` epochs of ``stage`` when ``every_seconds`` have passed.
 
         Args:
           stage, epoch: the stage, and how many of its epochs are trained.
           state: the lane state after those epochs (device arrays, maybe padded).
           inputs: the per-lane inputs (``values``, ``init_keys``, ``data_keys``), placed.
-          layout: the stage's lane layout (which lanes are real).
           running: the stage's record so far.
 
         Returns:
           Whether a checkpoint was started.
         """
-        if epoch >= self._epochs or time.monotonic() - self._last_save < self._every_seconds:
+        if epoch >= self._epochs or not self._save_due(stage, epoch):
             return False
-        item = _lanes_item(state, inputs, stage, epoch, layout)
+        item = _lanes_item(state, inputs, stage, epoch)
         self._save(stage, epoch, item, running=_running_to_json(running))
         return True
+
+    def _save_due(self, stage: int, epoch: int) -> bool:
+        """Whether ``every_seconds`` have passed since the last save, by the writer's clock
+        (every process saves, or none)."""
+        if self._every_seconds == 0:
+            return True
+        due = time.monotonic() - self._last_save >= self._every_seconds
+        return (
+            self._hosts.writer_says(f"save {stage}.{epoch}", lambda: "yes" if due else "") == "yes"
+        )
 
     def stage_done(self, stage: int, history: History) -> None:
         """Saves the boundary after ``stage``: the history only, no arrays."""
@@ -568,6 +670,10 @@ def _verify_arrays(item: str) -> None:
     store = tensorstore.KvStore.open({"driver": "ocdbt", "base": f"file://{item}"}).result()
     for key in store.list().result():
         store.read(key).result()
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {_first_line(error)}"
 
 
 def _first_line(error: BaseException) -> str:

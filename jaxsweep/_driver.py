@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from . import _selector, _sharding, _train
-from ._checkpoint import LaneTemplate, ResumePoint, SweepCheckpoints, fingerprint
+from ._checkpoint import LaneTemplate, ResumePoint, SweepCheckpoints
 from ._config import SweepConfig
 from ._environment import describe
 from ._history import History, Running, StageCost, collect_evaluations
@@ -43,7 +43,7 @@ def drive(setup: Setup) -> SweepResult:
             checkpoints.check_resumable()
         engine = build_stage_programs(setup)
         # one bar per sweep: under jax.distributed only the writing process shows it
-        show = setup.progress and _sharding.is_writer()
+        show = setup.progress and setup.hosts.writer
         config = setup.config
         reporter = BarProgress(config.stages, config.epochs) if show else SilentProgress()
         with reporter:
@@ -198,7 +198,7 @@ class _Hooks:
     def epoch_done(self, stage, epoch, state, lanes: StageLanes, running, history) -> None:
         self.epochs_trained += 1
         if self.checkpoints is not None:
-            self.checkpoints.epoch_done(stage, epoch, state, lanes.inputs, lanes.layout, running)
+            self.checkpoints.epoch_done(stage, epoch, state, lanes.inputs, running)
         self.reporter.epoch_done(
             _running_best(running.epoch_metrics[-1], history.best()[1], self.config)
         )
@@ -231,11 +231,12 @@ def _open_checkpoints(setup: Setup) -> SweepCheckpoints | None:
         return None
     return SweepCheckpoints(
         args.directory,
-        fingerprint(setup.record, setup.split, setup.abstract_params),
+        setup.fingerprint,
         args.resume,
         args.every_seconds,
         setup.config.epochs,
         setup.record,
+        setup.hosts,
     )
 
 

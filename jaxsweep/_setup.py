@@ -13,9 +13,10 @@ from typing import Any
 import jax
 import optax
 
-from . import _checkpoint, _schedules, _sharding
+from . import _checkpoint, _hosts, _schedules, _sharding
 from ._config import SweepConfig, make_config
 from ._data import Split, prepare
+from ._environment import versions
 from ._losses import resolve_loss, resolve_metric, split_loss
 from ._model import ModelFunctions, adapt, count_parameters, module_names
 from ._optim import describe_optimizer, resolve_optimizer
@@ -47,6 +48,8 @@ class Setup:
     checkpoint: CheckpointArgs
     progress: bool
     record: dict[str, Any]  # the result's ``config``: every argument that shapes the sweep
+    hosts: _hosts.Hosts  # this process among the sweep's processes (one in most runs)
+    fingerprint: dict | None  # what a checkpoint must match; None without checkpoints
 
     @property
     def param_count(self) -> int:
@@ -113,6 +116,16 @@ def _with_data(
         model, loss_fn, tx, config.hyperparam, split, config.batch_size
     )
     config = dataclasses.replace(config, metric=resolve_metric(config.metric, aux_names))
+    record = {
+        **_record(config, split, model, abstract_params, loss_name, optimizer),
+        "schedule": scheduled and scheduled.description,
+    }
+    hosts = _hosts.Hosts.join()
+    fingerprint = None
+    if checkpoint.directory is not None or hosts.count > 1:
+        fingerprint = _checkpoint.fingerprint(record, split, abstract_params)
+    if hosts.count > 1:  # the last check, the one that waits for the other processes
+        _hosts.agree_on_sweep(hosts, _shared_fields(fingerprint, devices, checkpoint))
     return Setup(
         config=config,
         split=split,
@@ -124,11 +137,22 @@ def _with_data(
         devices=devices,
         checkpoint=checkpoint,
         progress=progress,
-        record={
-            **_record(config, split, model, abstract_params, loss_name, optimizer),
-            "schedule": scheduled and scheduled.description,
-        },
+        record=record,
+        hosts=hosts,
+        fingerprint=fingerprint,
     )
+
+
+def _shared_fields(fingerprint, devices, checkpoint: CheckpointArgs) -> dict[str, Any]:
+    """What every process of a multi-process sweep must have the same (flat, JSON-ready)."""
+    fields = {
+        **fingerprint,
+        "run.devices": [d.id for d in devices],
+        **{f"run.checkpoint.{k}": v for k, v in dataclasses.asdict(checkpoint).items()},
+    }
+    # another library version can trace another program; python itself is left free
+    fields.update({f"versions.{k}": v for k, v in versions().items() if k != "python"})
+    return fields
 
 
 def resolve_range(hyperparam: str, hyperparam_range, lr_range) -> tuple[Any, str]:

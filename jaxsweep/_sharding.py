@@ -14,9 +14,9 @@ last lane; padded lanes are computed but dropped before anything is reported or 
 slices) the real lanes back.
 
 Only one process should write files: :func:`is_writer` is true in process 0 alone (and always
-in a single-process run). Result files, figures, reports and logs are written by the writer;
-Orbax checkpoints are the exception: every process takes part in a save (Orbax coordinates
-the hosts and writes each array once).
+in a single-process run). Result files, figures, reports, warnings and the progress bar are the
+writer's; Orbax checkpoints are the exception: every process writes the shards of its own
+devices' lanes (Orbax coordinates the hosts and writes each array once).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from ._hosts import lost
 
 LANE_AXIS = "lanes"
 
@@ -176,7 +178,10 @@ class LaneLayout:
     def gather(self, tree):
         """Numpy copies of lane-split arrays, padding dropped (gathered across hosts)."""
         if jax.process_count() > 1:
-            tree = multihost_utils.process_allgather(tree, tiled=True)
+            try:
+                tree = multihost_utils.process_allgather(tree, tiled=True)
+            except Exception as error:  # a collective fails at once when a peer is gone
+                raise lost("gathering the lanes' metrics from every process", error) from error
         else:
             tree = jax.device_get(tree)
         return jax.tree.map(lambda a: np.asarray(a)[: self.lanes], tree)

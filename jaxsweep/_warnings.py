@@ -1,10 +1,16 @@
-"""Warnings that point at the user's call, however deep inside the package they are raised."""
+"""Warnings that point at the user's call, however deep inside the package they are raised.
+
+Under ``jax.distributed`` every process runs the same sweep and would say the same thing:
+only the writer (process 0) warns.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 import warnings
+
+import jax
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -15,6 +21,8 @@ class SearchRangeWarning(UserWarning):
 
 def warn(message: str, category: type[Warning]) -> None:
     """``warnings.warn`` attributed to the first frame outside the package (the user's call)."""
+    if jax.process_index() != 0:
+        return
     frame, level = sys._getframe(0), 1
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1

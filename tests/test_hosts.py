@@ -1,0 +1,285 @@
+"""Several processes under jax.distributed: a killed sweep resumes exactly, with one writer.
+
+Every process of a two-process sweep is a subprocess of its own (``tests/hosts_sweep.py``),
+talking over loopback (127.0.0.1) with gloo, two CPU devices each. The runs that do not depend
+on each other start together, and a shared persistent compilation cache spares the later one
+most of its compiling. Every process still running when the fixture ends is killed, with its
+process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from hosts_sweep import hosts_sweep
+
+import jaxsweep
+from jaxsweep._result import from_dict
+
+HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hosts_sweep.py")
+EPOCHS_IN_FULL_RUN = 3 * 2  # 3 stages of 2 epochs
+WAIT_SECONDS = 400  # a run that takes longer hangs (the shared 2-core machine is slow)
+
+pytestmark = pytest.mark.slow
+
+
+# ----------------------------------------------------------------------------- running pairs
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Pair:
+    """Processes 0 and 1 of one two-process sweep, started at once; ``options`` per process."""
+
+    def __init__(self, env, root, name: str, directory, options=((), ())):
+        self.out = root / name
+        self.out.mkdir(parents=True, exist_ok=True)
+        coordinator = f"127.0.0.1:{_free_port()}"
+        self.logs = [self.out / f"log-{i}.txt" for i in range(2)]
+        self.processes = []
+        for index in range(2):
+            command = [sys.executable, HELPER, str(directory), str(self.out)]
+            command += ["--coordinator", coordinator, "--process-id", str(index)]
+            command += ["--processes", "2", *options[index]]
+            with open(self.logs[index], "w") as log:
+                self.processes.append(
+                    subprocess.Popen(
+                        command,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # its own process group, killed as one
+                    )
+                )
+
+    def wait(self) -> list[int]:
+        """The return codes; a process still running after WAIT_SECONDS fails the test."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        for process in self.processes:
+            try:
+                process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.kill()
+                pytest.fail(f"{self.out.name}: a process hung:\n{self.log(0)}\n{self.log(1)}")
+        return [process.returncode for process in self.processes]
+
+    def kill(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def log(self, index: int) -> str:
+        return self.logs[index].read_text()[-6000:]
+
+    def report(self, index: int) -> dict:
+        return json.loads((self.out / f"process-{index}.json").read_text())
+
+
+def _env(cache) -> dict:
+    # conftest's XLA flags (fast compiling) are kept; each process gets 2 CPU devices
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": flags.strip(),
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
+def steps_on_disk(directory) -> list[int]:
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def leftovers(directory) -> list[str]:
+    return [name for name in os.listdir(directory) if "tmp" in name]
+
+
+def comparable(result: dict) -> dict:
+    """A result without what legitimately differs between runs: timings, memory, machine."""
+    timing = {"seconds", "seconds_per_epoch", "compile_seconds", "memory_bytes", "memory_source"}
+    kept = {k: v for k, v in result.items() if k != "environment"}
+    kept["stages"] = [{k: v for k, v in s.items() if k not in timing} for s in result["stages"]]
+    return kept
+
+
+def trained(result: dict) -> int:
+    return result["environment"]["checkpoint"]["epochs_trained"]
+
+
+def _plant_damaged_steps(directory) -> None:
+    """Two copies of step 3 that cannot be used: step 4 without its array data, step 5
+    without its JSON record. The first fails when its lanes are read, the second at once."""
+    for step in (4, 5):
+        shutil.copytree(directory / "3", directory / str(step))
+    for name in os.listdir(directory / "4" / "lanes" / "d"):
+        os.remove(directory / "4" / "lanes" / "d" / name)
+    os.remove(directory / "5" / "progress" / "metadata")
+    # and what a save killed in its commit leaves behind
+    os.makedirs(directory / "6.orbax-checkpoint-tmp-1234567" / "lanes")
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """Every two-process run of this module: the independent ones together, then the resume.
+
+    - ``reference``: an uninterrupted sweep;
+    - ``killed``: both processes SIGKILL themselves once step 3 (stage 1 after 1 of its 2
+      epochs) is on disk; then ``resumed`` reruns both on the same directory, where damaged
+      steps and a temporary directory were planted;
+    - ``writer_dies`` / ``other_dies``: only process 0 / only process 1 is killed there;
+    - ``mismatch``: process 1 is given other data and another epoch count.
+    """
+    root = tmp_path_factory.mktemp("hosts")
+    env = _env(tmp_path_factory.mktemp("compilation-cache"))
+    killed_dir = root / "killed-ckpt"
+    kill, beat = ("--kill-after-save", "3"), ("--heartbeat", "10")
+    pairs = {
+        "reference": Pair(env, root, "reference", root / "reference-ckpt"),
+        "killed": Pair(env, root, "killed", killed_dir, (kill, kill)),
+        "writer_dies": Pair(env, root, "writer-dies", root / "w-ckpt", ((*kill, *beat), beat)),
+        "other_dies": Pair(env, root, "other-dies", root / "o-ckpt", (beat, (*kill, *beat))),
+        "mismatch": Pair(
+            env, root, "mismatch", root / "m-ckpt", ((), ("--data-seed", "1", "--epochs", "3"))
+        ),
+    }
+    try:
+        codes = {name: pair.wait() for name, pair in pairs.items()}
+        disk = {"killed": steps_on_disk(killed_dir), "killed_leftovers": leftovers(killed_dir)}
+        shutil.copytree(killed_dir, root / "mid-stage-copy")
+        _plant_damaged_steps(killed_dir)
+        pairs["resumed"] = Pair(env, root, "resumed", killed_dir)
+        codes["resumed"] = pairs["resumed"].wait()
+        disk["final"] = steps_on_disk(killed_dir)
+        disk["final_leftovers"] = leftovers(killed_dir)
+        disk["set_aside"] = sorted(n for n in os.listdir(killed_dir) if "damaged" in n)
+    finally:
+        for pair in pairs.values():
+            pair.kill()
+    return {"pairs": pairs, "codes": codes, "disk": disk, "root": root}
+
+
+def _finished(sweeps, name: str) -> list[dict]:
+    pair = sweeps["pairs"][name]
+    assert sweeps["codes"][name] == [0, 0], f"{pair.log(0)}\n{pair.log(1)}"
+    return [pair.report(i) for i in range(2)]
+
+
+# ----------------------------------------------------------------------------- kill both
+
+
+def test_killed_two_process_sweep_resumes_to_the_uninterrupted_result(sweeps):
+    reference = _finished(sweeps, "reference")
+    resumed = _finished(sweeps, "resumed")
+    assert sweeps["codes"]["killed"] == [-signal.SIGKILL, -signal.SIGKILL]
+    expected = comparable(reference[0]["result"])
+    for report in resumed:
+        assert report["process_count"] == 2
+        assert comparable(report["result"]) == expected  # bitwise: floats compared exactly
+    assert trained(reference[0]["result"]) == EPOCHS_IN_FULL_RUN
+    for report in resumed:  # stage 1 after 1 epoch: 1 + 2 epochs were left
+        checkpoint = report["result"]["environment"]["checkpoint"]
+        assert checkpoint["resumed_from"] == {"stage": 1, "epoch": 1}
+        assert checkpoint["epochs_trained"] == 3 < EPOCHS_IN_FULL_RUN
+
+
+def test_a_step_is_on_disk_only_once_every_process_committed_it(sweeps):
+    disk = sweeps["disk"]
+    assert disk["killed"] == [2, 3]  # killed once step 3 was complete
+    assert disk["killed_leftovers"] == []
+    assert disk["final"] == [5, 6]
+    assert disk["final_leftovers"] == []  # the planted temporary directory is gone too
+    # each process wrote the shards of its own devices' lanes into the step
+    lanes = sweeps["root"] / "mid-stage-copy" / "3" / "lanes"
+    for index in range(2):
+        assert os.listdir(lanes / f"ocdbt.process_{index}" / "d"), f"process {index} wrote none"
+
+
+def test_one_process_writes_warnings_and_sets_damaged_steps_aside(sweeps):
+    writer, other = (report["warnings"] for report in _finished(sweeps, "resumed"))
+    assert other == []  # the same sweep, the same notes: said once, by process 0
+    checkpoint = [w for w in writer if w.startswith("CheckpointWarning")]
+    assert len(checkpoint) == 2
+    assert "step 5 of" in checkpoint[0] and "could not be read" in checkpoint[0]
+    assert "step 4 of" in checkpoint[1] and "process 0: " in checkpoint[1]
+    assert sweeps["disk"]["set_aside"] == ["4.damaged", "5.damaged"]
+    notes = _finished(sweeps, "resumed")[0]["result"]["warnings"]
+    assert notes, "this sweep searches beyond its range: it has notes to give"
+    assert [w for w in writer if w.startswith("SearchRangeWarning")] == [
+        f"SearchRangeWarning: {note}" for note in notes
+    ]
+    assert _finished(sweeps, "reference")[1]["warnings"] == []
+    # and only the writer saved the result file
+    assert (sweeps["pairs"]["resumed"].out / "result.json").exists()
+
+
+# ----------------------------------------------------------------------------- kill one
+
+
+@pytest.mark.parametrize("name, victim", [("writer_dies", 0), ("other_dies", 1)])
+def test_the_survivor_of_a_killed_process_stops_with_a_clear_error(sweeps, name, victim):
+    pair = sweeps["pairs"][name]
+    codes = sweeps["codes"][name]  # wait() returned: nobody hung
+    survivor = 1 - victim
+    assert codes[victim] == -signal.SIGKILL
+    assert codes[survivor] not in (0, None), pair.log(survivor)
+    log = pair.log(survivor)
+    assert "ProcessLostError" in log
+    assert "did not answer" in log and "restart every process with the same call" in log
+
+
+# ----------------------------------------------------------------------------- mismatch
+
+
+def test_processes_given_different_sweeps_are_refused_before_anything_compiles(sweeps):
+    pair = sweeps["pairs"]["mismatch"]
+    assert sweeps["codes"]["mismatch"] == [1, 1], f"{pair.log(0)}\n{pair.log(1)}"
+    assert _finished(sweeps, "reference")[0]["compiles"] > 0  # what a sweep does compile
+    for index in range(2):
+        report = pair.report(index)
+        assert report["compiles"] == 0
+        message = report["error"]
+        assert message.startswith("ProcessMismatchError")
+        assert "process 1 differs from process 0 in: config.epochs: 2 -> 3" in message
+        assert "data.content" in message
+    assert not (sweeps["root"] / "m-ckpt").exists()  # nothing written
+
+
+# ----------------------------------------------------------------------------- process count
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(sweeps, tmp_path):
+    """Saved by 2 processes over 4 devices (6 lanes padded to 8), resumed here on 1 device."""
+    expected = _finished(sweeps, "reference")[0]["result"]
+    directory = tmp_path / "ckpt"
+    shutil.copytree(sweeps["root"] / "mid-stage-copy", directory)
+    with pytest.warns(jaxsweep.SearchRangeWarning):
+        result = hosts_sweep(directory, devices=jax.devices()[:1])
+    environment = result.environment
+    assert (environment["process_count"], environment["device_count"]) == (1, 1)
+    assert environment["checkpoint"]["resumed_from"] == {"stage": 1, "epoch": 1}
+    assert trained(result.to_dict()) == 3
+    # stage 0 is read back as it was; the rest agrees to float precision
+    assert result.to_dict()["evaluations"][:3] == expected["evaluations"][:3]
+    want = from_dict(expected)
+    for got, wanted in zip(result.evaluations[3:], want.evaluations[3:], strict=True):
+        assert got.lr == wanted.lr
+        np.testing.assert_allclose(got.score, wanted.score, rtol=1e-5)
+        np.testing.assert_allclose(got.train_loss, wanted.train_loss, rtol=1e-5)
+    assert result.best_lr == want.best_lr
