@@ -7,6 +7,8 @@ from importlib import metadata as _metadata
 
 from ._checkpoint import CheckpointWarning as CheckpointWarning
 from ._checkpoint import ConfigurationMismatchError as ConfigurationMismatchError
+from ._hosts import ProcessLostError as ProcessLostError
+from ._hosts import ProcessMismatchError as ProcessMismatchError
 from ._result import Evaluation as Evaluation
 from ._result import Stage as Stage
 from ._result import SweepResult as SweepResult
@@ -26,6 +28,8 @@ __all__ = [
     "CheckpointWarning",
     "ConfigurationMismatchError",
     "Evaluation",
+    "ProcessLostError",
+    "ProcessMismatchError",
     "SearchRangeWarning",
     "Stage",
     "SweepResult",

@@ -91,7 +91,9 @@ def run(
       checkpoint_dir: a directory for Orbax checkpoints (None: none). A sweep killed at any
         moment and rerun with the same call resumes from its latest complete checkpoint and
         returns exactly what an uninterrupted run returns; a finished sweep's directory
-        returns its stored result without training.
+        returns its stored result without training. Under ``jax.distributed`` every process
+        passes the same path (one that all of them see): each writes its own lanes, process 0
+        the rest, and a rerun may use another number of processes or devices.
       resume: with ``checkpoint_dir``: ``"auto"`` resumes this sweep's checkpoints (or starts)
         and refuses a directory holding a different sweep; ``"require"`` also refuses to
         start without a checkpoint; ``"overwrite"`` replaces a different sweep's checkpoints.
@@ -100,7 +102,10 @@ def run(
       devices: None for every device JAX sees (all hosts' devices under
         ``jax.distributed``), or a list of devices; a stage's lanes (values x seeds) are
         split over them (padded to a multiple of their count), the data is copied to each.
-        The results equal a one-device run within float tolerance.
+        The results equal a one-device run within float tolerance. Several processes must
+        make the same call: one given other arguments or data fails before anything compiles
+        (``ProcessMismatchError``), and one that dies stops the others with a
+        ``ProcessLostError``.
       progress: show a progress bar on stderr.
 
     Returns:

@@ -6,7 +6,7 @@ Every process writes ``process-<index>.json`` (its result and what it saw) into 
 writer (process 0) writes ``result.json``.
 
   python tests/hosts_sweep.py DIR OUT --coordinator 127.0.0.1:PORT --process-id I --processes N
-      [--kill-after-save K] [--epochs E] [--data-seed S] [--heartbeat SECONDS]
+      [--kill-after-save K] [--every SECONDS] [--epochs E] [--data-seed S] [--heartbeat SECONDS]
 
 A run that fails writes ``process-<index>.json`` with its error and how many programs it had
 compiled, then fails.
@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--process-id", type=int, default=0)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--kill-after-save", type=int)
+    parser.add_argument("--every", type=float, default=SWEEP["checkpoint_every_seconds"])
     parser.add_argument("--epochs", type=int, default=SWEEP["epochs"])
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--heartbeat", type=int, default=100)
@@ -127,7 +128,12 @@ def main() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            result = hosts_sweep(args.directory, data_seed=args.data_seed, epochs=args.epochs)
+            result = hosts_sweep(
+                args.directory,
+                data_seed=args.data_seed,
+                epochs=args.epochs,
+                checkpoint_every_seconds=args.every,
+            )
         except Exception as error:
             failure = {"error": f"{type(error).__name__}: {error}", "compiles": len(compiles)}
             report_path.write_text(json.dumps(failure))

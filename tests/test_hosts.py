@@ -1,10 +1,11 @@
 """Several processes under jax.distributed: a killed sweep resumes exactly, with one writer.
 
-Every process of a two-process sweep is a subprocess of its own (``tests/hosts_sweep.py``),
-talking over loopback (127.0.0.1) with gloo, two CPU devices each. The runs that do not depend
-on each other start together, and a shared persistent compilation cache spares the later one
-most of its compiling. Every process still running when the fixture ends is killed, with its
-process group.
+The processes' meetings are checked here in one process, with a stand-in coordination service.
+The sweeps run for real: every process of a two-process sweep is a subprocess of its own
+(``tests/hosts_sweep.py``), talking over loopback (127.0.0.1) with gloo, two CPU devices each.
+The runs that do not depend on each other start together, and a shared persistent compilation
+cache spares the later one most of its compiling. Every process still running when the fixture
+ends is killed, with its process group.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -24,13 +26,104 @@ import pytest
 from hosts_sweep import hosts_sweep
 
 import jaxsweep
+from jaxsweep import _hosts
 from jaxsweep._result import from_dict
+from jaxsweep._warnings import warn
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hosts_sweep.py")
 EPOCHS_IN_FULL_RUN = 3 * 2  # 3 stages of 2 epochs
 WAIT_SECONDS = 400  # a run that takes longer hangs (the shared 2-core machine is slow)
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # the tests that use the two-process runs (about a minute together)
+
+
+# ----------------------------------------------------------------------------- meetings
+
+
+class FakeClient:
+    """The coordination service's key-value store, as one process sees it: what the other
+    processes said is given in advance; a key nobody set times out."""
+
+    def __init__(self, said: dict[str, str]):
+        self.said = dict(said)
+
+    def key_value_set(self, key: str, value: str) -> None:
+        self.said[key] = value
+
+    def blocking_key_value_get(self, key: str, timeout_in_ms: int) -> str:
+        if key not in self.said:
+            raise RuntimeError(f"DEADLINE_EXCEEDED: {key} not set in {timeout_in_ms} ms")
+        return self.said[key]
+
+
+@pytest.fixture
+def client(monkeypatch):
+    def install(said: dict[str, str]) -> FakeClient:
+        fake = FakeClient(said)
+        monkeypatch.setattr(_hosts, "_client", lambda: fake)
+        return fake
+
+    return install
+
+
+def test_one_process_meets_no_one():
+    hosts = _hosts.Hosts(index=0, count=1, namespace="jaxsweep/t")
+    assert hosts.writer
+    assert hosts.exchange("setup", "mine") == ["mine"]
+    assert hosts.writer_says("step", lambda: "3") == "3"
+    _hosts.agree_on_sweep(hosts, {"config.epochs": 2})  # nothing to compare with
+
+
+def test_differences_name_each_field():
+    assert _hosts.differences({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": [4]}) == [
+        "b: 2 -> 3",
+        "c: (absent) -> [4]",
+    ]
+
+
+def test_a_process_given_another_sweep_is_named_with_the_field(client):
+    fields = {"config.epochs": 2, "data.content": "aaa"}
+    other = {**fields, "data.content": "bbb"}
+    client({"jaxsweep/t/setup/0": json.dumps(fields), "jaxsweep/t/setup/2": json.dumps(other)})
+    client_view = _hosts.Hosts(index=1, count=3, namespace="jaxsweep/t")
+    with pytest.raises(_hosts.ProcessMismatchError) as caught:
+        _hosts.agree_on_sweep(client_view, fields)
+    message = str(caught.value)
+    assert "process 2 differs from process 0 in: data.content: aaa -> bbb" in message
+    assert "process 1 differs" not in message
+    assert isinstance(caught.value, ValueError)
+
+
+def test_a_process_that_never_comes_is_named(client):
+    fake = client({})
+    hosts = _hosts.Hosts(index=0, count=2, namespace="jaxsweep/t")
+    with pytest.raises(_hosts.ProcessLostError, match="setup.*process 1 of this sweep"):
+        hosts.exchange("setup", "mine")
+    assert fake.said == {"jaxsweep/t/setup/0": "mine"}  # it did give its own value
+
+
+def test_the_others_follow_the_writer_and_hear_of_its_failure(client):
+    fake = client({})
+    writer = _hosts.Hosts(index=0, count=2, namespace="jaxsweep/t")
+    assert writer.writer_says("save 1.1", lambda: "yes") == "yes"
+    with pytest.raises(OSError):
+        writer.writer_says("open", lambda: (_ for _ in ()).throw(OSError("disk full")))
+    other = _hosts.Hosts(index=1, count=2, namespace="jaxsweep/t")
+    assert other.writer_says("save 1.1", lambda: pytest.fail("only the writer decides")) == "yes"
+    with pytest.raises(RuntimeError, match="open: process 0 failed: OSError: disk full"):
+        other.writer_says("open", lambda: "")
+    assert set(fake.said) == {"jaxsweep/t/save 1.1/said", "jaxsweep/t/open/said"}
+
+
+def test_only_the_writer_warns(monkeypatch):
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn("the same note in every process", jaxsweep.SearchRangeWarning)
+    assert caught == []
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    with pytest.warns(jaxsweep.SearchRangeWarning, match="the same note"):
+        warn("the same note in every process", jaxsweep.SearchRangeWarning)
 
 
 # ----------------------------------------------------------------------------- running pairs
@@ -139,7 +232,8 @@ def _plant_damaged_steps(directory) -> None:
 def sweeps(tmp_path_factory):
     """Every two-process run of this module: the independent ones together, then the resume.
 
-    - ``reference``: an uninterrupted sweep;
+    - ``reference``: an uninterrupted sweep, saving inside a stage once an hour by the
+      writer's clock (so only at stage ends);
     - ``killed``: both processes SIGKILL themselves once step 3 (stage 1 after 1 of its 2
       epochs) is on disk; then ``resumed`` reruns both on the same directory, where damaged
       steps and a temporary directory were planted;
@@ -151,7 +245,9 @@ def sweeps(tmp_path_factory):
     killed_dir = root / "killed-ckpt"
     kill, beat = ("--kill-after-save", "3"), ("--heartbeat", "10")
     pairs = {
-        "reference": Pair(env, root, "reference", root / "reference-ckpt"),
+        "reference": Pair(
+            env, root, "reference", root / "reference-ckpt", (("--every", "3600"),) * 2
+        ),
         "killed": Pair(env, root, "killed", killed_dir, (kill, kill)),
         "writer_dies": Pair(env, root, "writer-dies", root / "w-ckpt", ((*kill, *beat), beat)),
         "other_dies": Pair(env, root, "other-dies", root / "o-ckpt", (beat, (*kill, *beat))),
@@ -162,6 +258,7 @@ def sweeps(tmp_path_factory):
     try:
         codes = {name: pair.wait() for name, pair in pairs.items()}
         disk = {"killed": steps_on_disk(killed_dir), "killed_leftovers": leftovers(killed_dir)}
+        disk["reference"] = steps_on_disk(root / "reference-ckpt")
         shutil.copytree(killed_dir, root / "mid-stage-copy")
         _plant_damaged_steps(killed_dir)
         pairs["resumed"] = Pair(env, root, "resumed", killed_dir)
@@ -184,6 +281,7 @@ def _finished(sweeps, name: str) -> list[dict]:
 # ----------------------------------------------------------------------------- kill both
 
 
+@slow
 def test_killed_two_process_sweep_resumes_to_the_uninterrupted_result(sweeps):
     reference = _finished(sweeps, "reference")
     resumed = _finished(sweeps, "resumed")
@@ -199,8 +297,11 @@ def test_killed_two_process_sweep_resumes_to_the_uninterrupted_result(sweeps):
         assert checkpoint["epochs_trained"] == 3 < EPOCHS_IN_FULL_RUN
 
 
+@slow
 def test_a_step_is_on_disk_only_once_every_process_committed_it(sweeps):
     disk = sweeps["disk"]
+    # the writer's clock decided for both processes: no save inside a stage, none missed
+    assert disk["reference"] == [4, 6]
     assert disk["killed"] == [2, 3]  # killed once step 3 was complete
     assert disk["killed_leftovers"] == []
     assert disk["final"] == [5, 6]
@@ -211,6 +312,7 @@ def test_a_step_is_on_disk_only_once_every_process_committed_it(sweeps):
         assert os.listdir(lanes / f"ocdbt.process_{index}" / "d"), f"process {index} wrote none"
 
 
+@slow
 def test_one_process_writes_warnings_and_sets_damaged_steps_aside(sweeps):
     writer, other = (report["warnings"] for report in _finished(sweeps, "resumed"))
     assert other == []  # the same sweep, the same notes: said once, by process 0
@@ -232,6 +334,7 @@ def test_one_process_writes_warnings_and_sets_damaged_steps_aside(sweeps):
 # ----------------------------------------------------------------------------- kill one
 
 
+@slow
 @pytest.mark.parametrize("name, victim", [("writer_dies", 0), ("other_dies", 1)])
 def test_the_survivor_of_a_killed_process_stops_with_a_clear_error(sweeps, name, victim):
     pair = sweeps["pairs"][name]
@@ -247,6 +350,7 @@ def test_the_survivor_of_a_killed_process_stops_with_a_clear_error(sweeps, name,
 # ----------------------------------------------------------------------------- mismatch
 
 
+@slow
 def test_processes_given_different_sweeps_are_refused_before_anything_compiles(sweeps):
     pair = sweeps["pairs"]["mismatch"]
     assert sweeps["codes"]["mismatch"] == [1, 1], f"{pair.log(0)}\n{pair.log(1)}"
@@ -264,6 +368,7 @@ def test_processes_given_different_sweeps_are_refused_before_anything_compiles(s
 # ----------------------------------------------------------------------------- process count
 
 
+@slow
 def test_a_two_process_checkpoint_resumes_in_one_process(sweeps, tmp_path):
     """Saved by 2 processes over 4 devices (6 lanes padded to 8), resumed here on 1 device."""
     expected = _finished(sweeps, "reference")[0]["result"]
