@@ -57,7 +57,7 @@ import numbers
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -332,22 +332,17 @@ class StepStore:
             raise ValueError("no jaxsweep progress record")
         return progress
 
-    def saved_lanes(self, step: int) -> int:
-        """How many lanes (padding included) the step's ``lanes`` item holds."""
-        from etils import epath
-
-        handler = self._ocp.StandardCheckpointHandler()
-        metadata = handler.metadata(epath.Path(self.directory, str(step), "lanes"))
-        return int(metadata.tree["values"].shape[0])
-
-    def read_lanes(self, step: int, target: dict) -> dict:
-        """The step's ``lanes`` item as ``target`` describes it (host arrays)."""
+    def read_lanes(self, step: int, target: Callable[[int], dict]) -> dict:
+        """The step's ``lanes`` item as host arrays; ``target(rows)`` describes it, given how
+        many lanes (padding included) the saving run wrote."""
         from etils import epath
 
         item = os.path.join(self.directory, str(step), "lanes")
-        _verify_arrays(item)
+        _verify_arrays(item)  # first: Orbax's own readers flood errors on a damaged item
         handler = self._ocp.StandardCheckpointHandler()
-        return handler.restore(epath.Path(item), args=self._ocp.args.StandardRestore(target))
+        rows = handler.metadata(epath.Path(item)).tree["values"].shape[0]
+        args = self._ocp.args.StandardRestore(target(int(rows)))
+        return handler.restore(epath.Path(item), args=args)
 
     def save(self, step: int, progress: dict, lanes_item: dict | None) -> None:
         """Starts an asynchronous save of ``progress`` (JSON) and, if given, the lanes."""
@@ -502,8 +497,7 @@ def restore(store: StepStore, step: int, progress: dict, template: LaneTemplate)
     if epoch == 0:
         return ResumePoint(step, stage, epoch, history, None, None)
     running = _running_from_json(progress["running"])
-    target = _restore_target(template, stage, epoch, store.saved_lanes(step))
-    restored = store.read_lanes(step, target)
+    restored = store.read_lanes(step, lambda rows: _restore_target(template, stage, epoch, rows))
     real = template.layout.real({name: restored[name] for name in ("state", "keys", "values")})
     _check_restored(
         {**real, "counters": restored["counters"]}, template, stage, epoch, running.values
