@@ -38,10 +38,11 @@ the names of the loss and optimizer, not the body of a function whose name and s
 same.
 
 Pieces, from the disk up: :class:`StepStore` (the Orbax directory: read, save, set a damaged
-step aside; no sweep logic), :func:`readable_steps` (this sweep's steps, and the policy for
-another sweep's), :func:`restore` (a step back into a :class:`ResumePoint`, its lanes shaped
-by a :class:`LaneTemplate` the driver hands over as data), and :class:`SweepCheckpoints`, the
-driver's view: when to save, what to store, where to resume.
+step aside; no sweep logic), :func:`inspect_steps` and :func:`readable_steps` (this sweep's
+steps as the writer finds them, and the policy for another sweep's), :func:`restore` (a step
+back into a :class:`ResumePoint`, its lanes shaped by a :class:`LaneTemplate` the driver hands
+over as data), and :class:`SweepCheckpoints`, the driver's view: when to save, what to store,
+where to resume.
 
 All Orbax I/O of the package lives in this module; the pure core never imports it.
 """
