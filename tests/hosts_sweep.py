@@ -6,14 +6,16 @@ Every process writes ``process-<index>.json`` (its result and what it saw) into 
 writer (process 0) writes ``result.json``.
 
   python tests/hosts_sweep.py DIR OUT --coordinator 127.0.0.1:PORT --process-id I --processes N
-      [--kill-after-save K] [--every SECONDS] [--epochs E] [--data-seed S] [--heartbeat SECONDS]
+      [--kill-after-save K | --stop-after-save K] [--every SECONDS] [--epochs E]
+      [--data-seed S] [--heartbeat SECONDS]
 
 A run that fails writes ``process-<index>.json`` with its error and how many programs it had
 compiled, then fails.
 
 ``--kill-after-save K`` sends SIGKILL to this process once its K-th checkpoint save (counted
-from 1 in this process) is complete on disk in every process. ``--processes 1`` runs without
-``jax.distributed``.
+from 1 in this process) is complete on disk in every process; ``--stop-after-save K`` writes
+``OUT/stopped-<index>`` then and waits to be killed from outside. ``--processes 1`` runs
+without ``jax.distributed``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import pathlib
 import signal
 import sys
+import time
 import warnings
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -69,7 +72,8 @@ def hosts_sweep(directory, *, data_seed: int = 0, devices=None, **overrides):
     )
 
 
-def _kill_after_save(target: int) -> None:
+def _after_save(target: int, then) -> None:
+    """Calls ``then()`` once this process's ``target``-th save is complete on disk."""
     from jaxsweep import _checkpoint
 
     original = _checkpoint.StepStore.save
@@ -80,9 +84,19 @@ def _kill_after_save(target: int) -> None:
         calls["n"] += 1
         if calls["n"] == target:
             self._manager.wait_until_finished()  # complete on disk, in every process
-            os.kill(os.getpid(), signal.SIGKILL)
+            then()
 
     _checkpoint.StepStore.save = save
+
+
+def _stop(marker: pathlib.Path):
+    """Says it stopped (a file), then waits for the SIGKILL the test sends."""
+
+    def stop():
+        marker.write_text("stopped")
+        time.sleep(3600)
+
+    return stop
 
 
 def main() -> None:
@@ -93,6 +107,7 @@ def main() -> None:
     parser.add_argument("--process-id", type=int, default=0)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--kill-after-save", type=int)
+    parser.add_argument("--stop-after-save", type=int)
     parser.add_argument("--every", type=float, default=SWEEP["checkpoint_every_seconds"])
     parser.add_argument("--epochs", type=int, default=SWEEP["epochs"])
     parser.add_argument("--data-seed", type=int, default=0)
@@ -111,8 +126,12 @@ def main() -> None:
             process_id=args.process_id,
             heartbeat_timeout_seconds=args.heartbeat,
         )
+    args.out.mkdir(parents=True, exist_ok=True)
     if args.kill_after_save is not None:
-        _kill_after_save(args.kill_after_save)
+        _after_save(args.kill_after_save, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    if args.stop_after_save is not None:
+        marker = args.out / f"stopped-{jax.process_index()}"
+        _after_save(args.stop_after_save, _stop(marker))
     # count what the sweep compiles; JAX compiles its eager key constructor once per process,
     # which setup uses for abstract tracing: done here first, it is not counted
     jax.random.key(0)
@@ -123,7 +142,6 @@ def main() -> None:
 
     import jaxsweep
 
-    args.out.mkdir(parents=True, exist_ok=True)
     report_path = args.out / f"process-{jax.process_index()}.json"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
