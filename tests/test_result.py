@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +101,20 @@ def test_the_json_codec_round_trips_non_finite_floats_and_arrays():
     np.testing.assert_array_equal(restored, array)
     assert _json.decode_floats(back["pair"])[0] == 1.0
     assert math.isnan(_json.decode_floats(back["pair"])[1])
+
+
+def test_reading_a_result_imports_no_jax(tmp_path):
+    """``jaxsweep report DIR`` and ``show DIR`` read JSON: they must not pay for importing JAX."""
+    shutil.copy(OLD, tmp_path / "result.json")
+    script = (
+        "import sys, jaxsweep\n"
+        "from jaxsweep import cli\n"
+        "from jaxsweep.report import markdown, methods_tex\n"
+        f"result = jaxsweep.load({str(tmp_path / 'result.json')!r})\n"
+        "markdown(result), methods_tex(result)\n"
+        f"assert cli.main(['show', {str(tmp_path)!r}]) == 0\n"
+        "heavy = sorted(m for m in ('jax', 'flax', 'optax', 'orbax') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
