@@ -88,11 +88,11 @@ def efficiency(result: SweepResult) -> Efficiency:
         scale=scale,
         spacing=spacing,
         grid_evaluations=count,
+        grid_seconds=one_time + count * per_evaluation,
         seconds_per_evaluation=per_evaluation,
         per_evaluation_source=source,
         one_time_seconds=one_time,
         sweep_seconds=result.seconds,
-        grid_seconds=one_time + count * per_evaluation,
     )
 
 
