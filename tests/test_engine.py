@@ -221,7 +221,7 @@ def test_progress_counts_stages_from_zero(capsys):
     bar = BarProgress(total_stages=2, epochs=1)
     with bar:
         bar.start_stage(0, 2, [1e-3], 1)
-        bar.stage_done(0, 1e-3, 0.5, "learning_rate")
+        bar.stage_done(0, 1e-3, 0.5)
         bar.start_stage(1, 2, [2e-3], 1)
     err = capsys.readouterr().err
     assert "stage 0/1" in err and "stage 0 done" in err and "stage 1/1" in err
