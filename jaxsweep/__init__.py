@@ -3,21 +3,49 @@
 Every stage trains all of its learning rates at once in one vmapped, compiled program.
 """
 
+import importlib as _importlib
 from importlib import metadata as _metadata
+from typing import TYPE_CHECKING
 
-from ._checkpoint import CheckpointWarning as CheckpointWarning
-from ._checkpoint import ConfigurationMismatchError as ConfigurationMismatchError
-from ._hosts import ProcessLostError as ProcessLostError
-from ._hosts import ProcessMismatchError as ProcessMismatchError
 from ._result import Evaluation as Evaluation
 from ._result import Stage as Stage
 from ._result import SweepResult as SweepResult
 from ._result import load as load
-from ._run import run as run
-from ._sharding import is_writer as is_writer
 from ._warnings import SearchRangeWarning as SearchRangeWarning
 from .plots import plot as plot
 from .report import report as report
+
+if TYPE_CHECKING:
+    from ._checkpoint import CheckpointWarning as CheckpointWarning
+    from ._checkpoint import ConfigurationMismatchError as ConfigurationMismatchError
+    from ._hosts import ProcessLostError as ProcessLostError
+    from ._hosts import ProcessMismatchError as ProcessMismatchError
+    from ._run import run as run
+    from ._sharding import is_writer as is_writer
+
+# Names whose modules import JAX, Flax and Orbax load on first use: reading a saved result
+# (``jaxsweep.load``, ``jaxsweep report DIR``, ``jaxsweep show DIR``) then costs no JAX import.
+_FROM_JAX_MODULES = {
+    "CheckpointWarning": "._checkpoint",
+    "ConfigurationMismatchError": "._checkpoint",
+    "ProcessLostError": "._hosts",
+    "ProcessMismatchError": "._hosts",
+    "run": "._run",
+    "is_writer": "._sharding",
+}
+
+
+def __getattr__(name: str):
+    if name not in _FROM_JAX_MODULES:
+        raise AttributeError(f"module 'jaxsweep' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(_FROM_JAX_MODULES[name], __name__), name)
+    globals()[name] = value  # once loaded, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_FROM_JAX_MODULES})
+
 
 try:
     __version__ = _metadata.version("jaxsweep")
@@ -28,6 +56,8 @@ __all__ = [
     "CheckpointWarning",
     "ConfigurationMismatchError",
     "Evaluation",
+    "ProcessLostError",
+    "ProcessMismatchError",
     "ProcessLostError",
     "ProcessMismatchError",
     "SearchRangeWarning",

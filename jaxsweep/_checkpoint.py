@@ -64,9 +64,10 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from . import _json
 from ._history import History, Running
 from ._hosts import Hosts, differences, lost
-from ._result import SweepResult, decode_non_finite, encode_float, from_dict
+from ._result import SweepResult, from_dict
 from ._sharding import LaneLayout
 from ._train import EpochMetrics
 from ._warnings import warn
@@ -146,44 +147,20 @@ def fingerprint(record: dict[str, Any], split: Sequence[np.ndarray], abstract_pa
     }
     fields["data.content"] = _data_digest(split)
     fields["model.parameters"] = hashlib.blake2b(layout.encode(), digest_size=8).hexdigest()
-    return json.loads(json.dumps(_encode(fields)))  # tuples become lists, as read back
+    return json.loads(json.dumps(_json.encode(fields)))  # tuples become lists, as read back
 
 
 # ----------------------------------------------------------------------------- JSON
 
 
-def _encode(value):
-    """Plain JSON values; non-finite floats as strings, arrays as typed lists."""
-    if isinstance(value, (float, np.floating)):
-        return encode_float(value)
-    if isinstance(value, np.ndarray):
-        return {
-            "dtype": str(value.dtype),
-            "shape": list(value.shape),
-            "values": _encode(value.reshape(-1).tolist()),
-        }
-    if isinstance(value, dict):
-        return {str(k): _encode(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _array(encoded: dict) -> np.ndarray:
-    values = [decode_non_finite(v) for v in encoded["values"]]
-    return np.asarray(values, dtype=encoded["dtype"]).reshape(encoded["shape"])
-
-
 def _metrics_to_json(metrics: EpochMetrics) -> dict:
-    return _encode(jax.tree.map(np.asarray, metrics._asdict()))
+    return _json.encode(jax.tree.map(np.asarray, metrics._asdict()))
 
 
 def _metrics_from_json(encoded: dict) -> EpochMetrics:
     def decode(value):
-        if isinstance(value, dict) and set(value) == {"dtype", "shape", "values"}:
-            return _array(value)
+        if _json.is_array(value):
+            return _json.decode_array(value)
         return {k: decode(v) for k, v in value.items()}
 
     return EpochMetrics(**{name: decode(value) for name, value in encoded.items()})
@@ -191,7 +168,7 @@ def _metrics_from_json(encoded: dict) -> EpochMetrics:
 
 def _running_to_json(running: Running) -> dict:
     return {
-        "values": _encode(list(running.values)),
+        "values": _json.encode(list(running.values)),
         "epoch_metrics": [_metrics_to_json(m) for m in running.epoch_metrics],
         "seconds_per_epoch": list(running.seconds_per_epoch),
         "seconds": running.seconds,
@@ -201,7 +178,7 @@ def _running_to_json(running: Running) -> dict:
 
 def _running_from_json(record: dict) -> Running:
     return Running(
-        values=tuple(float(decode_non_finite(v)) for v in record["values"]),
+        values=_json.decode_floats(record["values"]),
         epoch_metrics=tuple(_metrics_from_json(m) for m in record["epoch_metrics"]),
         seconds_per_epoch=tuple(record["seconds_per_epoch"]),
         seconds=float(record["seconds"]),

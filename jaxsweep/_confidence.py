@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _scale
+
 LEVEL = 0.95  # every interval here is a 95% interval
 
 # Two-sided 95% quantiles of Student's t (t_{0.975, df}) for df = 1..30; beyond, a
@@ -75,7 +77,7 @@ class QuadraticFit:
 
     def predict(self, lrs) -> np.ndarray:
         """The fitted score at ``lrs``."""
-        u = (_to_axis(np.asarray(lrs, np.float64), self.axis) - self.center) / self.scale
+        u = (_scale.to_axis(np.asarray(lrs, np.float64), self.axis) - self.center) / self.scale
         return self.a * u**2 + self.b * u + self.c
 
 
@@ -119,20 +121,11 @@ class Confidence:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _to_axis(values, scale: str):
-    return np.log(values) if scale == "log" else np.asarray(values, np.float64)
-
-
-def _from_axis(values, scale: str):
-    return np.exp(values) if scale == "log" else np.asarray(values, np.float64)
-
-
 def _finite_sorted(
     lrs: Sequence[float], scores: Sequence[float], scale: str = "log"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rates and scores, sorted by rate, without diverged (non-finite) evaluations."""
-    if scale not in ("log", "linear"):
-        raise ValueError(f"scale: expected 'log' or 'linear', got {scale!r}")
+    _scale.check(scale)
     x = np.asarray(lrs, np.float64)
     y = np.asarray(scores, np.float64)
     if x.shape != y.shape or x.ndim != 1:
@@ -252,8 +245,8 @@ def _window_fit(logs: np.ndarray, y: np.ndarray, center: float, half_width: floa
         b=b,
         c=c,
         window=(
-            float(_from_axis(logs[inside].min(), scale)),
-            float(_from_axis(logs[inside].max(), scale)),
+            float(_scale.from_axis(logs[inside].min(), scale)),
+            float(_scale.from_axis(logs[inside].max(), scale)),
         ),
         points=n,
         curvature_t=float(curvature_t),
@@ -294,7 +287,7 @@ def quadratic_refine(lrs: Sequence[float], scores: Sequence[float], scale: str =
     if not bracket.bracketed:
         return bracket
     x, y = _finite_sorted(lrs, scores, scale)
-    logs = _to_axis(x, scale)
+    logs = _scale.to_axis(x, scale)
     center = logs[_best_index(y)]
     distances = np.unique(np.abs(logs - center))
     # rates placed symmetrically about the best differ in distance only by rounding: one window
@@ -319,9 +312,9 @@ def quadratic_refine(lrs: Sequence[float], scores: Sequence[float], scale: str =
             f"{windows}; 95% Fieller interval"
         )
         estimate = Estimate(
-            float(_from_axis(vertex_log, scale)),
-            float(_from_axis(low_log, scale)),
-            float(_from_axis(high_log, scale)),
+            float(_scale.from_axis(vertex_log, scale)),
+            float(_scale.from_axis(low_log, scale)),
+            float(_scale.from_axis(high_log, scale)),
             "quadratic_fit",
             True,
             note,

@@ -7,7 +7,8 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
-SCALES = ("log", "linear")
+from . import _scale
+
 MODES = ("min", "max")
 
 
@@ -40,9 +41,7 @@ class SweepConfig:
     @property
     def initial_step(self) -> float:
         """The spacing of stage 0 on the sweep's scale (a log-ratio on a log scale)."""
-        low, high = self.value_range
-        width = math.log(high / low) if self.scale == "log" else high - low
-        return width / (self.points_per_stage - 1)
+        return _scale.distance(*self.value_range, self.scale) / (self.points_per_stage - 1)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -103,8 +102,7 @@ def make_config(
     """
     if not isinstance(hyperparam, str) or not hyperparam:
         raise TypeError(f"hyperparam: expected a non-empty name, got {hyperparam!r}")
-    if scale not in SCALES:
-        raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
+    _scale.check(scale)
     fraction = _real("validation_fraction", validation_fraction)
     if not 0 < fraction < 1:
         raise ValueError(f"validation_fraction: must be in (0, 1), got {fraction}")

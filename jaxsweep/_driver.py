@@ -45,7 +45,9 @@ def drive(setup: Setup) -> SweepResult:
         # one bar per sweep: under jax.distributed only the writing process shows it
         show = setup.progress and setup.hosts.writer
         config = setup.config
-        reporter = BarProgress(config.stages, config.epochs) if show else SilentProgress()
+        reporter = SilentProgress()
+        if show:
+            reporter = BarProgress(config.stages, config.epochs, config.hyperparam, config.scale)
         with reporter:
             return sweep(setup, engine, _Hooks(reporter, checkpoints, config))
     finally:
@@ -73,6 +75,8 @@ def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
     """The stage loop: plan, train, record, stop; progress and checkpoints are hooks."""
     config = setup.config
     resumed = hooks.resume(engine)
+    # the sweep's clock started with run's checks: all before the first stage is set-up
+    setup_seconds = time.perf_counter() - setup.started
     history = History() if resumed is None else resumed.history
     history = dataclasses.replace(history, sign=config.sign)  # the metric's direction
     stop_reason, stage = "completed", 0
@@ -86,7 +90,7 @@ def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
         previous_best = history.best_objective()
         memory = engine.memory(lanes, _sharding.first_local(setup.devices))
         history = _with_stage(history, stage, plan, config, running, memory)
-        hooks.stage_done(stage, history, config.hyperparam)
+        hooks.stage_done(stage, history)
         if stage > 0 and _selector.should_stop(
             previous_best, history.best_objective(), config.min_improvement
         ):
@@ -95,7 +99,7 @@ def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
             break
         if stage + 1 < config.stages:
             hooks.save_stage(stage, history)
-    final = _final_note(history, config.hyperparam)
+    final = _final_note(history, _in_words(config.hyperparam))
     if final is not None:
         history = _warned(history, final)
     result = history.result(
@@ -103,6 +107,7 @@ def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
         environment=hooks.environment(setup.devices),
         param_count=setup.param_count,
         stop_reason=stop_reason,
+        setup_seconds=setup_seconds,
     )
     hooks.finish(stage, result, history)
     return result
@@ -205,8 +210,8 @@ class _Hooks:
             _running_best(running.epoch_metrics[-1], history.best()[1], self.config)
         )
 
-    def stage_done(self, stage: int, history: History, name: str) -> None:
-        self.reporter.stage_done(stage, *history.best(), name)
+    def stage_done(self, stage: int, history: History) -> None:
+        self.reporter.stage_done(stage, *history.best())
 
     def stop_early(self) -> None:
         self.reporter.finish_early()
@@ -248,10 +253,14 @@ def _expansion_note(stage: int, plan: _selector.StagePlan, config: SweepConfig) 
     edge = "largest" if plan.expansion == "up" else "smallest"
     outside = low < range_low or high > range_high
     return (
-        f"stage {stage}: the best {config.hyperparam} was the {edge} evaluated, so this stage "
-        f"searches beyond it ({low:.3g} to {high:.3g})"
+        f"stage {stage}: the best {_in_words(config.hyperparam)} was the {edge} evaluated, so "
+        f"this stage searches beyond it ({low:.3g} to {high:.3g})"
         + (", outside the given range" if outside else "")
     )
+
+
+def _in_words(hyperparam: str) -> str:
+    return hyperparam.replace("_", " ")
 
 
 def _final_note(history: History, name: str) -> str | None:

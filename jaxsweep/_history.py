@@ -41,7 +41,7 @@ class History:
 
     @property
     def points(self) -> tuple[float, ...]:
-        return tuple(e.lr for e in self.evaluations)
+        return tuple(e.value for e in self.evaluations)
 
     @property
     def scores(self) -> tuple[float, ...]:
@@ -70,10 +70,10 @@ class History:
         best_value, best_score = grown.best()
         stage = Stage(
             index=len(self.stages),
-            lrs=tuple(plan.points),
+            values=tuple(plan.points),
             intervals=tuple(plan.intervals),
             expansion=plan.expansion,
-            best_lr=best_value,
+            best_value=best_value,
             best_score=best_score,
             **dataclasses.asdict(cost),
         )
@@ -83,7 +83,7 @@ class History:
         """A :class:`SweepResult` of this history (``fields``: environment, stop reason, ...)."""
         best_value, best_score = self.best()
         return SweepResult(
-            best_lr=best_value,
+            best_value=best_value,
             best_score=best_score,
             evaluations=self.evaluations,
             stages=self.stages,
@@ -95,7 +95,7 @@ class History:
     def to_record(self, config: dict[str, Any]) -> dict:
         """The history as a partial result's JSON (the checkpoint's format; best unused)."""
         partial = self.result(config)
-        return dataclasses.replace(partial, best_lr=math.nan, best_score=math.inf).to_dict()
+        return dataclasses.replace(partial, best_value=math.nan, best_score=math.inf).to_dict()
 
     @classmethod
     def from_record(cls, record: dict | None) -> History:
@@ -191,7 +191,7 @@ def collect_evaluations(
         is_diverged = bool(diverged[i]) or not math.isfinite(score)
         evaluations.append(
             Evaluation(
-                lr=float(value),
+                value=float(value),
                 stage=stage,
                 score=sign * math.inf if is_diverged else score,
                 diverged=is_diverged,

@@ -1,4 +1,8 @@
-"""Progress display at the edge: a rich progress bar, or nothing when ``progress=False``."""
+"""Progress display at the edge: a rich progress bar, or nothing when ``progress=False``.
+
+Stages count from 0, as in the result and the report; the bar names the swept
+hyperparameter and its scale (``momentum (linear)``), never assuming a learning rate.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ class SilentProgress:
     def epoch_done(self, best_score: float) -> None:
         pass
 
-    def stage_done(self, stage: int, best_value: float, best_score: float, name: str) -> None:
+    def stage_done(self, stage: int, best_value: float, best_score: float) -> None:
         pass
 
     def finish_early(self) -> None:
@@ -33,7 +37,9 @@ class SilentProgress:
 class BarProgress(SilentProgress):
     """One bar over all epochs of the sweep, labelled with the stage and the best so far."""
 
-    def __init__(self, total_stages: int, epochs: int, name: str = "lr"):
+    def __init__(
+        self, total_stages: int, epochs: int, hyperparam: str = "learning_rate", scale: str = "log"
+    ):
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -44,7 +50,8 @@ class BarProgress(SilentProgress):
         )
 
         self._console = Console(stderr=True)
-        self._name = name
+        self._name = hyperparam.replace("_", " ")
+        self._label = f"{self._name} ({scale})"
         self._bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -67,15 +74,15 @@ class BarProgress(SilentProgress):
         # stages count from 0, as in the result and the report: the last is ``stages - 1``
         shown = ", ".join(f"{v:.3g}" for v in values)
         self._bar.update(self._task, description=f"stage {stage}/{stages - 1}")
-        self._bar.console.print(f"stage {stage}/{stages - 1}: {self._name} = {shown}")
+        self._bar.console.print(f"stage {stage}/{stages - 1}: {self._label} = {shown}")
 
     def epoch_done(self, best_score: float) -> None:
         best = "best: -" if math.isinf(best_score) else f"best: {best_score:.4g}"
         self._bar.update(self._task, advance=1, best=best)
 
-    def stage_done(self, stage: int, best_value: float, best_score: float, name: str) -> None:
+    def stage_done(self, stage: int, best_value: float, best_score: float) -> None:
         self._bar.console.print(
-            f"stage {stage} done: best {name} {best_value:.4g} (score {best_score:.4g})"
+            f"stage {stage} done: best {self._name} {best_value:.4g} (score {best_score:.4g})"
         )
 
     def finish_early(self) -> None:

@@ -1,7 +1,9 @@
 """What a sweep returns: frozen records with a lossless JSON round trip (never pickle).
 
-Non-finite floats are written as the strings ``"inf"``, ``"-inf"`` and ``"nan"`` so the file
-stays standard JSON that any tool can read.
+The records name the swept value neutrally (``value``, ``values``, ``best_value``): it is a
+learning rate unless ``config["hyperparam"]`` names another hyperparameter. The older
+``lr`` names stay as read-only aliases. Files are standard JSON written through the package's
+one codec (:mod:`jaxsweep._json`); :func:`load` reads every format version written so far.
 """
 
 from __future__ import annotations
@@ -9,14 +11,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _confidence
+from ._json import decode_float, decode_floats, encode
 
-FORMAT_VERSION = 1
+# 2: neutral names (``value``, ``values``, ``best_value``) and ``setup_seconds``;
+# 1: the same records with ``lr``, ``lrs`` and ``best_lr``.
+FORMAT_VERSION = 2
+_LEGACY_KEYS = {"lr": "value", "lrs": "values", "best_lr": "best_value"}  # version 1 -> 2
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,7 @@ class Evaluation:
     Per-epoch sequences have one entry per epoch, averaged over seeds unless named per-seed.
     """
 
-    lr: float  # the evaluated value (a learning rate unless ``config["hyperparam"]`` says else)
+    value: float  # the evaluated value (a learning rate unless ``config["hyperparam"]`` says else)
     stage: int
     # the final validation metric (``config["metric"]``, the loss by default), mean over seeds;
     # the worst possible when diverged: +inf when lower is better, -inf when higher is
@@ -46,9 +51,9 @@ class Evaluation:
     val_aux: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
-    def value(self) -> float:
-        """The evaluated hyperparameter value (same as ``lr``)."""
-        return self.lr
+    def lr(self) -> float:
+        """The evaluated value under its older name (same as ``value``)."""
+        return self.value
 
     def series(self, metric: str) -> tuple[float, ...]:
         """A recorded metric by name, one entry per validation (mean over seeds).
@@ -76,10 +81,10 @@ class Stage:
     """One stage of the search: the values it trained together and what it cost."""
 
     index: int
-    lrs: tuple[float, ...]  # the values evaluated in this stage, sorted
+    values: tuple[float, ...]  # the values evaluated in this stage, sorted
     intervals: tuple[tuple[float, float], ...]  # kept intervals that produced them (stage>0)
     expansion: str | None  # "up"/"down" when this stage searched beyond the evaluated range
-    best_lr: float  # best value after this stage (over all stages so far)
+    best_value: float  # best value after this stage (over all stages so far)
     best_score: float
     seconds: float  # wall time of the stage, compilation included
     seconds_per_epoch: tuple[float, ...]
@@ -87,12 +92,22 @@ class Stage:
     memory_bytes: int  # device peak if the backend reports it, else the program's estimate
     memory_source: str  # "device_peak" or "compiled_estimate"
 
+    @property
+    def lrs(self) -> tuple[float, ...]:
+        """The stage's values under their older name (same as ``values``)."""
+        return self.values
+
+    @property
+    def best_lr(self) -> float:
+        """The best value after this stage under its older name (same as ``best_value``)."""
+        return self.best_value
+
 
 @dataclass(frozen=True, eq=False)
 class SweepResult:
     """Everything a sweep found, in a form that plots, reports and the CLI read alone."""
 
-    best_lr: float
+    best_value: float  # the evaluated value with the lowest score
     best_score: float
     evaluations: tuple[Evaluation, ...]
     stages: tuple[Stage, ...]
@@ -101,6 +116,7 @@ class SweepResult:
     param_count: int = 0
     stop_reason: str = "completed"  # "completed" | "min_improvement"
     warnings: tuple[str, ...] = ()
+    setup_seconds: float = 0.0  # wall time of ``run`` before its first stage (0: not recorded)
 
     @property
     def metric(self) -> str:
@@ -119,37 +135,78 @@ class SweepResult:
     @property
     def best(self) -> Evaluation:
         """The best evaluation."""
-        return min(self.evaluations, key=lambda e: (self.objective(e.score), e.lr))
+        return min(self.evaluations, key=lambda e: (self.objective(e.score), e.value))
+
+    @property
+    def hyperparam(self) -> str:
+        """The swept optimizer argument, as passed to ``run`` (``"learning_rate"`` by default)."""
+        return str(self.config.get("hyperparam", "learning_rate"))
+
+    @property
+    def value_name(self) -> str:
+        """The swept hyperparameter in words: ``"learning rate"``, ``"weight decay"``, ..."""
+        return self.hyperparam.replace("_", " ")
+
+    @property
+    def scale(self) -> str:
+        """The scale the values were spaced on: ``"log"`` or ``"linear"``."""
+        return "linear" if self.config.get("scale", "log") == "linear" else "log"
+
+    @property
+    def seconds(self) -> float:
+        """The sweep's wall time: ``run``'s set-up (input checks, tracing, initialisation and
+        its compilation) plus every stage, compilation included.
+
+        This is the time ``run`` takes apart from waiting for the last checkpoint write; for
+        a resumed sweep it adds the stages trained before the interruption to the rerun's
+        set-up. Report, methods paragraph, efficiency and CLI all state this number.
+        """
+        return self.setup_seconds + sum(stage.seconds for stage in self.stages)
 
     @functools.cached_property
     def confidence(self) -> _confidence.Confidence:
         """How precisely the optimum is located (computed from the evaluations, not stored).
 
-        ``confidence.best`` is the interval shown for the best rate (a bootstrap over seeds
+        ``confidence.best`` is the interval shown for the best value (a bootstrap over seeds
         when ``seeds >= 2``, else the local quadratic fit); ``confidence.refined`` is the fit.
         Each says which method produced it (``method``) and why (``note``).
         """
         # the estimates minimise: a metric to maximise enters with its sign flipped
         return _confidence.estimate(
-            [e.lr for e in self.evaluations],
+            [e.value for e in self.evaluations],
             [self.objective(e.score) for e in self.evaluations],
             [tuple(self.objective(s) for s in e.seed_scores) for e in self.evaluations],
-            scale=self.config.get("scale", "log"),
+            scale=self.scale,
         )
 
     @property
-    def refined_lr(self) -> float:
-        """The vertex of a parabola fitted to score against log rate around the best rate
-        (the best evaluated rate itself when no reliable fit exists)."""
+    def refined_value(self) -> float:
+        """The vertex of a parabola fitted to score against the value on the sweep's scale
+        around the best value (the best evaluated value itself when no reliable fit exists)."""
         return self.confidence.refined.lr
 
     @property
-    def lr_interval(self) -> tuple[float, float]:
-        """The 95% interval of the best rate; ``confidence.best.method`` says how it was made."""
+    def value_interval(self) -> tuple[float, float]:
+        """The 95% interval of the best value; ``confidence.best.method`` says how it was made."""
         return self.confidence.best.interval
 
+    @property
+    def best_lr(self) -> float:
+        """The best value under its older name (same as ``best_value``)."""
+        return self.best_value
+
+    @property
+    def refined_lr(self) -> float:
+        """Same as ``refined_value`` (its older name)."""
+        return self.refined_value
+
+    @property
+    def lr_interval(self) -> tuple[float, float]:
+        """Same as ``value_interval`` (its older name)."""
+        return self.value_interval
+
     def to_dict(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, **_encode(dataclasses.asdict(self))}
+        return {"format_version": FORMAT_VERSION, **encode(dataclasses.asdict(self))}
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes JSON atomically (a temporary file renamed over the target)."""
@@ -167,58 +224,29 @@ class SweepResult:
         return self.to_dict() == other.to_dict()  # NaN-safe: compares encoded text
 
 
-def encode_float(value: float) -> float | str:
-    """A float as JSON allows it: non-finite values become "nan", "inf" or "-inf"."""
-    value = float(value)
-    if math.isfinite(value):
-        return value
-    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-
-
-def decode_non_finite(value):
-    """Undoes :func:`encode_float`'s markers; every other value passes through."""
-    return _NON_FINITE[value] if isinstance(value, str) else value
-
-
-def _encode(value):
-    if isinstance(value, float):
-        return encode_float(value)
-    if isinstance(value, dict):
-        return {str(k): _encode(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
-    return value
-
-
-_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-def _float(value) -> float:
-    return float(decode_non_finite(value))
-
-
-def _floats(values) -> tuple[float, ...]:
-    return tuple(_float(v) for v in values)
+def _renamed(record: dict) -> dict:
+    """A version-1 record with its keys renamed to version 2's."""
+    return {_LEGACY_KEYS.get(key, key): value for key, value in record.items()}
 
 
 def _series(mapping) -> dict[str, tuple[float, ...]]:
-    return {k: _floats(v) for k, v in mapping.items()}
+    return {k: decode_floats(v) for k, v in mapping.items()}
 
 
 def _evaluation(d) -> Evaluation:
     return Evaluation(
-        lr=_float(d["lr"]),
+        value=decode_float(d["value"]),
         stage=int(d["stage"]),
-        score=_float(d["score"]),
+        score=decode_float(d["score"]),
         diverged=bool(d["diverged"]),
-        seed_scores=_floats(d["seed_scores"]),
-        train_loss=_floats(d["train_loss"]),
-        val_loss=_floats(d["val_loss"]),
-        seed_val_loss=tuple(_floats(s) for s in d["seed_val_loss"]),
-        grad_norm=_floats(d["grad_norm"]),
-        grad_norm_max=_floats(d["grad_norm_max"]),
-        loss_reduction_rate=_floats(d["loss_reduction_rate"]),
-        stability=_floats(d["stability"]),
+        seed_scores=decode_floats(d["seed_scores"]),
+        train_loss=decode_floats(d["train_loss"]),
+        val_loss=decode_floats(d["val_loss"]),
+        seed_val_loss=tuple(decode_floats(s) for s in d["seed_val_loss"]),
+        grad_norm=decode_floats(d["grad_norm"]),
+        grad_norm_max=decode_floats(d["grad_norm_max"]),
+        loss_reduction_rate=decode_floats(d["loss_reduction_rate"]),
+        stability=decode_floats(d["stability"]),
         module_grad_norm=_series(d["module_grad_norm"]),
         update_ratio=_series(d["update_ratio"]),
         train_aux=_series(d["train_aux"]),
@@ -229,39 +257,45 @@ def _evaluation(d) -> Evaluation:
 def _stage(d) -> Stage:
     return Stage(
         index=int(d["index"]),
-        lrs=_floats(d["lrs"]),
-        intervals=tuple((_float(a), _float(b)) for a, b in d["intervals"]),
+        values=decode_floats(d["values"]),
+        intervals=tuple((decode_float(a), decode_float(b)) for a, b in d["intervals"]),
         expansion=d["expansion"],
-        best_lr=_float(d["best_lr"]),
-        best_score=_float(d["best_score"]),
-        seconds=_float(d["seconds"]),
-        seconds_per_epoch=_floats(d["seconds_per_epoch"]),
-        compile_seconds=_float(d["compile_seconds"]),
+        best_value=decode_float(d["best_value"]),
+        best_score=decode_float(d["best_score"]),
+        seconds=decode_float(d["seconds"]),
+        seconds_per_epoch=decode_floats(d["seconds_per_epoch"]),
+        compile_seconds=decode_float(d["compile_seconds"]),
         memory_bytes=int(d["memory_bytes"]),
         memory_source=str(d["memory_source"]),
     )
 
 
 def from_dict(d: dict[str, Any]) -> SweepResult:
-    """Rebuilds a :class:`SweepResult` from :meth:`SweepResult.to_dict` output."""
+    """Rebuilds a :class:`SweepResult` from :meth:`SweepResult.to_dict` output (any version)."""
     version = d.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"result: unsupported format_version {version!r} (expected 1)")
+    if version not in (1, FORMAT_VERSION):
+        raise ValueError(
+            f"result: unsupported format_version {version!r} (this jaxsweep reads 1 to "
+            f"{FORMAT_VERSION}; a newer jaxsweep wrote it)"
+        )
+    rename = _renamed if version == 1 else dict
+    d = rename(d)
     return SweepResult(
-        best_lr=_float(d["best_lr"]),
-        best_score=_float(d["best_score"]),
-        evaluations=tuple(_evaluation(e) for e in d["evaluations"]),
-        stages=tuple(_stage(s) for s in d["stages"]),
+        best_value=decode_float(d["best_value"]),
+        best_score=decode_float(d["best_score"]),
+        evaluations=tuple(_evaluation(rename(e)) for e in d["evaluations"]),
+        stages=tuple(_stage(rename(s)) for s in d["stages"]),
         config=dict(d["config"]),  # plain JSON values, kept as written
         environment=dict(d["environment"]),
         param_count=int(d.get("param_count", 0)),
         stop_reason=str(d.get("stop_reason", "completed")),
         warnings=tuple(d.get("warnings", ())),
+        setup_seconds=decode_float(d.get("setup_seconds", 0.0)),
     )
 
 
 def load(path: str | os.PathLike) -> SweepResult:
-    """Reads a result written by :meth:`SweepResult.save`.
+    """Reads a result written by :meth:`SweepResult.save`, by this or an earlier version.
 
     Raises:
       FileNotFoundError: no file at ``path``.

@@ -115,14 +115,14 @@ def run(
       progress: show a progress bar on stderr.
 
     Returns:
-      A :class:`SweepResult`; ``result.best_lr`` is the value (a rate unless
+      A :class:`SweepResult`; ``result.best_value`` is the value (a rate unless
       ``result.config["hyperparam"]`` names another) with the best final ``metric`` (mean
       over seeds); ``result.environment["device_count"]`` says how many devices ran it.
 
     Example::
 
       result = jaxsweep.run(lambda: MLP(), (x, y), epochs=3)
-      print(result.best_lr)
+      print(result.best_value)
       decay = jaxsweep.run(
           lambda: MLP(), (x, y), optimizer=functools.partial(optax.adamw, learning_rate=1e-3),
           hyperparam="weight_decay", hyperparam_range=(1e-5, 1e-1),

@@ -16,10 +16,11 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
+from ._scale import Scale, fill, from_axis, spaced, to_axis
+
 if TYPE_CHECKING:
     from ._config import SweepConfig
 
-Scale = Literal["log", "linear"]
 Direction = Literal["up", "down"]
 
 
@@ -40,14 +41,6 @@ class StagePlan(NamedTuple):
     expansion: Direction | None  # set when the search left the evaluated range
 
 
-def _to_axis(value: float, scale: Scale) -> float:
-    return math.log(value) if scale == "log" else float(value)
-
-
-def _from_axis(coordinate: float, scale: Scale) -> float:
-    return math.exp(coordinate) if scale == "log" else float(coordinate)
-
-
 def clean_score(score: float) -> float:
     """Maps NaN and infinities to +inf: a diverged evaluation is the worst possible."""
     score = float(score)
@@ -60,11 +53,7 @@ def initial_points(value_range: tuple[float, float], count: int, scale: Scale = 
     >>> [f"{p:.1e}" for p in initial_points((1e-5, 1e-2), 5)]
     ['1.0e-05', '5.6e-05', '3.2e-04', '1.8e-03', '1.0e-02']
     """
-    low, high = (_to_axis(v, scale) for v in value_range)
-    step = (high - low) / (count - 1)
-    points = [_from_axis(low + i * step, scale) for i in range(count)]
-    points[0], points[-1] = float(value_range[0]), float(value_range[1])  # exact ends
-    return tuple(points)
+    return spaced(value_range[0], value_range[1], count, scale)
 
 
 def rank_intervals(points: Sequence[float], scores: Sequence[float]) -> list[Interval]:
@@ -102,12 +91,6 @@ def edge_of_best(points: Sequence[float], scores: Sequence[float]) -> Direction 
     return None
 
 
-def _fill(low: float, high: float, count: int, scale: Scale) -> list[float]:
-    """``count`` points evenly spaced strictly inside (low, high)."""
-    a, b = _to_axis(low, scale), _to_axis(high, scale)
-    return [_from_axis(a + (b - a) * (i + 1) / (count + 1), scale) for i in range(count)]
-
-
 def _split_count(total: int, parts: int) -> list[int]:
     """Splits ``total`` points over ``parts`` intervals, the better intervals first."""
     base, extra = divmod(total, parts)
@@ -128,10 +111,10 @@ def expansion_span(
     """
     edge = max(points) if direction == "up" else min(points)
     width = widths * initial_step
-    e = _to_axis(edge, scale)
+    e = to_axis(edge, scale)
     if direction == "up":
-        return edge, _from_axis(e + width, scale)
-    low = _from_axis(e - width, scale)
+        return edge, from_axis(e + width, scale)
+    low = from_axis(e - width, scale)
     if scale == "linear" and edge > 0 and low <= 0:
         low = edge / 2
     return low, edge
@@ -177,13 +160,13 @@ def next_stage(
         direction = None  # a linear sweep that reached zero does not go negative
     if direction is not None:
         span = expansion_span(points, direction, initial_step, top_k, scale)
-        new = _fill(span[0], span[1], count, scale)
+        new = fill(span[0], span[1], count, scale)
         return StagePlan(tuple(sorted(new)), (span,), direction)
 
     ranked = rank_intervals(points, scores)[:top_k]
     new: list[float] = []
     for interval, share in zip(ranked, _split_count(count, len(ranked)), strict=True):
-        new.extend(_fill(interval.low, interval.high, share, scale))
+        new.extend(fill(interval.low, interval.high, share, scale))
     kept = tuple(sorted((iv.low, iv.high) for iv in ranked))
     return StagePlan(tuple(sorted(new)), kept, None)
 

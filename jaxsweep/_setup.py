@@ -7,6 +7,7 @@ so bad input fails with a ``TypeError``/``ValueError`` that names the argument.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,7 @@ class Setup:
     record: dict[str, Any]  # the result's ``config``: every argument that shapes the sweep
     hosts: _hosts.Hosts  # this process among the sweep's processes (one in most runs)
     fingerprint: dict | None  # what a checkpoint must match; None without checkpoints
+    started: float  # time.perf_counter() when the checks began: the sweep's clock starts here
 
     @property
     def param_count(self) -> int:
@@ -81,6 +83,7 @@ def setup(
     is the order of their costs: scalars, then the data, then the loss, optimizer and model
     (traced abstractly; nothing compiles).
     """
+    started = time.perf_counter()
     if not isinstance(hyperparam, str) or not hyperparam:
         raise TypeError(f"hyperparam: expected a non-empty name, got {hyperparam!r}")
     value_range, range_name = resolve_range(hyperparam, hyperparam_range, lr_range)
@@ -93,13 +96,12 @@ def setup(
         *_checkpoint.check_arguments(checkpoint_dir, resume, checkpoint_every_seconds)
     )
     devices = tuple(_sharding.resolve_devices(devices))
-    return _with_data(
-        config, model_fn, data, loss, optimizer, devices, checkpoint, progress, schedule
-    )
+    arguments = (model_fn, data, loss, optimizer, devices, checkpoint, progress, schedule)
+    return _with_data(config, *arguments, started=started)
 
 
 def _with_data(
-    config, model_fn, data, loss, optimizer, devices, checkpoint, progress, schedule
+    config, model_fn, data, loss, optimizer, devices, checkpoint, progress, schedule, *, started
 ) -> Setup:
     """The checks that need the data: split, batch size, loss, optimizer and model."""
     split = prepare(data, config.validation_fraction, config.seed)
@@ -147,6 +149,7 @@ def _with_data(
         record=record,
         hosts=hosts,
         fingerprint=fingerprint,
+        started=started,
     )
 
 

@@ -3,7 +3,8 @@
 ``jaxsweep demo`` sweeps an MLP on the bundled digits data and writes result, report and
 figures; ``jaxsweep run FILE.py:FACTORY --data FILE.npz`` does the same for your own model
 and data; ``jaxsweep report DIR`` rebuilds report and figures from ``DIR/result.json`` alone;
-``jaxsweep show DIR`` prints the per-stage table and the best rate.
+``jaxsweep show DIR`` prints the per-stage table and the best value. Warnings print as one
+line each (``warning: ...``), without Python's source location.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import argparse
 import math
 import os
 import sys
-import time
+import warnings
 
 from ._result import SweepResult
-from .report import metric_name
+from .report import TIME_COVERS, metric_name
 
 
 def _console():
@@ -30,7 +31,7 @@ def stage_table(result: SweepResult):
     """A rich table with one row per stage: values tried, kept intervals, best so far."""
     from rich.table import Table
 
-    name = result.config.get("hyperparam", "learning_rate")
+    name = result.value_name
     table = Table(title=f"jaxsweep: {len(result.evaluations)} evaluations")
     table.add_column("stage", justify="right")
     table.add_column(f"{name} values")
@@ -44,9 +45,9 @@ def stage_table(result: SweepResult):
             intervals += f" (beyond, {stage.expansion})"
         table.add_row(
             str(stage.index),
-            ", ".join(f"{v:.3g}" for v in stage.lrs),
+            ", ".join(f"{v:.3g}" for v in stage.values),
             intervals,
-            f"{stage.best_lr:.4g}",
+            f"{stage.best_value:.4g}",
             "diverged" if math.isinf(stage.best_score) else f"{stage.best_score:.4f}",
             f"{stage.seconds:.2f}",
         )
@@ -115,22 +116,14 @@ def _run(args) -> int:
 
 def _sweep_and_write(console, args, sweep) -> int:
     """Runs ``sweep()``, then saves result.json, the report and the figures in ``args.out``."""
-    started = time.perf_counter()
     result = sweep()
-    seconds = time.perf_counter() - started
     if args.checkpoint_dir is not None:
         console.print(_resume_line(result.environment["checkpoint"]))
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "result.json")
     result.save(path)
     console.print(stage_table(result))
-    console.print(
-        f"best learning rate: [bold]{result.best_lr:.4g}[/bold] "
-        f"({metric_name(result.metric)} {result.best_score:.4f}), {len(result.evaluations)} "
-        "evaluations "
-        f"in {seconds:.1f} s on {result.environment['device_kind']}"
-    )
-    console.print(_best_lines(result))
+    console.print(_best_lines(result, with_best=True))
     written = _write_outputs(result, args.out)
     console.print(f"saved {path}, {', '.join(written)}")
     return 0
@@ -144,7 +137,7 @@ def _resume_line(record: dict) -> str:
     if origin is None:
         return f"checkpoints in {record['directory']}: started afresh"
     return (
-        f"resumed from {record['directory']} at stage {origin['stage'] + 1} after "
+        f"resumed from {record['directory']} at stage {origin['stage']} after "
         f"{origin['epoch']} epochs; {record['epochs_trained']} epochs trained in this run"
     )
 
@@ -185,27 +178,28 @@ def _load_dir(folder: str) -> SweepResult:
 
 
 def _best_lines(result: SweepResult, with_best: bool = False) -> str:
-    """The best rate's interval and the refined rate, with the methods that produced them."""
+    """The best value's interval and the refined value, with the methods that produced them;
+    with ``with_best``, first the best value, the evaluations and the sweep's time."""
     best, refined = result.confidence.best, result.confidence.refined
     lines = [
-        f"{best.label} of the best rate: [{best.low:.4g}, {best.high:.4g}] "
+        f"{best.label} of the best value: [{best.low:.4g}, {best.high:.4g}] "
         f"({best.method.replace('_', ' ')})",
         f"refined by a local quadratic fit: {refined.lr:.4g} in [{refined.low:.4g}, "
         f"{refined.high:.4g}] ({refined.method.replace('_', ' ')})",
     ]
     if with_best:
         score = "diverged" if math.isinf(result.best_score) else f"{result.best_score:.4f}"
-        lines.insert(
-            0,
-            f"best learning rate: [bold]{result.best_lr:.4g}[/bold] "
-            f"({metric_name(result.metric)} {score}), "
-            f"{len(result.evaluations)} evaluations, stop reason: {result.stop_reason}",
-        )
+        device = result.environment.get("device_kind", "?")
+        lines[:0] = [
+            f"best {result.value_name}: [bold]{result.best_value:.4g}[/bold] "
+            f"({metric_name(result.metric)} {score}), stop reason: {result.stop_reason}",
+            f"{len(result.evaluations)} evaluations in {result.seconds:.2f} s on {device} "
+            f"({TIME_COVERS})",
+        ]
     return "\n".join(lines)
 
 
 def _report(args) -> int:
-
     result = _load_dir(args.dir)
     _check_writable(args.dir)
     written = _write_outputs(result, args.dir)
@@ -214,7 +208,6 @@ def _report(args) -> int:
 
 
 def _show(args) -> int:
-
     result = _load_dir(args.dir)
     console = _console()
     console.print(stage_table(result))
@@ -248,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rebuild.add_argument("dir", metavar="DIR", help="folder holding result.json")
     rebuild.set_defaults(handler=_report)
-    show = commands.add_parser("show", help="print the per-stage table and the best rate")
+    show = commands.add_parser("show", help="print the per-stage table and the best value")
     show.add_argument("dir", metavar="DIR", help="folder holding result.json")
     show.set_defaults(handler=_show)
     return parser
@@ -305,13 +298,20 @@ def _add_run_parser(commands) -> None:
     run.set_defaults(handler=_run)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Prints a warning as the command's other messages: its text, not where it was raised."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except (ValueError, TypeError, OSError) as error:
-        print(f"jaxsweep {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():  # restores the caller's warning display afterwards
+        warnings.showwarning = _one_line_warning
+        try:
+            return args.handler(args)
+        except (ValueError, TypeError, OSError) as error:
+            print(f"jaxsweep {args.command}: error: {error}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

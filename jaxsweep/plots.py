@@ -3,7 +3,10 @@
 The only module that imports matplotlib, and only when :func:`plot` runs. Figures are built
 on ``matplotlib.figure.Figure`` with the Agg canvas rather than through ``pyplot``, so drawing
 never changes the caller's backend or global figure state (safe in notebooks and threads).
-Each figure is written as a PNG (150 dpi) and a PDF for papers.
+Each figure is written as a PNG (150 dpi) and a PDF for papers. Every axis, legend and title
+names the swept hyperparameter and its scale, read from the result.
+
+:data:`FIGURES` is the one list of figures: what draws each and the caption the report gives it.
 """
 
 from __future__ import annotations
@@ -11,11 +14,16 @@ from __future__ import annotations
 import math
 import os
 import textwrap
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
+from . import _scale
+from ._efficiency import efficiency
 from ._result import SweepResult
-from .report import FIGURE_DIR, FIGURES, Efficiency, efficiency
+
+FIGURE_DIR = "figures"
 
 DPI = 150
 SCORE_LABEL = "validation loss after the last epoch (lower is better)"
@@ -39,18 +47,16 @@ def score_label(result: SweepResult) -> str:
     if result.metric == SCORE_METRIC and result.mode == "min":
         return SCORE_LABEL
     better = "lower" if result.mode == "min" else "higher"
-    return f"{_metric_name(result.metric)} after the last epoch ({better} is better)"
+    return f"{metric_name(result.metric)} after the last epoch ({better} is better)"
 
 
-def _metric_name(metric: str) -> str:
-    """``val_accuracy`` -> ``validation accuracy``."""
+def metric_name(metric: str) -> str:
+    """``val_accuracy`` -> ``validation accuracy``; ``val_loss`` -> ``validation loss``."""
     return "validation " + metric.removeprefix("val_").replace("_", " ")
 
 
-def _rate_label(result: SweepResult) -> str:
-    name = result.config.get("hyperparam", "learning_rate").replace("_", " ")
-    scale = result.config.get("scale", "log")
-    return f"{name} ({scale} scale)"
+def _value_label(result: SweepResult) -> str:
+    return f"{result.value_name} ({result.scale} scale)"
 
 
 def _finite(values) -> np.ndarray:
@@ -81,61 +87,84 @@ def _score_cmap(result: SweepResult):
     return matplotlib.colormaps[name].with_extremes(bad="0.75")
 
 
-def _scale(result: SweepResult) -> str:
-    """The sweep's scale, which is also the scale of every rate axis: "log" or "linear"."""
-    return "linear" if result.config.get("scale", "log") == "linear" else "log"
-
-
 def _edges(values: np.ndarray, low: float, high: float, scale: str) -> np.ndarray:
     """Cell edges around sorted ``values``: midpoints on ``scale``, then the outer limits."""
-    if scale == "log":
-        middles = np.sqrt(values[:-1] * values[1:])
-    else:
-        middles = (values[:-1] + values[1:]) / 2
-    return np.concatenate([[low], middles, [high]])
-
-
-def _padded(low: float, high: float, fraction: float, scale: str) -> tuple[float, float]:
-    """``[low, high]`` widened by ``fraction`` of its width on ``scale`` at both ends."""
-    if scale == "log":
-        ratio = (high / low) ** fraction if high > low * 1.001 else 1.5
-        return low / ratio, high * ratio
-    width = (high - low) * fraction if high > low else max(abs(high), 1.0) * 0.5
-    return low - width, high + width
+    return np.concatenate([[low], _scale.midpoints(values, scale), [high]])
 
 
 def _span(result: SweepResult, pad: float = 0.15) -> tuple[float, float]:
-    lrs = np.asarray([e.lr for e in result.evaluations])
-    return _padded(float(lrs.min()), float(lrs.max()), pad, _scale(result))
+    values = [e.value for e in result.evaluations]
+    return _scale.padded(min(values), max(values), pad, result.scale)
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _power_of_ten(value: float, _position=None) -> str:
+    """``10⁻⁵`` as plain text: the look of matplotlib's default log labels without its
+    mathtext parser, which costs a noticeable share of drawing every figure."""
+    exponent = math.log10(value) if value > 0 else math.nan
+    if not math.isfinite(exponent) or abs(exponent - round(exponent)) > 1e-9:
+        return ""
+    return "10" + str(round(exponent)).translate(_SUPERSCRIPT)
 
 
 def _plain_log_ticks(axis) -> None:
-    """Plain numbers (0.032, not 3.2x10^-2) on a log axis that spans less than two decades."""
+    """Plain numbers (0.032, not 3.2x10^-2) on a log axis that spans less than two decades;
+    powers of ten as plain text on a wider one."""
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     low, high = sorted(axis.get_view_interval())
-    if axis.get_scale() != "log" or low <= 0 or high / low >= 100:
+    if axis.get_scale() != "log" or low <= 0:
+        return
+    axis.set_minor_formatter(NullFormatter())
+    if high / low >= 100:
+        axis.set_major_formatter(FuncFormatter(_power_of_ten))
         return
     subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0) if high / low < 10 else (1, 2, 5)
     axis.set_major_locator(LogLocator(subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
-    axis.set_minor_formatter(NullFormatter())
     if len([t for t in axis.get_majorticklocs() if low <= t <= high]) < 3:
         axis.set_major_locator(MaxNLocator(5))
 
 
 def _stage_ticks(ax, result: SweepResult) -> None:
     ax.set_xticks([s.index for s in result.stages])
-    ax.set_xticklabels([f"{s.index}\n({len(s.lrs)} rates)" for s in result.stages])
+    ax.set_xticklabels([f"{s.index}\n({len(s.values)} values)" for s in result.stages])
     ax.set_xlabel("stage")
     ax.set_xlim(-0.6, len(result.stages) - 0.4)
 
 
-# ----------------------------------------------------------------------------- figures
+def _best_path(ax, result: SweepResult, limits, size: float, width: float) -> None:
+    """The best value after each stage, joined; stars inside ``limits`` are drawn whole even
+    on the panel's edge (the joining line is clipped as usual)."""
+    stages = [s.index for s in result.stages]
+    best = [s.best_value for s in result.stages]
+    ax.plot(stages, best, color=BEST_COLOUR, linewidth=width, zorder=4)
+    inside = [(x, y) for x, y in zip(stages, best, strict=True) if limits[0] <= y <= limits[1]]
+    if inside:
+        ax.plot(
+            *zip(*inside, strict=True),
+            ls="",
+            marker="*",
+            markersize=size,
+            color=BEST_COLOUR,
+            zorder=5,
+            clip_on=False,
+        )
+
+
+def _mark_zoom(ax, zoom: tuple[float, float], colour: str):
+    """Dotted lines at the zoom panel's limits; returns their legend handle."""
+    for edge in zoom:
+        ax.axhline(edge, color=colour, linestyle=":", lw=1.2, zorder=2)
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color="0.3", linestyle=":", lw=1.2, label="window of the zoom (right)")
 
 
 def _stage_panels(result: SweepResult, width: float):
-    """A stage-by-rate figure: the whole search, plus a zoom panel when the final stages need
+    """A stage-by-value figure: the whole search, plus a zoom panel when the final stages need
     one, sharing one score colour scale. Returns (figure, axes, zoom limits, norm, cmap)."""
     zoom = _zoom_limits(result)
     figure = _figure(12 if zoom else width, 5.5)
@@ -144,8 +173,16 @@ def _stage_panels(result: SweepResult, width: float):
     return figure, axes, zoom, norm, _score_cmap(result)
 
 
+def _value_axis(ax, result: SweepResult, limits: tuple[float, float]) -> None:
+    ax.set_yscale(result.scale)
+    ax.set_ylim(*limits)
+    _plain_log_ticks(ax.yaxis)
+    ax.set_ylabel(_value_label(result))
+    _stage_ticks(ax, result)
+
+
 def heatmap(result: SweepResult):
-    """Convergence heatmap: stage on x, learning rate on y, colour = score known after it."""
+    """Convergence heatmap: stage on x, the swept value on y, colour = score known after it."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -154,16 +191,16 @@ def heatmap(result: SweepResult):
     mesh = None
     for ax, limits in zip(axes, [(low, high), zoom], strict=False):
         for stage in result.stages:
-            # what the search knew after this stage: each rate's cell reaches halfway (on the
+            # what the search knew after this stage: each value's cell reaches halfway (on the
             # sweep's scale) to its evaluated neighbours
-            known = sorted((e.lr, e.score) for e in result.evaluations if e.stage <= stage.index)
-            lrs = np.array([k[0] for k in known])
-            values = np.ma.masked_invalid(np.array([[k[1]] for k in known]))
-            edges = _edges(lrs, low, high, _scale(result))
+            known = sorted((e.value, e.score) for e in result.evaluations if e.stage <= stage.index)
+            values = np.array([k[0] for k in known])
+            scores = np.ma.masked_invalid(np.array([[k[1]] for k in known]))
+            edges = _edges(values, low, high, result.scale)
             x = np.array([[stage.index - 0.45, stage.index + 0.45]] * len(edges))
             y = np.stack([edges, edges], axis=1)
-            mesh = ax.pcolormesh(x, y, values, cmap=cmap, norm=norm, shading="flat")
-            new = [e.lr for e in result.evaluations if e.stage == stage.index]
+            mesh = ax.pcolormesh(x, y, scores, cmap=cmap, norm=norm, shading="flat")
+            new = [e.value for e in result.evaluations if e.stage == stage.index]
             ax.scatter(
                 [stage.index] * len(new),
                 new,
@@ -173,32 +210,22 @@ def heatmap(result: SweepResult):
                 linewidths=0.6,
                 zorder=5,
             )
-        ax.plot(
-            [s.index for s in result.stages],
-            [s.best_lr for s in result.stages],
-            color=BEST_COLOUR,
-            marker="*",
-            markersize=11,
-            linewidth=1.2,
-            zorder=4,
-        )
-        ax.set_yscale(_scale(result))
-        ax.set_ylim(*limits)
-        _plain_log_ticks(ax.yaxis)
-        ax.set_ylabel(_rate_label(result))
-        _stage_ticks(ax, result)
+        _best_path(ax, result, limits, size=11, width=1.2)
+        _value_axis(ax, result, limits)
+    name = result.value_name
     axes[0].set_title("What the search knew after each stage")
-    if zoom:
-        axes[1].set_title("Zoom on the rates the final stages refined")
-        axes[0].axhspan(*zoom, fill=False, edgecolor="white", linestyle=":", lw=1.2)
-    colourbar = figure.colorbar(mesh, ax=list(axes))
-    colourbar.set_label("score of the nearest evaluated rate:\n" + score_label(result))
     handles = [
-        Line2D([], [], color=BEST_COLOUR, marker="*", markersize=11, label="best rate so far"),
+        Line2D([], [], color=BEST_COLOUR, marker="*", markersize=11, label=f"best {name} so far"),
         Line2D(
-            [], [], ls="", marker="o", mfc="white", mec="black", label="rates this stage trained"
+            [], [], ls="", marker="o", mfc="white", mec="black", label="values this stage trained"
         ),
     ]
+    if zoom:
+        axes[1].set_title("Zoom on the values the final stages refined")
+        handles.append(_mark_zoom(axes[0], zoom, "white"))
+    colourbar = figure.colorbar(mesh, ax=list(axes))
+    _plain_log_ticks(colourbar.ax.yaxis)
+    colourbar.set_label("score of the nearest evaluated value:\n" + score_label(result))
     if any(e.diverged for e in result.evaluations):
         handles.append(Patch(color="0.75", label="diverged"))
     axes[0].legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.9)
@@ -206,22 +233,23 @@ def heatmap(result: SweepResult):
 
 
 def _zoom_limits(result: SweepResult) -> tuple[float, float] | None:
-    """Rates covered by the kept intervals of the last two stages, padded; None if too few."""
+    """Values covered by the kept intervals of the last two stages, padded; None if too few."""
     late = [s for s in result.stages[-2:] if s.index > 0]
     spans = [iv for s in late for iv in s.intervals]
     if len(result.stages) < 3 or not spans:
         return None
     low = min(a for a, _ in spans)
     high = max(b for _, b in spans)
-    return _padded(low, high, 0.08, _scale(result))
+    return _scale.padded(low, high, 0.08, result.scale)
 
 
 def search_path(result: SweepResult):
-    """Every evaluated rate per stage, kept intervals shaded, the best rate's path joined."""
+    """Every evaluated value per stage, kept intervals shaded, the best value's path joined."""
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch, Rectangle
 
     figure, axes, zoom, norm, cmap = _stage_panels(result, width=7.5)
-    interval = result.lr_interval
+    interval = result.value_interval
     points = None
     for ax, limits in zip(axes, [_span(result, 0.05), zoom], strict=False):
         for stage in result.stages:
@@ -233,7 +261,7 @@ def search_path(result: SweepResult):
         evaluations = result.evaluations
         points = ax.scatter(
             [e.stage for e in evaluations],
-            [e.lr for e in evaluations],
+            [e.value for e in evaluations],
             c=np.ma.masked_invalid([e.score for e in evaluations]),
             cmap=cmap,
             norm=norm,
@@ -243,46 +271,109 @@ def search_path(result: SweepResult):
             zorder=3,
             plotnonfinite=True,
         )
-        ax.plot(
-            [s.index for s in result.stages],
-            [s.best_lr for s in result.stages],
-            color=BEST_COLOUR,
-            marker="*",
-            markersize=13,
-            linewidth=1.5,
-            zorder=4,
-        )
+        _best_path(ax, result, limits, size=13, width=1.5)
         if all(math.isfinite(v) for v in interval):
             ax.axhspan(*interval, color=BEST_COLOUR, alpha=0.08, lw=0, zorder=0)
-        ax.set_yscale(_scale(result))
-        ax.set_ylim(*limits)
-        _plain_log_ticks(ax.yaxis)
-        ax.set_ylabel(_rate_label(result))
-        _stage_ticks(ax, result)
+        _value_axis(ax, result, limits)
     axes[0].set_title("The whole search")
-    if zoom:
-        axes[1].set_title("Zoom on the final stages")
-        axes[0].axhspan(*zoom, fill=False, edgecolor="0.3", linestyle=":", lw=1)
     handles = [
         Patch(color=INTERVAL_COLOUR, alpha=0.3, label="kept interval (refined next)"),
         Patch(color=BEST_COLOUR, alpha=0.15, label=f"{result.confidence.best.label} of the best"),
-        axes[0].lines[0] if axes[0].lines else Patch(color=BEST_COLOUR),
+        Line2D(
+            [],
+            [],
+            color=BEST_COLOUR,
+            marker="*",
+            markersize=13,
+            label=f"best {result.value_name} after the stage",
+        ),
     ]
-    handles[-1].set_label("best rate after the stage")
     if any(s.expansion for s in result.stages):
         handles.insert(1, Patch(color="#ff7f0e", alpha=0.3, label="searched beyond the range"))
+    if zoom:
+        axes[1].set_title("Zoom on the final stages")
+        handles.append(_mark_zoom(axes[0], zoom, "0.3"))
     axes[0].legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.9)
     colourbar = figure.colorbar(points, ax=list(axes))
+    _plain_log_ticks(colourbar.ax.yaxis)
     colourbar.set_label(score_label(result))
     return figure
 
 
+class _FitQuality(NamedTuple):
+    """How well the local parabola describes the scores it was fitted to."""
+
+    band: float  # half-width of the band holding 95% of scores if the residuals are normal
+    explained: float  # R^2: share of the scores' variance in the window the parabola explains
+    best_residual: float  # best evaluated score minus the fit at its value (the metric's sign)
+    poor: bool  # the fit explains under half the variance, or the best score lies off the band
+
+
+def _fit_quality(result: SweepResult) -> _FitQuality | None:
+    from ._confidence import t_quantile_975
+
+    fit = result.confidence.refined.fit
+    if fit is None:
+        return None
+    low, high = fit.window
+    inside = [e for e in result.evaluations if low <= e.value <= high and math.isfinite(e.score)]
+    # the fit minimised the signed score (result.objective): residuals are taken in that sign
+    scores = np.array([result.objective(e.score) for e in inside])
+    residuals = scores - fit.predict([e.value for e in inside])
+    spread = float(np.sum((scores - scores.mean()) ** 2))
+    explained = 1.0 - float(np.sum(residuals**2)) / spread if spread > 0 else 1.0
+    band = t_quantile_975(max(fit.points - 3, 1)) * fit.residual_std
+    best_residual = float(result.best_score - result.objective(fit.predict(result.best_value)))
+    return _FitQuality(band, explained, best_residual, explained < 0.5 or abs(best_residual) > band)
+
+
+def _draw_fit(ax, result: SweepResult, quality: _FitQuality | None) -> None:
+    """The parabola and the refined value; with ``quality``, the band of its residuals."""
+    refined = result.confidence.refined
+    grid = np.asarray(_scale.spaced(*refined.fit.window, 200, result.scale))
+    curve = result.objective(refined.fit.predict(grid))  # back in the metric's own sign
+    ax.plot(grid, curve, color="black", lw=1.2, label="local quadratic fit")
+    if quality is not None:
+        for sign in (-1, 1):
+            ax.plot(
+                grid,
+                curve + sign * quality.band,
+                color="0.35",
+                lw=0.9,
+                ls=":",
+                label=f"fit ± {quality.band:.3g}: 95% of scores if the fit holds"
+                if sign > 0
+                else None,
+            )
+    ax.axvline(
+        refined.lr,
+        color="black",
+        linestyle="--",
+        lw=1,
+        label=f"refined {result.value_name} {refined.lr:.4g}",
+    )
+
+
+def _fit_note(result: SweepResult, quality: _FitQuality) -> str:
+    """Says in words why the fit should not be trusted."""
+    fit = result.confidence.refined.fit
+    side = "below" if quality.best_residual < 0 else "above"
+    return (
+        f"Poor fit: the parabola explains {100 * max(quality.explained, 0):.0f}% of the variance "
+        f"of the {fit.points} scores it was fitted to, and the best evaluated score lies "
+        f"{abs(quality.best_residual):.3g} {side} it. Treat the refined value and the fitted "
+        "curve as rough."
+    )
+
+
 def lr_curve(result: SweepResult):
-    """Score against rate (log x), coloured by stage; best rate, interval and quadratic fit."""
+    """Score against the swept value, coloured by stage; best value, interval and the quadratic
+    fit with its residual band (and a note when the fit and the points disagree)."""
     import matplotlib
 
-    conf = result.confidence
-    best, refined = conf.best, conf.refined
+    best = result.confidence.best
+    quality = _fit_quality(result)
+    name = result.value_name
     extras = _extra_metrics(result)
     figure = _figure(13.5, 9 if extras else 5)
     top, bottom = figure.subfigures(2, 1, height_ratios=(5, 4)) if extras else (figure, None)
@@ -290,12 +381,11 @@ def lr_curve(result: SweepResult):
     colours = matplotlib.colormaps["tab10"]
     finite = _finite([e.score for e in result.evaluations])
     log_y = len(finite) > 0 and finite.min() > 0 and finite.max() / finite.min() > 10
-    zoom = _fit_limits(result)
-    for ax, limits in zip(axes, [_span(result, 0.05), zoom], strict=True):
+    for ax, limits in zip(axes, [_span(result, 0.05), _fit_limits(result)], strict=True):
         for stage in result.stages:
             chosen = [e for e in result.evaluations if e.stage == stage.index and not e.diverged]
             ax.scatter(
-                [e.lr for e in chosen],
+                [e.value for e in chosen],
                 [e.score for e in chosen],
                 color=colours(stage.index % 10),
                 s=30,
@@ -304,7 +394,7 @@ def lr_curve(result: SweepResult):
                 label=f"stage {stage.index}",
                 zorder=3,
             )
-        diverged = [e.lr for e in result.evaluations if e.diverged]
+        diverged = [e.value for e in result.evaluations if e.diverged]
         if diverged:
             ax.scatter(
                 diverged,
@@ -321,43 +411,44 @@ def lr_curve(result: SweepResult):
                 color=BEST_COLOUR,
                 alpha=0.12,
                 lw=0,
-                label=f"{best.label} of the best rate ({best.method.replace('_', ' ')})",
+                label=f"{best.label} of the best value ({best.method.replace('_', ' ')})",
             )
         ax.scatter(
-            [result.best_lr],
+            [result.best_value],
             [result.best_score],
             marker="*",
             s=260,
             color=BEST_COLOUR,
             edgecolors="black",
             zorder=5,
-            label=f"best evaluated rate {result.best_lr:.4g}",
+            label=f"best evaluated {name} {result.best_value:.4g}",
         )
-        if refined.fit is not None:
-            fit = refined.fit
-            grid = (np.geomspace if _scale(result) == "log" else np.linspace)(*fit.window, 200)
-            # the fit minimised the signed score: drawn back in the metric's own sign
-            fitted = [result.objective(v) for v in fit.predict(grid)]
-            ax.plot(grid, fitted, color="black", lw=1.2, label="local quadratic fit")
-            ax.axvline(
-                refined.lr,
-                color="black",
-                linestyle="--",
-                lw=1,
-                label=f"refined rate {refined.lr:.4g}",
-            )
-        ax.set_xscale(_scale(result))
+        if quality is not None:  # the band only where the panel is wide enough to read it
+            _draw_fit(ax, result, quality if ax is axes[1] else None)
+        ax.set_xscale(result.scale)
         ax.set_xlim(*limits)
         _plain_log_ticks(ax.xaxis)
-        ax.set_xlabel(_rate_label(result))
+        ax.set_xlabel(_value_label(result))
         ax.grid(True, which="major", alpha=0.3)
     if log_y:
         axes[0].set_yscale("log")
+        _plain_log_ticks(axes[0].yaxis)
     axes[0].set_ylabel(score_label(result))
     _fit_y_limits(axes[1], result)
     axes[0].set_title("Every evaluation")
-    axes[1].set_title("Around the best rate (points outside the view are clipped)")
+    axes[1].set_title("Around the best value (points outside the view are clipped)")
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, framealpha=0.9)
+    if quality is not None and quality.poor:
+        axes[1].text(
+            1.03,
+            0.0,
+            textwrap.fill(_fit_note(result, quality), 48),
+            transform=axes[1].transAxes,
+            va="bottom",
+            ha="left",
+            fontsize=8,
+            color=BEST_COLOUR,
+        )
     if extras:
         _extra_panels(bottom, result, extras)
     return figure
@@ -370,7 +461,7 @@ def _extra_metrics(result: SweepResult) -> tuple[str, ...]:
 
 
 def _extra_panels(subfigure, result: SweepResult, extras) -> None:
-    """One small panel per other validation metric: its final value against the rate."""
+    """One small panel per other validation metric: its final value against the swept value."""
     import matplotlib
 
     colours = matplotlib.colormaps["tab10"]
@@ -379,70 +470,83 @@ def _extra_panels(subfigure, result: SweepResult, extras) -> None:
         for stage in result.stages:
             chosen = [e for e in result.evaluations if e.stage == stage.index and not e.diverged]
             ax.scatter(
-                [e.lr for e in chosen],
+                [e.value for e in chosen],
                 [e.series(metric)[-1] for e in chosen],
                 color=colours(stage.index % 10),
                 s=18,
                 edgecolors="black",
                 linewidths=0.3,
             )
-        ax.axvline(result.best_lr, color=BEST_COLOUR, lw=1, ls="--")
-        ax.set_xscale(_scale(result))
+        ax.axvline(result.best_value, color=BEST_COLOUR, lw=1, ls="--")
+        ax.set_xscale(result.scale)
         _plain_log_ticks(ax.xaxis)
-        ax.set_xlabel(_rate_label(result))
-        ax.set_title(f"{_metric_name(metric)} after the last epoch", fontsize=9)
+        ax.set_xlabel(_value_label(result))
+        ax.set_title(f"{metric_name(metric)} after the last epoch", fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
     subfigure.suptitle(
-        f"Other validation metrics (dashed: the best value by {_metric_name(result.metric)})",
+        f"Other validation metrics (dashed: the best value by {metric_name(result.metric)})",
         fontsize=10,
     )
 
 
-def _fit_limits(result: SweepResult) -> tuple[float, float]:
+def _fit_spans(result: SweepResult) -> list[tuple[float, float]]:
+    """The intervals shown and the fit's window: what the zoom panel must hold."""
     conf = result.confidence
     spans = [conf.best.interval, conf.refined.interval]
     if conf.refined.fit is not None:
         spans.append(conf.refined.fit.window)
-    scale = _scale(result)
-    values = [v for span in spans for v in span if math.isfinite(v) and (scale != "log" or v > 0)]
-    values.append(result.best_lr)
-    return _padded(min(values), max(values), 0.25, scale)
+    return spans
+
+
+def _fit_limits(result: SweepResult) -> tuple[float, float]:
+    scale = result.scale
+    values = [
+        v
+        for span in _fit_spans(result)
+        for v in span
+        if math.isfinite(v) and (scale != "log" or v > 0)
+    ]
+    values.append(result.best_value)
+    return _scale.padded(min(values), max(values), 0.25, scale)
 
 
 def _fit_y_limits(ax, result: SweepResult) -> None:
-    """Scores of the rates the fit and the intervals cover, with a margin; others clip."""
-    conf = result.confidence
-    spans = [conf.best.interval, conf.refined.interval]
-    if conf.refined.fit is not None:
-        spans.append(conf.refined.fit.window)
+    """Scores of the values the fit and the intervals cover, with a margin; others clip."""
+    spans = _fit_spans(result)
     low = min(min(span) for span in spans)
     high = max(max(span) for span in spans)
-    inside = [e.score for e in result.evaluations if low <= e.lr <= high and math.isfinite(e.score)]
+    inside = [
+        e.score for e in result.evaluations if low <= e.value <= high and math.isfinite(e.score)
+    ]
     if len(inside) >= 2:
         bottom, top = min(inside), max(inside)
         pad = (top - bottom) * 0.12 or abs(top) * 0.05 or 1.0
         ax.set_ylim(bottom - pad, top + pad)
 
 
-def loss_curves(result: SweepResult):
-    """Training and validation loss per epoch for every rate, the three best drawn thick."""
+def _value_norm(result: SweepResult):
+    """Colours for values on the sweep's scale."""
     from matplotlib.colors import LogNorm, Normalize
 
-    figure = _figure(12, 5)
-    axes = figure.subplots(1, 2, sharey=True)
-    lrs = np.array([e.lr for e in result.evaluations])
-    log_scale = result.config.get("scale", "log") == "log" and lrs.min() > 0
-    norm = LogNorm(lrs.min(), lrs.max()) if log_scale else Normalize(lrs.min(), lrs.max())
-    if lrs.min() == lrs.max():
-        norm = Normalize(lrs.min() * 0.5, lrs.max() * 1.5)
+    values = np.array([e.value for e in result.evaluations])
+    low, high = values.min(), values.max()
+    if low == high:
+        return Normalize(low * 0.5, high * 1.5)
+    return LogNorm(low, high) if result.scale == "log" and low > 0 else Normalize(low, high)
+
+
+def loss_curves(result: SweepResult):
+    """Training and validation loss per epoch for every value, the three best drawn thick."""
     import matplotlib
     from matplotlib.colors import ListedColormap
 
+    figure = _figure(12, 5.6)
+    axes = figure.subplots(1, 2, sharey=True)
+    norm = _value_norm(result)
     # plasma without its palest yellows, which vanish on white
     cmap = ListedColormap(matplotlib.colormaps["plasma"](np.linspace(0.0, 0.85, 256)))
     styles = [(BEST_COLOUR, "o", "-"), ("black", "s", "--"), ("#2ca02c", "^", ":")]
-    ranked = sorted(result.evaluations, key=lambda e: (result.objective(e.score), e.lr))
-    top = ranked[:3]
+    top = sorted(result.evaluations, key=lambda e: (result.objective(e.score), e.value))[:3]
     epochs = np.arange(1, len(result.evaluations[0].val_loss) + 1)
     for ax, field, title in zip(
         axes,
@@ -452,7 +556,7 @@ def loss_curves(result: SweepResult):
     ):
         for evaluation in result.evaluations:
             values = np.asarray(getattr(evaluation, field), np.float64)
-            ax.plot(epochs, values, color=cmap(norm(evaluation.lr)), lw=0.8, alpha=0.6)
+            ax.plot(epochs, values, color=cmap(norm(evaluation.value)), lw=0.8, alpha=0.6)
         for rank, evaluation in enumerate(top):
             values = np.asarray(getattr(evaluation, field), np.float64)
             colour, marker, line = styles[rank]
@@ -464,7 +568,8 @@ def loss_curves(result: SweepResult):
                 ls=line,
                 marker=marker,
                 markersize=6,
-                label=f"#{rank + 1}: rate {evaluation.lr:.4g} (score {evaluation.score:.4g})",
+                label=f"#{rank + 1}: {result.value_name} {evaluation.value:.4g} "
+                f"(score {evaluation.score:.4g})",
                 zorder=4,
             )
         ax.set_yscale("log")
@@ -473,24 +578,30 @@ def loss_curves(result: SweepResult):
         ax.set_title(title)
         ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel("loss (log scale)")
-    low, high = _loss_limits(result)
-    axes[0].set_ylim(low, high)
+    axes[0].set_ylim(*_loss_limits(result))
     _plain_log_ticks(axes[0].yaxis)
-    axes[1].legend(title="best rates", fontsize=8, loc="upper right", framealpha=0.9)
+    # below the panels, where it covers no curve
+    figure.legend(
+        *axes[1].get_legend_handles_labels(),
+        title=f"best {result.value_name} values",
+        fontsize=8,
+        loc="outside lower center",
+        ncol=3,
+    )
     colourbar = figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes))
-    colourbar.set_label(_rate_label(result))
-    figure.suptitle("Loss per epoch of every evaluated rate (rates beyond the range are clipped)")
+    _plain_log_ticks(colourbar.ax.yaxis)
+    colourbar.set_label(_value_label(result))
+    figure.suptitle(
+        f"Loss per epoch of every evaluated {result.value_name} (curves beyond the view clip)"
+    )
     return figure
 
 
 def _loss_limits(result: SweepResult) -> tuple[float, float]:
-    """Shows every non-diverged curve of the better half of rates; diverging ones are clipped."""
-    ranked = sorted(result.evaluations, key=lambda e: (result.objective(e.score), e.lr))
+    """Shows every non-diverged curve of the better half of values; diverging ones are clipped."""
+    ranked = sorted(result.evaluations, key=lambda e: (result.objective(e.score), e.value))
     better = ranked[: max(3, len(ranked) // 2)]
-    values = _finite(
-        [v for e in better for v in (*e.train_loss, *e.val_loss)]
-        + [v for e in result.evaluations for v in (*e.train_loss, *e.val_loss)]
-    )
+    values = _finite([v for e in result.evaluations for v in (*e.train_loss, *e.val_loss)])
     positive = values[values > 0]
     if len(positive) == 0:
         return 1e-3, 1.0
@@ -502,18 +613,18 @@ def _loss_limits(result: SweepResult) -> tuple[float, float]:
 
 def efficiency_figure(result: SweepResult):
     """Evaluations and wall time of the sweep against the equivalent grid, method in the text."""
-    eff: Efficiency = efficiency(result)
     from matplotlib.patches import Patch
 
+    eff = efficiency(result)
     figure = _figure(10, 5.4)
     grid = figure.add_gridspec(2, 2, height_ratios=[5, 1])
     left, right = figure.add_subplot(grid[0, 0]), figure.add_subplot(grid[0, 1])
-    caption = figure.add_subplot(grid[1, :])
+    caption_ax = figure.add_subplot(grid[1, :])
     names = ["this sweep", "equivalent grid"]
     colours = [INTERVAL_COLOUR, "0.6"]
     bars = left.bar(names, [eff.evaluations, eff.grid_evaluations], color=colours)
     left.bar_label(bars, labels=[f"{eff.evaluations}", f"{eff.grid_evaluations}"], padding=2)
-    left.set_ylabel("learning rates trained")
+    left.set_ylabel(f"{result.value_name} values trained")
     left.set_title(f"Evaluations: {100 * eff.evaluations_saved:.1f}% fewer")
     one_time = [eff.one_time_seconds, eff.one_time_seconds]
     training = [eff.sweep_seconds - eff.one_time_seconds, eff.grid_seconds - eff.one_time_seconds]
@@ -528,7 +639,7 @@ def efficiency_figure(result: SweepResult):
     right.set_title(f"Wall time: {100 * eff.seconds_saved:.1f}% less")
     right.legend(
         handles=[
-            Patch(facecolor="0.92", edgecolor="0.4", hatch="//", label="compilation and set-up"),
+            Patch(facecolor="0.92", edgecolor="0.4", hatch="//", label="set-up and compilation"),
             Patch(facecolor=colours[0], edgecolor="0.4", label="training: this sweep"),
             Patch(facecolor=colours[1], edgecolor="0.4", label="training: grid (estimated)"),
         ],
@@ -537,28 +648,76 @@ def efficiency_figure(result: SweepResult):
     )
     for ax in (left, right):
         ax.margins(y=0.15)
-    caption.axis("off")
-    caption.text(
+    caption_ax.axis("off")
+    caption_ax.text(
         0,
         1,
         textwrap.fill(eff.method(), 150),
         va="top",
         ha="left",
         fontsize=7.5,
-        transform=caption.transAxes,
+        transform=caption_ax.transAxes,
     )
     device = result.environment.get("device_kind", "?")
     figure.suptitle(f"Cost of this sweep against a grid of the same resolution (device: {device})")
     return figure
 
 
-_DRAW = {
-    "heatmap": heatmap,
-    "search_path": search_path,
-    "lr_curve": lr_curve,
-    "loss_curves": loss_curves,
-    "efficiency": efficiency_figure,
+# ----------------------------------------------------------------------------- the list
+
+
+class FigureSpec(NamedTuple):
+    """One figure: what draws it, and its caption in the report."""
+
+    draw: Callable[[SweepResult], object]  # result -> matplotlib Figure
+    caption: str  # {name} and {scale}: the swept hyperparameter in words, and its scale
+
+
+FIGURES: dict[str, FigureSpec] = {
+    "heatmap": FigureSpec(
+        heatmap,
+        "Convergence heatmap: for each stage (x), the score of the nearest {name} evaluated so "
+        "far at every {name} (y, {scale} scale); dots mark the values that stage evaluated.",
+    ),
+    "search_path": FigureSpec(
+        search_path,
+        "Search path: every evaluated {name} per stage, the kept intervals shaded and the best "
+        "value after each stage joined; right, a zoom on the final stages (its window dotted "
+        "on the left).",
+    ),
+    "lr_curve": FigureSpec(
+        lr_curve,
+        "Score against {name} ({scale} scale), coloured by stage; the best value with its "
+        "interval, and the quadratic fit that refines it with the band where 95% of scores "
+        "fall if the fit holds (a note says when the fit and the points disagree).",
+    ),
+    "loss_curves": FigureSpec(
+        loss_curves,
+        "Training and validation loss per epoch for every {name} evaluated, coloured by value "
+        "({scale} scale); the three best drawn thick.",
+    ),
+    "efficiency": FigureSpec(
+        efficiency_figure,
+        "Evaluations and wall time of this sweep against the grid, evenly spaced on a {scale} "
+        "scale, that reaches the same resolution over the same span (method in the figure and "
+        "below).",
+    ),
 }
+
+
+def caption(name: str, result: SweepResult) -> str:
+    """The report's caption of figure ``name`` for ``result``."""
+    return FIGURES[name].caption.format(name=result.value_name, scale=result.scale)
+
+
+def _save(figure, folder: str, name: str) -> str:
+    png = os.path.join(folder, f"{name}.png")
+    figure.savefig(png, dpi=DPI)
+    # the layout does not depend on the resolution: the PDF reuses the one solved for the PNG
+    # rather than solving it again (the layout is most of a figure's drawing time)
+    figure.set_layout_engine("none")
+    figure.savefig(os.path.join(folder, f"{name}.pdf"))
+    return png
 
 
 def plot(result: SweepResult, out_dir: str | os.PathLike) -> dict[str, str]:
@@ -569,8 +728,8 @@ def plot(result: SweepResult, out_dir: str | os.PathLike) -> dict[str, str]:
       out_dir: folder that receives ``figures/``; created if missing.
 
     Returns:
-      ``{name: png_path}`` for ``heatmap``, ``search_path``, ``lr_curve``, ``loss_curves`` and
-      ``efficiency`` (each with a ``.pdf`` beside it).
+      ``{name: png_path}`` for every figure of :data:`FIGURES` (``heatmap``, ``search_path``,
+      ``lr_curve``, ``loss_curves``, ``efficiency``), each with a ``.pdf`` beside it.
 
     Example::
 
@@ -582,11 +741,4 @@ def plot(result: SweepResult, out_dir: str | os.PathLike) -> dict[str, str]:
         raise ValueError("result: has no evaluations to plot")
     folder = os.path.join(os.fspath(out_dir), FIGURE_DIR)
     os.makedirs(folder, exist_ok=True)
-    paths = {}
-    for name in FIGURES:
-        figure = _DRAW[name](result)
-        png = os.path.join(folder, f"{name}.png")
-        figure.savefig(png, dpi=DPI)
-        figure.savefig(os.path.join(folder, f"{name}.pdf"))
-        paths[name] = png
-    return paths
+    return {name: _save(spec.draw(result), folder, name) for name, spec in FIGURES.items()}

@@ -40,7 +40,7 @@ def test_vmapped_lane_equals_the_rate_trained_alone(one_stage, split_blobs):
     assert len(one_stage.evaluations) == 3
     # float32 sums in another order (vmap, scan) drift by ~1e-5 relative over 12 Adam steps
     for evaluation in one_stage.evaluations:
-        alone = train_alone(optax.adam(evaluation.lr), split_blobs, epochs=2, batch_size=32)
+        alone = train_alone(optax.adam(evaluation.value), split_blobs, epochs=2, batch_size=32)
         lane = {name: list(getattr(evaluation, name)) for name in alone}
         chex.assert_trees_all_close(lane, alone, rtol=1e-4)
         assert evaluation.score == pytest.approx(alone["val_loss"][-1], rel=1e-4)
@@ -77,17 +77,17 @@ def full_sweep(split_blobs):
 
 
 def test_five_stages_of_five_distinct_rates(full_sweep):
-    assert [len(s.lrs) for s in full_sweep.stages] == [5] * 5
-    rates = [e.lr for e in full_sweep.evaluations]
+    assert [len(s.values) for s in full_sweep.stages] == [5] * 5
+    rates = [e.value for e in full_sweep.evaluations]
     assert len(rates) == 25 and len(set(rates)) == 25
-    assert full_sweep.stages[0].lrs == pytest.approx(
+    assert full_sweep.stages[0].values == pytest.approx(
         [1e-5, 10**-4.25, 10**-3.5, 10**-2.75, 1e-2], rel=1e-9
     )
     assert full_sweep.stop_reason == "completed"
     for stage in full_sweep.stages[1:]:  # each new rate lies inside a kept interval
-        assert all(any(a < v < b for a, b in stage.intervals) for v in stage.lrs)
+        assert all(any(a < v < b for a, b in stage.intervals) for v in stage.values)
     best = min(full_sweep.evaluations, key=lambda e: e.score)
-    assert full_sweep.best_lr == best.lr and full_sweep.best_score == best.score
+    assert full_sweep.best_value == best.value and full_sweep.best_score == best.score
     # best score never gets worse from stage to stage
     bests = [s.best_score for s in full_sweep.stages]
     assert bests == sorted(bests, reverse=True)
@@ -164,9 +164,9 @@ def test_divergence_is_flagged_and_isolated(split_blobs):
     diverged = wild.evaluations[1]
     assert diverged.diverged and diverged.score == math.inf
     ok_wild, ok_tame = wild.evaluations[0], tame.evaluations[0]
-    assert not ok_wild.diverged and ok_wild.lr == ok_tame.lr == 1e-2
+    assert not ok_wild.diverged and ok_wild.value == ok_tame.value == 1e-2
     np.testing.assert_array_equal(ok_wild.val_loss, ok_tame.val_loss)  # not disturbed at all
-    assert wild.best_lr == 1e-2
+    assert wild.best_value == 1e-2
 
 
 def test_optimum_beyond_the_range_is_followed(split_blobs):
@@ -180,8 +180,8 @@ def test_optimum_beyond_the_range_is_followed(split_blobs):
             **SMALL,
         )
     assert result.stages[1].expansion == "up"
-    assert min(result.stages[1].lrs) > 1e-6
-    assert result.best_lr > 1e-6
+    assert min(result.stages[1].values) > 1e-6
+    assert result.best_value > 1e-6
     assert any("outside the given range" in w for w in result.warnings)
 
 
@@ -221,7 +221,7 @@ def test_progress_counts_stages_from_zero(capsys):
     bar = BarProgress(total_stages=2, epochs=1)
     with bar:
         bar.start_stage(0, 2, [1e-3], 1)
-        bar.stage_done(0, 1e-3, 0.5, "learning_rate")
+        bar.stage_done(0, 1e-3, 0.5)
         bar.start_stage(1, 2, [2e-3], 1)
     err = capsys.readouterr().err
     assert "stage 0/1" in err and "stage 0 done" in err and "stage 1/1" in err
@@ -315,12 +315,14 @@ def test_json_round_trip_is_exact_and_standard(tmp_path, split_blobs):
         raise AssertionError(f"non-standard JSON constant {constant}")
 
     raw = json.loads(path.read_text(), parse_constant=reject)
-    assert {"best_lr", "best_score", "evaluations", "stages", "config", "environment"} <= set(raw)
+    assert {"best_value", "best_score", "evaluations", "stages", "config", "environment"} <= set(
+        raw
+    )
     loaded = jaxsweep.load(path)
     assert loaded == result
     assert loaded.evaluations[1].score == math.inf and loaded.evaluations[1].diverged
     assert loaded.config["optimizer"] == "sgd(momentum=0.5)"
-    assert dataclasses.replace(loaded, best_lr=1.0) != result  # equality can fail
+    assert dataclasses.replace(loaded, best_value=1.0) != result  # equality can fail
 
 
 def test_optimizer_names_are_recorded_readably():

@@ -1,6 +1,9 @@
 """Sweeping another optimizer hyperparameter than the learning rate, with the rate held fixed."""
 
+import contextlib
 import functools
+import io
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -9,8 +12,12 @@ import pytest
 from conftest import SMALL, TinyMLP, train_alone
 
 import jaxsweep
+from jaxsweep import cli
+from jaxsweep._efficiency import efficiency
 from jaxsweep._optim import resolve_optimizer
 from jaxsweep._setup import DEFAULT_LR_RANGE, resolve_range
+from jaxsweep.plots import FIGURES
+from jaxsweep.report import markdown, methods_tex
 
 pytestmark = pytest.mark.filterwarnings("ignore::jaxsweep.SearchRangeWarning")
 
@@ -55,31 +62,95 @@ def test_weight_decay_lanes_equal_adamw_trained_alone_at_the_fixed_rate(decay_sw
 
 
 @pytest.fixture(scope="module")
-def momentum_sweep(split_blobs):
-    return jaxsweep.run(
-        lambda: TinyMLP(),
-        split_blobs,
-        optimizer=SGD,
-        hyperparam="momentum",
-        hyperparam_range=(0.0, 0.9),
-        scale="linear",
-        stages=2,
-        points_per_stage=3,
-        **SMALL,
-    )
+def momentum_run(split_blobs):
+    """A small linear momentum sweep with its progress bar on, and what the bar printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):  # the bar writes to the current sys.stderr
+        result = jaxsweep.run(
+            lambda: TinyMLP(),
+            split_blobs,
+            optimizer=SGD,
+            hyperparam="momentum",
+            hyperparam_range=(0.0, 0.9),
+            scale="linear",
+            stages=2,
+            points_per_stage=3,
+            **{**SMALL, "progress": True},
+        )
+    return result, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def momentum_sweep(momentum_run):
+    return momentum_run[0]
 
 
 def test_momentum_sweeps_on_a_linear_scale(momentum_sweep, split_blobs):
     assert momentum_sweep.config["scale"] == "linear"
     first, second = momentum_sweep.stages
-    np.testing.assert_allclose(first.lrs, [0.0, 0.45, 0.9], atol=1e-12)  # evenly spaced
-    assert len(second.lrs) == 3 and all(v >= 0 for v in second.lrs)
-    assert not set(second.lrs) & set(first.lrs)
+    np.testing.assert_allclose(first.values, [0.0, 0.45, 0.9], atol=1e-12)  # evenly spaced
+    assert len(second.values) == 3 and all(v >= 0 for v in second.values)
+    assert not set(second.values) & set(first.values)
     middle = next(e for e in momentum_sweep.evaluations if e.value == pytest.approx(0.45))
     alone = train_alone(
         optax.sgd(learning_rate=0.05, momentum=0.45), split_blobs, epochs=2, batch_size=32
     )
     np.testing.assert_allclose(middle.val_loss, alone["val_loss"], rtol=1e-4)
+
+
+def _never_a_learning_rate(text: str) -> None:
+    lowered = text.lower()
+    assert "learning rate" not in lowered and "learning-rate" not in lowered, text
+
+
+def test_a_linear_momentum_sweep_reports_as_one(momentum_sweep, tmp_path):
+    text, tex = markdown(momentum_sweep), methods_tex(momentum_sweep)
+    best = momentum_sweep.best_value
+    assert f"Best momentum **{best:.4g}**" in text and "## Best momentum" in text
+    assert "searched on a linear scale" in text
+    assert tex.startswith("\\subsection{Momentum selection}")
+    assert "We selected the momentum of the" in tex
+    assert "spaced uniformly" in tex
+    assert not re.search(r"log-uniform|factor of|logarithm", tex)
+    # the equivalent grid is spaced by differences, computed here from the evaluations
+    values = sorted(e.value for e in momentum_sweep.evaluations)
+    scores = {e.value: e.score for e in momentum_sweep.evaluations}
+    i = min(range(len(values)), key=lambda k: (scores[values[k]], values[k]))
+    neighbours = [values[k] for k in (i - 1, i + 1) if 0 <= k < len(values)]
+    step = abs(min(neighbours, key=lambda v: (scores[v], v)) - values[i])
+    eff = efficiency(momentum_sweep)
+    assert eff.scale == "linear" and eff.spacing == pytest.approx(step)
+    assert eff.grid_evaluations == int(np.ceil((values[-1] - values[0]) / step - 1e-9)) + 1
+    assert f"a step of {step:.4g}" in text
+    for document in (text, tex):
+        _never_a_learning_rate(document)
+
+
+def test_a_linear_momentum_sweep_draws_as_one(momentum_sweep):
+    import matplotlib.text
+
+    for name, spec in FIGURES.items():
+        figure = spec.draw(momentum_sweep)
+        texts = [t.get_text() for t in figure.findobj(matplotlib.text.Text)]
+        _never_a_learning_rate(" | ".join(texts))
+        label = "momentum (linear scale)"
+        value_axes = [ax.xaxis for ax in figure.axes if ax.get_xlabel() == label]
+        value_axes += [ax.yaxis for ax in figure.axes if ax.get_ylabel() == label]
+        assert value_axes or name == "efficiency", name
+        assert all(axis.get_scale() == "linear" for axis in value_axes), name
+
+
+def test_a_linear_momentum_sweep_shows_its_name_in_progress_and_cli(momentum_run, tmp_path, capsys):
+    result, printed = momentum_run
+    assert "stage 0/1: momentum (linear) = 0, 0.45, 0.9" in printed
+    assert "stage 1/1: momentum (linear) = " in printed
+    assert f"stage 1 done: best momentum {result.best_value:.4g}" in printed
+    _never_a_learning_rate(printed)
+    result.save(tmp_path / "result.json")
+    assert cli.main(["show", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out
+    assert f"best momentum: {result.best_value:.4g}" in shown
+    _never_a_learning_rate(shown)
 
 
 def test_the_learning_rate_stays_what_the_factory_says():

@@ -66,7 +66,7 @@ def test_the_next_stage_refines_around_the_highest_metric():
 
     def evaluation(lr, score):
         return _result.Evaluation(
-            lr=lr,
+            value=lr,
             stage=0,
             score=score,
             diverged=False,
@@ -142,7 +142,7 @@ def test_bad_metrics_fail_before_anything_compiles(kwargs, error, words, monkeyp
 
 def test_series_by_name():
     e = _result.Evaluation(
-        lr=1.0,
+        value=1.0,
         stage=0,
         score=0.0,
         diverged=False,

@@ -12,6 +12,8 @@ import json
 import math
 import re
 import struct
+import time
+import warnings
 from pathlib import Path
 
 import flax.linen as nn
@@ -21,7 +23,9 @@ import pytest
 
 import jaxsweep
 from jaxsweep import cli
-from jaxsweep.report import FIGURES, efficiency, markdown, methods_tex
+from jaxsweep._efficiency import efficiency
+from jaxsweep.plots import FIGURES
+from jaxsweep.report import markdown, methods_tex
 
 EPOCHS = 3
 LR_RANGE = (1e-3, 1.0)
@@ -67,10 +71,12 @@ def problem():
 
 
 @pytest.fixture(scope="module")
-def result(problem):
+def timed(problem):
+    """The sweep, and the wall time of the ``run`` call measured around it."""
     x, y, _ = problem
     data = (x.astype(np.float32), y.astype(np.float32))
-    return jaxsweep.run(
+    started = time.perf_counter()
+    result = jaxsweep.run(
         lambda: nn.Dense(1, use_bias=False, kernel_init=nn.initializers.zeros),
         {"train": data, "val": data},
         loss="mse",
@@ -82,6 +88,12 @@ def result(problem):
         min_improvement=0.0,
         progress=False,
     )
+    return result, time.perf_counter() - started
+
+
+@pytest.fixture(scope="module")
+def result(timed):
+    return timed[0]
 
 
 @pytest.fixture(scope="module")
@@ -100,26 +112,26 @@ def test_sweep_scores_match_the_closed_form(result, problem):
     x, y, _ = problem
     for evaluation in result.evaluations:
         if evaluation.score < 1e3:  # far-diverging rates lose float32 precision
-            expected = closed_form_loss(evaluation.lr, x, y)
+            expected = closed_form_loss(evaluation.value, x, y)
             assert evaluation.score == pytest.approx(expected, rel=1e-4)
 
 
 def test_intervals_contain_the_known_optimum(result, problem):
     *_, optimum = problem
-    low, high = result.lr_interval
+    low, high = result.value_interval
     assert result.confidence.best.method == "seed_bootstrap"
     assert low <= optimum <= high
     refined = result.confidence.refined
     assert refined.method == "quadratic_fit"
     assert refined.low <= optimum <= refined.high
-    assert result.refined_lr == pytest.approx(optimum, rel=0.02)
+    assert result.refined_value == pytest.approx(optimum, rel=0.02)
     assert high / low < 1.1  # and the interval is precise, not the whole range
 
 
 def test_confidence_survives_the_json_round_trip(result, out):
     loaded = jaxsweep.load(out / "result.json")
-    assert loaded.lr_interval == result.lr_interval
-    assert loaded.refined_lr == result.refined_lr
+    assert loaded.value_interval == result.value_interval
+    assert loaded.refined_value == result.refined_value
 
 
 # ----------------------------------------------------------------------------- figures
@@ -150,7 +162,7 @@ def test_every_figure_is_written_as_png_and_pdf(out):
 
 def test_plot_and_report_reject_what_is_not_a_result(tmp_path):
     with pytest.raises(TypeError, match="result"):
-        jaxsweep.plot({"best_lr": 1e-3}, tmp_path)
+        jaxsweep.plot({"best_value": 1e-3}, tmp_path)
     with pytest.raises(TypeError, match="result"):
         jaxsweep.report("result.json", tmp_path)
 
@@ -161,9 +173,9 @@ def test_plot_and_report_reject_what_is_not_a_result(tmp_path):
 def test_report_states_the_best_rate_of_result_json(out):
     raw = json.loads((out / "result.json").read_text())
     text = (out / "report.md").read_text()
-    assert f"**{raw['best_lr']:.4g}**" in text
+    assert f"**{raw['best_value']:.4g}**" in text
     loaded = jaxsweep.load(out / "result.json")
-    low, high = loaded.lr_interval
+    low, high = loaded.value_interval
     assert f"[{low:.4g}, {high:.4g}]" in text
     assert "bootstrap over seeds" in text  # the method that produced the interval shown
     for stage in raw["stages"]:
@@ -174,8 +186,8 @@ def test_report_states_the_best_rate_of_result_json(out):
 
 
 def test_efficiency_is_computed_from_the_run(result, out):
-    lrs = np.array(sorted(e.lr for e in result.evaluations))
-    scores = {e.lr: e.score for e in result.evaluations}
+    lrs = np.array(sorted(e.value for e in result.evaluations))
+    scores = {e.value: e.score for e in result.evaluations}
     i = int(np.argmin([scores[v] for v in lrs]))
     neighbour = min((lrs[i - 1], lrs[i + 1]), key=lambda v: scores[v])  # the better one
     step = abs(math.log(neighbour / lrs[i]))
@@ -184,11 +196,11 @@ def test_efficiency_is_computed_from_the_run(result, out):
     assert eff.grid_evaluations == expected
     assert eff.evaluations == len(result.evaluations) == 25
     later = result.stages[1:]
-    per_evaluation = sum(s.seconds for s in later) / sum(len(s.lrs) for s in later)
+    per_evaluation = sum(s.seconds for s in later) / sum(len(s.values) for s in later)
     assert eff.seconds_per_evaluation == pytest.approx(per_evaluation)
-    assert eff.grid_seconds == pytest.approx(
-        sum(s.seconds for s in result.stages) + (expected - 25) * per_evaluation
-    )
+    measured = result.setup_seconds + sum(s.seconds for s in result.stages)
+    assert eff.sweep_seconds == pytest.approx(measured)
+    assert eff.grid_seconds == pytest.approx(measured + (expected - 25) * per_evaluation)
     assert f"| evaluations | 25 | {expected} |" in (out / "report.md").read_text()
     assert f"would need {expected} evaluations" in (out / "methods.tex").read_text()
 
@@ -237,7 +249,7 @@ def test_cli_report_from_result_json_alone_equals_the_live_result(result, out, t
 def test_cli_show_prints_the_stage_table_and_best_rate(out, capsys):
     assert cli.main(["show", str(out)]) == 0
     printed = capsys.readouterr().out
-    best = jaxsweep.load(out / "result.json").best_lr
+    best = jaxsweep.load(out / "result.json").best_value
     assert f"{best:.4g}" in printed and "stage" in printed and "95% interval" in printed
 
 
@@ -257,3 +269,89 @@ def test_cli_errors_are_one_line_and_a_nonzero_exit(case, out, tmp_path, capsys)
     assert cli.main(argv) != 0
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "error" in error
+
+
+def test_cli_prints_a_warning_as_one_clean_line(out, monkeypatch, capsys):
+    def show_and_warn(args):  # a command whose sweep warns, as run() does
+        warnings.warn(
+            "stage 1: the best value was the largest", jaxsweep.SearchRangeWarning, stacklevel=2
+        )
+        return 0
+
+    monkeypatch.setattr(cli, "_show", show_and_warn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # shown, not raised as the suite's default does
+        assert cli.main(["show", str(out)]) == 0
+    assert capsys.readouterr().err == "warning: stage 1: the best value was the largest\n"
+
+
+# ----------------------------------------------------------------------------- time
+
+
+def test_one_definition_of_the_sweep_time_everywhere(timed, out, capsys):
+    result, measured = timed
+    assert result.setup_seconds > 0
+    assert result.seconds == pytest.approx(
+        result.setup_seconds + sum(s.seconds for s in result.stages)
+    )
+    # it is the time of the run call itself: set-up, compilation and training, nothing else
+    assert result.seconds <= measured
+    assert measured - result.seconds < max(0.1 * measured, 0.5)
+    loaded = jaxsweep.load(out / "result.json")
+    assert loaded.seconds == result.seconds
+    covers = "set-up, compilation and training"
+    assert f"{result.seconds:.2f} s ({covers})" in (out / "report.md").read_text()
+    assert f"| wall time (s) | {result.seconds:.2f} (measured)" in (out / "report.md").read_text()
+    assert f"in {result.seconds:.1f}~s of wall time ({covers})" in (out / "methods.tex").read_text()
+    assert cli.main(["show", str(out)]) == 0
+    assert f"evaluations in {result.seconds:.2f} s on cpu ({covers})" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- figure details
+
+
+def _texts(figure) -> list[str]:
+    import matplotlib.text
+
+    return [t.get_text() for t in figure.findobj(matplotlib.text.Text)]
+
+
+@pytest.mark.parametrize("name", ["search_path", "heatmap"])
+def test_zoom_window_is_labelled_and_no_stage_star_is_clipped(result, name):
+    figure = FIGURES[name].draw(result)
+    whole, zoom = figure.axes[:2]
+    assert "window of the zoom (right)" in [t.get_text() for t in whole.get_legend().get_texts()]
+    low, high = zoom.get_ylim()
+    inside = [s.best_value for s in result.stages if low <= s.best_value <= high]
+    stars = [line for line in zoom.get_lines() if line.get_marker() == "*"]
+    assert len(stars) == 1 and not stars[0].get_clip_on()  # drawn whole, even on the edge
+    assert list(stars[0].get_ydata()) == inside and len(inside) >= 2
+
+
+def test_loss_curves_legend_covers_no_panel(result):
+    figure = FIGURES["loss_curves"].draw(result)
+    renderer = figure.canvas.get_renderer()
+    figure.draw(renderer)
+    panels = figure.axes[:2]
+    assert all(ax.get_legend() is None for ax in panels)
+    (legend,) = figure.legends
+    box = legend.get_window_extent(renderer)
+    assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in panels)
+
+
+def test_lr_curve_says_when_the_fit_and_the_points_disagree(result):
+    good = FIGURES["lr_curve"].draw(result)  # a closed-form score: the parabola fits
+    labels = [t.get_text() for t in good.axes[1].get_legend().get_texts()]
+    assert any("95% of scores if the fit holds" in label for label in labels)
+    assert not any("Poor fit" in text for text in _texts(good))
+    # the demo of jaxsweep 0.1.0: its best score lies far below a parabola that explains
+    # under half of the scores' variance
+    demo = jaxsweep.load(Path(__file__).parent / "data" / "demo_result_v0.1.0.json")
+    fit = demo.confidence.refined.fit
+    inside = [e for e in demo.evaluations if fit.window[0] <= e.value <= fit.window[1]]
+    scores = np.array([e.score for e in inside])
+    residual = scores - fit.predict([e.value for e in inside])
+    explained = 1 - np.sum(residual**2) / np.sum((scores - scores.mean()) ** 2)
+    assert explained < 0.5  # independently: the fit is poor
+    (note,) = [t for t in _texts(FIGURES["lr_curve"].draw(demo)) if t.startswith("Poor fit")]
+    assert f"explains {100 * explained:.0f}% of the variance" in note.replace("\n", " ")

@@ -175,7 +175,7 @@ def _fields(result: jaxsweep.SweepResult, *names: str) -> list[dict]:
 
 
 def _assert_same_sweep(result: jaxsweep.SweepResult, reference: jaxsweep.SweepResult):
-    assert [e.lr for e in result.evaluations] == [e.lr for e in reference.evaluations]
+    assert [e.value for e in result.evaluations] == [e.value for e in reference.evaluations]
     losses = ("seed_val_loss", "train_loss")
     chex.assert_trees_all_close(
         _fields(result, *losses), _fields(reference, *losses), rtol=1e-4, atol=1e-6
@@ -183,7 +183,7 @@ def _assert_same_sweep(result: jaxsweep.SweepResult, reference: jaxsweep.SweepRe
     chex.assert_trees_all_close(
         _fields(result, "grad_norm"), _fields(reference, "grad_norm"), rtol=1e-3, atol=1e-6
     )
-    assert result.best_lr == reference.best_lr
+    assert result.best_value == reference.best_value
     np.testing.assert_allclose(result.best_score, reference.best_score, rtol=1e-4)
 
 

@@ -1,0 +1,112 @@
+"""What the hierarchy saved: this sweep against the grid that reaches the same resolution.
+
+Computed from a :class:`~jaxsweep.SweepResult` alone; the report, the methods paragraph and
+the efficiency figure all read these numbers from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import _scale, _selector
+from ._result import SweepResult
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """This sweep against the grid that would reach the same resolution over the same span.
+
+    The equivalent grid spans the lowest to the highest evaluated value, evenly spaced on the
+    sweep's scale, with the spacing the hierarchy reached around its best value: the width of
+    the final best interval (the best value and its better evaluated neighbour). Its time is
+    the sweep's one-time cost (set-up and compilation) plus its size times the measured seconds
+    per evaluation: the wall time of the stages after the first (which reuse the compiled
+    program) divided by the values they evaluated. Each value trains all seeds, in lanes of the
+    same size as the sweep's, so the unit cost carries over. A single-stage sweep falls back to
+    its per-epoch times.
+    """
+
+    name: str  # the swept hyperparameter in words ("learning rate", "momentum")
+    evaluations: int  # values this sweep evaluated
+    span: tuple[float, float]  # lowest and highest evaluated value
+    scale: str  # "log" or "linear"
+    spacing: float  # grid step: a ratio (log scale) or a difference (linear scale)
+    grid_evaluations: int  # values the equivalent grid evaluates
+    seconds_per_evaluation: float  # measured, see per_evaluation_source
+    per_evaluation_source: str  # how seconds_per_evaluation was measured, in words
+    one_time_seconds: float  # sweep_seconds - evaluations * seconds_per_evaluation
+    sweep_seconds: float  # measured: ``result.seconds`` (set-up, compilation, training)
+    grid_seconds: float  # estimated: one_time_seconds + grid_evaluations * seconds_per_evaluation
+
+    @property
+    def evaluations_saved(self) -> float:
+        """Fraction of the grid's evaluations this sweep did not need."""
+        return 1.0 - self.evaluations / self.grid_evaluations
+
+    @property
+    def seconds_saved(self) -> float:
+        """Fraction of the grid's estimated wall time this sweep did not need."""
+        if self.grid_seconds <= 0:
+            return 0.0
+        return 1.0 - self.sweep_seconds / self.grid_seconds
+
+    def method(self) -> str:
+        """One paragraph saying how the grid was sized and timed, with this run's numbers."""
+        spacing = _scale.describe_spacing(self.spacing, self.scale)
+        size = (
+            f"The equivalent grid is evenly spaced on a {self.scale} scale from the lowest to the "
+            f"highest evaluated {self.name} ({self.span[0]:.4g} to {self.span[1]:.4g}), with the "
+            "spacing the search reached around its best value (the width of the final best "
+            f"interval: {spacing}), so {self.grid_evaluations} values."
+        )
+        cost = (
+            f"Its time is the sweep's one-time cost ({self.one_time_seconds:.2f} s of set-up and "
+            f"compilation) plus {self.grid_evaluations} times the measured "
+            f"{self.seconds_per_evaluation:.4f} s per evaluation ({self.per_evaluation_source})."
+        )
+        return f"{size} {cost}"
+
+
+def efficiency(result: SweepResult) -> Efficiency:
+    """Sizes and times the grid equivalent to ``result`` (see :class:`Efficiency`)."""
+    scale = result.scale
+    values = [e.value for e in result.evaluations]
+    scores = [e.score for e in result.evaluations]
+    span = (min(values), max(values))
+    ranked = _selector.rank_intervals(values, scores) if len(values) > 1 else []
+    if ranked:
+        spacing = _scale.spacing(ranked[0].low, ranked[0].high, scale)
+        count = _scale.grid_size(*span, spacing, scale)
+    else:
+        spacing, count = (1.0 if scale == "log" else 0.0), 1
+    per_evaluation, source = _seconds_per_evaluation(result)
+    one_time = max(result.seconds - per_evaluation * len(values), 0.0)
+    return Efficiency(
+        name=result.value_name,
+        evaluations=len(values),
+        span=span,
+        scale=scale,
+        spacing=spacing,
+        grid_evaluations=count,
+        grid_seconds=one_time + count * per_evaluation,
+        seconds_per_evaluation=per_evaluation,
+        per_evaluation_source=source,
+        one_time_seconds=one_time,
+        sweep_seconds=result.seconds,
+    )
+
+
+def _seconds_per_evaluation(result: SweepResult) -> tuple[float, str]:
+    """The measured cost of one more evaluation, and how it was measured, in words."""
+    warm = [s for s in result.stages[1:] if s.compile_seconds == 0 and s.values]
+    if warm:
+        count = sum(len(s.values) for s in warm)
+        return sum(s.seconds for s in warm) / count, (
+            f"wall time of stages {warm[0].index} to {warm[-1].index}, which reuse the compiled "
+            f"program, divided by the {count} values they evaluated"
+        )
+    count = len(result.evaluations)
+    epochs = sum(sum(s.seconds_per_epoch) for s in result.stages)
+    return epochs / max(count, 1), (
+        f"per-epoch wall time summed over the sweep, divided by the {count} values"
+    )
