@@ -30,6 +30,7 @@ class SweepConfig:
     expand: bool
     metric: str = "val_loss"  # what ranks the values: the validation loss or an aux entry
     mode: str = "min"  # "min" or "max": whether a lower or a higher metric is better
+    eval_batch_size: int | None = None  # validation examples per batch (set by the setup)
 
     @property
     def sign(self) -> float:
@@ -94,6 +95,7 @@ def make_config(
     expand,
     metric="val_loss",
     mode="min",
+    eval_batch_size=None,
 ) -> SweepConfig:
     """Checks every scalar argument of ``run`` and returns them as a :class:`SweepConfig`.
 
@@ -131,4 +133,7 @@ def make_config(
         expand=expand,
         metric=metric,
         mode=mode,
+        eval_batch_size=None
+        if eval_batch_size is None
+        else _integer("eval_batch_size", eval_batch_size, 1),
     )

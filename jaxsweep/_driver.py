@@ -63,6 +63,8 @@ def build_stage_programs(setup: Setup) -> StagePrograms:
         config.hyperparam,
         config.batch_size,
         len(split.x_train),
+        len(split.x_val),
+        config.eval_batch_size,
     )
     return StagePrograms(programs, split, setup.devices)  # host arrays, placed once
 

@@ -27,6 +27,7 @@ def run(
     top_k: int = 2,
     epochs: int = 3,
     batch_size: int = 128,
+    eval_batch_size: int | None = None,
     schedule=None,
     metric: str = "val_loss",
     mode: str = "min",
@@ -72,6 +73,11 @@ def run(
       top_k: intervals refined in each later stage.
       epochs: epochs each rate is trained for.
       batch_size: examples per step.
+      eval_batch_size: validation examples per batch through the model (None: the larger of
+        ``batch_size`` and 512, at most the validation set). Validation memory depends on it,
+        not on the size of the validation set; the validation loss is the exact mean over
+        every example (a ragged last batch is padded and masked), for losses that are means
+        over their batch.
       schedule: how the rate changes over the steps, the swept value being its peak: None
         (constant), a name (``"warmup_cosine"``: linear warmup over 10% of the steps, then
         cosine decay to 0; ``"cosine"``, ``"linear"``, ``"warmup_linear"``, ``"constant"``),

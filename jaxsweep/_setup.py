@@ -20,6 +20,7 @@ from ._environment import versions
 from ._losses import resolve_loss, resolve_metric, split_loss
 from ._model import ModelFunctions, adapt, count_parameters, module_names
 from ._optim import describe_optimizer, resolve_optimizer
+from ._validation import default_eval_batch_size
 
 DEFAULT_LR_RANGE = (1e-5, 1e-2)
 
@@ -115,7 +116,13 @@ def _with_data(
     abstract_params, aux_names = _probe(
         model, loss_fn, tx, config.hyperparam, split, config.batch_size
     )
-    config = dataclasses.replace(config, metric=resolve_metric(config.metric, aux_names))
+    n_val = len(split.x_val)
+    eval_batch = config.eval_batch_size or default_eval_batch_size(n_val, config.batch_size)
+    config = dataclasses.replace(
+        config,
+        metric=resolve_metric(config.metric, aux_names),
+        eval_batch_size=min(eval_batch, n_val),  # never more than the examples there are
+    )
     record = {
         **_record(config, split, model, abstract_params, loss_name, optimizer),
         "schedule": scheduled and scheduled.description,

@@ -19,6 +19,7 @@ from ._data import epoch_batches
 from ._losses import split_loss
 from ._model import ModelFunctions
 from ._optim import set_hyperparam
+from ._validation import make_validate
 
 LossFn = Callable[[Any, Any], Any]
 
@@ -122,6 +123,8 @@ def make_programs(
     hyperparam: str,
     batch_size: int,
     n_train: int,
+    n_val: int,
+    eval_batch_size: int,
 ) -> Programs:
     """Builds the pure, vmapped programs of a sweep.
 
@@ -132,6 +135,9 @@ def make_programs(
       hyperparam: the name of the swept entry of ``opt_state.hyperparams``.
       batch_size: examples per step; the last partial batch of an epoch is dropped.
       n_train: number of training examples.
+      n_val: number of validation examples.
+      eval_batch_size: validation examples per batch through the model; the validation
+        loss is the exact example-weighted mean over all of them.
 
     Returns:
       :class:`Programs` whose functions take a leading lane axis on their per-lane arguments;
@@ -140,6 +146,10 @@ def make_programs(
 
     def loss_of(params, constants, x, y):
         return split_loss(loss_fn(model.apply(params, constants, x), y))
+
+    validate = make_validate(
+        model.apply, lambda outputs, y: split_loss(loss_fn(outputs, y)), n_val, eval_batch_size
+    )
 
     def start_lane(params, constants, value) -> LaneState:
         opt_state = set_hyperparam(optimizer.init(params), hyperparam, value)
@@ -168,7 +178,7 @@ def make_programs(
             return train_step(carry, (x_train[indices], y_train[indices]))
 
         state, steps = jax.lax.scan(step, state, order)
-        val_loss, val_aux = loss_of(state.params, state.constants, x_val, y_val)
+        val_loss, val_aux = validate(state.params, state.constants, x_val, y_val)
         return state, _epoch_metrics(steps, val_loss, val_aux)
 
     return Programs(

@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import TinyMLP, make_classification
+from conftest import SMALL, TinyMLP, make_classification, train_alone
 
-from jaxsweep import _validation
+import jaxsweep
+from jaxsweep import _train, _validation
 
 
 def loss_terms(outputs, targets):
@@ -95,3 +96,32 @@ def test_default_eval_batch_is_bounded():
     assert _validation.default_eval_batch_size(48, 32) == 48
     assert _validation.default_eval_batch_size(100_000, 32) == _validation.DEFAULT_EVAL_BATCH
     assert _validation.default_eval_batch_size(100_000, 2048) == 2048
+
+
+# ----------------------------------------------------------------------------- in a sweep
+
+
+@pytest.mark.filterwarnings("ignore::jaxsweep.SearchRangeWarning")
+def test_a_sweep_validating_in_ragged_batches_equals_one_batch_in_a_plain_loop(split_blobs):
+    """48 validation examples in batches of 10: four full batches and a ragged one of 8."""
+    result = jaxsweep.run(
+        lambda: TinyMLP(),
+        split_blobs,
+        stages=1,
+        points_per_stage=2,
+        lr_range=(1e-3, 1e-1),
+        eval_batch_size=10,
+        **SMALL,
+    )
+    assert result.config["eval_batch_size"] == 10
+    for evaluation in result.evaluations:
+        alone = train_alone(optax.adam(evaluation.lr), split_blobs, epochs=2, batch_size=32)
+        np.testing.assert_allclose(evaluation.val_loss, alone["val_loss"], rtol=1e-4)
+
+
+def test_eval_batch_size_is_checked_before_anything_compiles(split_blobs, monkeypatch):
+    monkeypatch.setattr(_train, "make_programs", lambda *a, **k: pytest.fail("compiled"))
+    with pytest.raises(ValueError, match="eval_batch_size: must be >= 1"):
+        jaxsweep.run(lambda: TinyMLP(), split_blobs, eval_batch_size=0, **SMALL)
+    with pytest.raises(TypeError, match="eval_batch_size: expected an integer"):
+        jaxsweep.run(lambda: TinyMLP(), split_blobs, eval_batch_size=1.5, **SMALL)

@@ -40,6 +40,7 @@ def by_accuracy(split_blobs):
 
 def test_the_score_is_the_final_validation_metric_and_the_best_is_its_maximum(by_accuracy):
     assert by_accuracy.config["metric"] == "val_accuracy" and by_accuracy.mode == "max"
+    assert by_accuracy.config["eval_batch_size"] == 48  # the default: the whole small set
     for e in by_accuracy.evaluations:
         if not e.diverged:
             assert e.score == pytest.approx(e.val_aux["accuracy"][-1])
