@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from . import _selector, _sharding, _train
+from . import _cache, _lanes, _selector, _sharding, _train
 from ._checkpoint import LaneTemplate, ResumePoint, SweepCheckpoints
 from ._config import SweepConfig
 from ._environment import describe
@@ -46,8 +46,14 @@ def drive(setup: Setup) -> SweepResult:
         show = setup.progress and setup.hosts.writer
         config = setup.config
         reporter = BarProgress(config.stages, config.epochs) if show else SilentProgress()
-        with reporter:
-            return sweep(setup, engine, _Hooks(reporter, checkpoints, config))
+        with reporter, _cache.compilation_cache(setup.compilation_cache) as cache:
+            with _cache.CompileLog() as compiles:
+                hooks = _Hooks(reporter, checkpoints, config)
+                hooks.programs = lambda: {
+                    "lanes": {"strategy": str(engine.strategy), "reason": engine.reason},
+                    "compilation_cache": {**cache.describe(), **compiles.describe()},
+                }
+                return sweep(setup, engine, hooks)
     finally:
         if checkpoints is not None:  # a pending save completes even when the sweep fails
             checkpoints.close()
@@ -66,7 +72,20 @@ def build_stage_programs(setup: Setup) -> StagePrograms:
         len(split.x_val),
         config.eval_batch_size,
     )
-    return StagePrograms(programs, split, setup.devices)  # host arrays, placed once
+    strategy, reason = _lanes.choose(
+        setup.lanes, jax.default_backend(), len(setup.devices), _model_traits(setup)
+    )
+    return StagePrograms(programs, split, setup.devices, strategy, reason)  # host arrays
+
+
+def _model_traits(setup: Setup) -> _lanes.ModelTraits:
+    """What the lane-strategy rule looks at: parameters, and any convolution (traced only)."""
+    if setup.lanes is not None:  # forced: nothing to look at
+        return _lanes.ModelTraits(setup.param_count, False)
+    model, x = setup.model, setup.split.x_train[:1]
+    return _lanes.model_traits(
+        setup.param_count, lambda: model.apply(*model.init(jax.random.key(0)), x)
+    )
 
 
 def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
@@ -174,6 +193,7 @@ class _Hooks:
     def __init__(self, reporter, checkpoints: SweepCheckpoints | None, config: SweepConfig):
         self.reporter, self.checkpoints, self.config = reporter, checkpoints, config
         self.epochs_trained = 0  # in this process (a resumed sweep trains fewer)
+        self.programs = dict  # () -> how the programs ran: lane strategy, compilations
 
     def resume(self, engine: StagePrograms) -> ResumePoint | None:
         """Where the checkpoints say to continue; every key and batch order derives from
@@ -216,7 +236,7 @@ class _Hooks:
             self.checkpoints.stage_done(stage, history)
 
     def environment(self, devices) -> dict:
-        environment = describe(devices)
+        environment = {**describe(devices), **self.programs()}
         if self.checkpoints is not None:
             environment["checkpoint"] = self.checkpoints.describe(self.epochs_trained)
         return environment

@@ -129,7 +129,7 @@ def _adapt_nnx(model_fn: Callable, x_example: np.ndarray) -> ModelFunctions:
 def _abstract_params(init, name: str, x_example: np.ndarray):
     """Initialises abstractly (shapes only) and reports a module that rejects the data."""
     try:
-        params = jax.eval_shape(init, jax.random.key(0))[0]
+        params = jax.eval_shape(lambda: init(jax.random.key(0)))[0]  # key too: nothing compiles
     except Exception as error:
         if isinstance(error, TypeError) and str(error).startswith("model_fn:"):
             raise  # our own message about what model_fn returned

@@ -41,6 +41,8 @@ def run(
     checkpoint_every_seconds: float = 30.0,
     devices=None,
     progress: bool = True,
+    lanes: str = "auto",
+    compilation_cache=None,
 ) -> SweepResult:
     """Finds the best learning rate of a Flax model with a coarse-to-fine sweep.
 
@@ -113,6 +115,15 @@ def run(
         (``ProcessMismatchError``), and one that dies stops the others with a
         ``ProcessLostError``.
       progress: show a progress bar on stderr.
+      lanes: how a stage's lanes execute: ``"vmap"`` (one batched program), ``"map"``
+        (``lax.map``: one lane after another in one program), ``"chunks:N"`` (``lax.map`` over
+        groups of N vmapped lanes), ``"separate"`` (one compiled one-lane program called per
+        lane; one device only) or ``"auto"`` (by backend and model, recorded with its reason
+        in ``result.environment["lanes"]``). Results agree across strategies to float rounding.
+      compilation_cache: where compiled programs persist across processes: None (the
+        ``JAXSWEEP_CACHE_DIR`` environment variable, else a cache configured for JAX, else
+        ``~/.cache/jaxsweep/xla``), a folder, or ``False``/``"off"``. A rerun of the same
+        sweep loads its programs instead of compiling them.
 
     Returns:
       A :class:`SweepResult`; ``result.best_lr`` is the value (a rate unless

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import optax
 
-from . import _checkpoint, _hosts, _schedules, _sharding
+from . import _cache, _checkpoint, _hosts, _lanes, _schedules, _sharding
 from ._config import SweepConfig, make_config
 from ._data import Split, prepare
 from ._environment import versions
@@ -51,6 +51,8 @@ class Setup:
     record: dict[str, Any]  # the result's ``config``: every argument that shapes the sweep
     hosts: _hosts.Hosts  # this process among the sweep's processes (one in most runs)
     fingerprint: dict | None  # what a checkpoint must match; None without checkpoints
+    lanes: _lanes.Strategy | None = None  # a forced lane strategy; None: chosen by the rule
+    compilation_cache: Any = None  # run's argument, checked (see ``_cache.resolve``)
 
     @property
     def param_count(self) -> int:
@@ -72,6 +74,8 @@ def setup(
     devices,
     progress,
     schedule,
+    lanes,
+    compilation_cache,
     **settings,
 ) -> Setup:
     """Checks every argument of :func:`jaxsweep.run` (same names, no defaults): a Setup.
@@ -93,9 +97,13 @@ def setup(
         *_checkpoint.check_arguments(checkpoint_dir, resume, checkpoint_every_seconds)
     )
     devices = tuple(_sharding.resolve_devices(devices))
-    return _with_data(
+    strategy = _lanes.parse(lanes)
+    _lanes.check(strategy, len(devices))
+    _cache.resolve(compilation_cache)  # a bad value fails here, before anything runs
+    checked = _with_data(
         config, model_fn, data, loss, optimizer, devices, checkpoint, progress, schedule
     )
+    return dataclasses.replace(checked, lanes=strategy, compilation_cache=compilation_cache)
 
 
 def _with_data(
@@ -208,7 +216,8 @@ def _probe(model: ModelFunctions, loss_fn, optimizer, hyperparam: str, split: Sp
         return split_loss(loss_fn(model.apply(params, constants, x), y))
 
     try:
-        loss_value, aux = jax.eval_shape(loss_terms, jax.random.key(0))
+        # the key is made inside the trace: nothing compiles
+        loss_value, aux = jax.eval_shape(lambda: loss_terms(jax.random.key(0)))
     except KeyError as error:
         raise TypeError(f"loss: a dict return value needs a 'loss' entry ({error})") from None
     except Exception as error:
@@ -221,7 +230,7 @@ def _probe(model: ModelFunctions, loss_fn, optimizer, hyperparam: str, split: Sp
     for name, value in aux.items():
         if getattr(value, "shape", None) != ():
             raise ValueError(f"loss: auxiliary entry {name!r} must be a scalar")
-    params = jax.eval_shape(lambda k: model.init(k)[0], jax.random.key(0))
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0))[0])
     _probe_optimizer(optimizer, params, hyperparam)
     return params, tuple(aux)
 

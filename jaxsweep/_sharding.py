@@ -115,8 +115,9 @@ def pad_lanes(tree, count: int):
             raise ValueError(f"cannot pad {array.shape[0]} lanes down to {count}")
         if missing == 0:
             return array
-        last = array[-1:]
-        return jax.numpy.concatenate([array, jax.numpy.repeat(last, missing, axis=0)])
+        # host arrays stay on the host: padding them compiles nothing
+        xp = np if isinstance(array, np.ndarray) else jax.numpy
+        return xp.concatenate([array, xp.repeat(array[-1:], missing, axis=0)])
 
     return jax.tree.map(pad, tree)
 

@@ -3,7 +3,15 @@
 This is the one place that turns the pure programs of :mod:`jaxsweep._train` into running
 code: lanes are laid out value-major over a one-axis device mesh, each seed's parameters are
 initialised once per sweep, and the epoch program is compiled once per lane count (a sweep
-has one). The benchmarks build their "jaxsweep stage" here too, so they time exactly what a
+has one), for the sweep's lane strategy (:mod:`jaxsweep._lanes`).
+
+A sweep compiles three programs: ``init`` (every seed's keys, derived from the seed inside the
+program, and parameters), ``start`` (a stage's lanes: each lane's seed gathered, a fresh
+optimizer state holding its value, its keys) and the epoch program. Per-lane inputs are made
+and padded with numpy on the host, so no tiny programs are compiled in between, and the epoch
+program compiles in a thread while the other two compile and run.
+
+The benchmarks build their "jaxsweep stage" here too, so they time exactly what a
 sweep runs::
 
     stage = StagePrograms(make_programs(...), split, jax.devices()[:1])
@@ -21,6 +29,7 @@ every rerun of a sweep sees the same initial parameters and batch orders.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -29,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _sharding
+from . import _lanes, _sharding
 from ._data import Split
 from ._sharding import LaneLayout
 from ._train import LaneState, Programs
@@ -56,31 +65,65 @@ class StageLanes(NamedTuple):
     state: LaneState  # fresh: the seeds' parameters, a new optimizer state per lane
 
 
+class SeedStart(NamedTuple):
+    """Every seed's start, made once per sweep (leading axis ``(seeds,)``, on every device)."""
+
+    params: Any
+    constants: Any
+    init_keys: jax.Array
+    data_keys: jax.Array
+
+
+def derive_seed_keys(seed, seeds: int) -> tuple[jax.Array, jax.Array]:
+    """``(seeds,)`` init keys and data keys from (seed, seed index) alone; traceable.
+
+    Seed ``s`` initialises with ``fold_in(fold_in(key(seed), s), 0)`` and orders its batches
+    with ``fold_in(fold_in(key(seed), s), 1)``. ``seed`` may be traced (the sweep derives the
+    keys inside its initialisation program; :func:`seed_argument` makes it).
+    """
+    base = jax.random.key(seed)
+    per_seed = jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(seeds))
+    init = jax.vmap(lambda k: jax.random.fold_in(k, 0))(per_seed)
+    data = jax.vmap(lambda k: jax.random.fold_in(k, 1))(per_seed)
+    return init, data
+
+
+def seed_argument(seed: int) -> np.ndarray:
+    """``seed`` as the integer array ``jax.random.key(seed)`` itself would make of it."""
+    return np.asarray(np.int64(seed)).astype(jax.dtypes.canonicalize_dtype(np.int64))
+
+
 @functools.lru_cache(maxsize=16)
 def seed_keys(seed: int, seeds: int) -> tuple[jax.Array, jax.Array]:
-    """``(seeds,)`` init keys and data keys, derived from (seed, seed index) alone.
+    """``(seeds,)`` init keys and data keys, derived from (seed, seed index) alone (eager).
 
     >>> init, data = seed_keys(0, 2)
     >>> init.shape, data.shape
     ((2,), (2,))
     """
-    base = jax.random.key(seed)
-    per_seed = [jax.random.fold_in(base, s) for s in range(seeds)]
-    init = jnp.stack([jax.random.fold_in(k, 0) for k in per_seed])
-    data = jnp.stack([jax.random.fold_in(k, 1) for k in per_seed])
-    return init, data
+    return derive_seed_keys(seed_argument(seed), seeds)
+
+
+def host_lanes(values: Sequence[float], seeds: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-lane values (float32) and seed indices, value-major, as numpy (nothing compiles).
+
+    >>> host_lanes([0.1, 0.2], seeds=2)[1].tolist()
+    [0, 1, 0, 1]
+    """
+    seed_index = np.tile(np.arange(seeds, dtype=np.int32), len(values))
+    return np.repeat(np.asarray(values, np.float64), seeds).astype(np.float32), seed_index
 
 
 def lane_inputs(values: Sequence[float], seed: int, seeds: int) -> LaneInputs:
-    """The per-lane inputs of a stage training ``values`` for ``seeds`` seeds (host side).
+    """The per-lane inputs of a stage training ``values`` for ``seeds`` seeds (eager).
 
     >>> lane_inputs([0.1, 0.2], seed=0, seeds=2).seed_index.tolist()
     [0, 1, 0, 1]
     """
     seed_init_keys, seed_data_keys = seed_keys(seed, seeds)
-    seed_of_lane = np.tile(np.arange(seeds, dtype=np.int32), len(values))
+    lane_values, seed_of_lane = host_lanes(values, seeds)
     return LaneInputs(
-        values=jnp.asarray(np.repeat(np.asarray(values, np.float64), seeds), jnp.float32),
+        values=jnp.asarray(lane_values),
         init_keys=seed_init_keys[seed_of_lane],
         data_keys=seed_data_keys[seed_of_lane],
         seed_index=seed_of_lane,
@@ -110,67 +153,144 @@ class StagePrograms:
       programs: the pure programs (:func:`jaxsweep._train.make_programs`).
       data: the host arrays of the split: placed whole on every device, once.
       devices: the devices the lanes are split over (:func:`_sharding.resolve_devices`).
+      strategy: how the lanes execute (:mod:`jaxsweep._lanes`); ``vmap`` by default.
+      reason: why this strategy, for ``result.environment["lanes"]``.
     """
 
-    def __init__(self, programs: Programs, data: Split, devices: Sequence):
-        # lanes split over a one-axis mesh, data copied to every device: jit partitions the
-        # vmapped programs (SPMD), and every output keeps the lane axis split the same way
+    def __init__(
+        self,
+        programs: Programs,
+        data: Split,
+        devices: Sequence,
+        strategy: _lanes.Strategy = _lanes.VMAP,
+        reason: str = "given",
+    ):
+        # lanes split over a one-axis mesh, data copied to every device; every output keeps
+        # the lane axis split the same way
         self.mesh = _sharding.lane_mesh(devices)
         self.data = _sharding.place_replicated(data, self.mesh)
-        lanes = _sharding.lane_sharding(self.mesh)
+        self.strategy, self.reason = strategy, reason
+        self._lane_sharding = _sharding.lane_sharding(self.mesh)
         self._programs = programs
-        self._init = jax.jit(programs.init_seeds, out_shardings=_sharding.replicated(self.mesh))
-        self._start = jax.jit(programs.start_lanes, out_shardings=lanes)
-        self._epoch = jax.jit(programs.run_epoch, out_shardings=lanes)
-        self._compiled_init = None
-        self._seed_starts: dict[tuple[int, int], Any] = {}
-        self._compiled: dict[int, Any] = {}  # padded lane count -> compiled epoch program
 
-    def seed_start(self, seed: int, seeds: int):
-        """Each seed's initial ``(params, constants)``, leading axis ``(seeds,)``, replicated.
+        def init(seed, seeds: int) -> SeedStart:  # the keys and every seed's parameters
+            init_keys, data_keys = derive_seed_keys(seed, seeds)
+            return SeedStart(*programs.init_seeds(init_keys), init_keys, data_keys)
+
+        def start(seed_start: SeedStart, seed_index, values):  # gathers, casts, starts
+            state = programs.start_lanes(
+                seed_start.params, seed_start.constants, seed_index, values
+            )
+            return state, seed_start.init_keys[seed_index], seed_start.data_keys[seed_index]
+
+        replicated = _sharding.replicated(self.mesh)
+        self._init = jax.jit(init, static_argnums=1, out_shardings=replicated)
+        self._start = jax.jit(start, out_shardings=self._lane_sharding)
+        self._compiled_init: dict[int, Any] = {}  # seeds -> compiled init program
+        self._seed_starts: dict[tuple[int, int], SeedStart] = {}
+        self._compiled: dict[int, tuple[Any, Any]] = {}  # padded lanes -> (epoch, compiled)
+        self._compiling: dict[int, tuple[threading.Thread, list]] = {}
+        self._setup_started: float | None = None  # when the one-time work began
+
+    def seed_start(self, seed: int, seeds: int) -> SeedStart:
+        """Each seed's keys and initial ``(params, constants)``, leading axis ``(seeds,)``.
 
         Parameters depend on the seed alone: each seed is initialised once per sweep, and
         every stage only gathers them into its lanes and starts fresh optimizers.
         """
         if (seed, seeds) not in self._seed_starts:
-            keys = _sharding.place_replicated(seed_keys(seed, seeds)[0], self.mesh)
-            if self._compiled_init is None:
+            argument = seed_argument(seed)
+            if seeds not in self._compiled_init:
                 options = INIT_COMPILER_OPTIONS.get(jax.default_backend())
-                self._compiled_init = self._init.lower(keys).compile(compiler_options=options)
-            self._seed_starts[seed, seeds] = self._compiled_init(keys)
+                lowered = self._init.lower(argument, seeds)
+                self._compiled_init[seeds] = lowered.compile(compiler_options=options)
+            self._seed_starts[seed, seeds] = self._compiled_init[seeds](argument)
         return self._seed_starts[seed, seeds]
 
     def layout(self, lanes: int) -> LaneLayout:
         return LaneLayout.over(self.mesh, lanes)
 
     def start(self, values: Sequence[float], seed: int, seeds: int) -> StageLanes:
-        """Lays out a stage training ``values`` and starts its lanes, placed over the mesh."""
-        inputs = lane_inputs(values, seed, seeds)
-        layout = self.layout(len(inputs.seed_index))
-        placed = layout.place(inputs)
-        params, constants = self.seed_start(seed, seeds)
-        state = self._start(params, constants, placed.seed_index, placed.values)
-        return StageLanes(placed, layout, state)
+        """Lays out a stage training ``values`` and starts its lanes, placed over the mesh.
+
+        The first start of a lane count also starts compiling its epoch program, in a thread.
+        """
+        if self._setup_started is None:
+            self._setup_started = time.perf_counter()
+        lane_values, seed_index = host_lanes(values, seeds)
+        layout = self.layout(len(seed_index))
+        if layout.padded not in self._compiled and layout.padded not in self._compiling:
+            self._compile_in_thread(layout, seed, seeds)
+        seed_start = self.seed_start(seed, seeds)
+        placed_index, placed_values = layout.place((seed_index, lane_values))
+        state, init_keys, data_keys = self._start(seed_start, placed_index, placed_values)
+        inputs = LaneInputs(placed_values, init_keys, data_keys, placed_index)
+        return StageLanes(inputs, layout, state)
 
     def abstract_state(self, lanes: int, seed: int, seeds: int):
         """The lane state of ``lanes`` real lanes as shapes (traced, never run or compiled)."""
-        params, constants = self.seed_start(seed, seeds)
-        seed_index = np.zeros(lanes, np.int32)
-        values = np.zeros(lanes, np.float32)
-        return jax.eval_shape(self._programs.start_lanes, params, constants, seed_index, values)
+        return self._abstract_start(lanes, seed, seeds)[0]
+
+    def _abstract_start(self, lanes: int, seed: int, seeds: int, sharding=None):
+        seed_start = jax.eval_shape(self._init, seed_argument(seed), seeds)
+        index = jax.ShapeDtypeStruct((lanes,), np.int32, sharding=sharding)
+        values = jax.ShapeDtypeStruct((lanes,), np.float32, sharding=sharding)
+        return jax.eval_shape(self._start, seed_start, index, values)
+
+    def _compile_in_thread(self, layout: LaneLayout, seed: int, seeds: int) -> None:
+        """Compiles the epoch program from shapes alone while the caller initialises.
+
+        XLA compiles without holding Python's lock: the init and start programs compile and
+        run meanwhile (on a GPU or a many-core CPU, side by side).
+        """
+        state, _, data_keys = self._abstract_start(layout.padded, seed, seeds)
+        state, data_keys = _placed_shapes((state, data_keys), self._lane_sharding)
+        data = _placed_shapes(self.data, None)
+        outcome: list = []
+
+        def compile_epoch():
+            try:
+                outcome.append(self._compile_epoch(state, data_keys, data))
+            except BaseException as error:  # handed to the caller's thread in compile()
+                outcome.append(error)
+
+        thread = threading.Thread(target=compile_epoch, name="jaxsweep-compile", daemon=True)
+        self._compiling[layout.padded] = (thread, outcome)
+        thread.start()
+
+    def _compile_epoch(self, state, data_keys, data):
+        return _lanes.compile_epoch(
+            self._programs.lane_epoch, self.strategy, self.mesh, state, data_keys, data
+        )
 
     def compile(self, lanes: StageLanes) -> float:
-        """Compiles the epoch program for this stage's lane count; seconds spent (0: reused)."""
-        if lanes.layout.padded in self._compiled:
+        """Compiles the epoch program for this stage's lane count; seconds spent (0: reused).
+
+        The first compilation reports the wall time from the sweep's first start to a ready
+        program: initialisation, lane start and compiling, its one-time set-up.
+        """
+        padded = lanes.layout.padded
+        if padded in self._compiled:
             return 0.0
         started = time.perf_counter()
-        lowered = self._epoch.lower(lanes.state, lanes.inputs.data_keys, np.int32(0), *self.data)
-        self._compiled[lanes.layout.padded] = lowered.compile()
+        if padded in self._compiling:
+            thread, outcome = self._compiling.pop(padded)
+            thread.join()
+            if isinstance(outcome[0], BaseException):
+                raise outcome[0]
+            self._compiled[padded] = outcome[0]
+        else:
+            self._compiled[padded] = self._compile_epoch(
+                lanes.state, lanes.inputs.data_keys, self.data
+            )
+        if self._setup_started is not None:
+            started, self._setup_started = min(started, self._setup_started), None
         return time.perf_counter() - started
 
     def run_epoch(self, lanes: StageLanes, state: LaneState, epoch: int):
-        """One epoch of every lane: ``(state, metrics)``, both still split over the devices."""
-        program = self._compiled[lanes.layout.padded]
+        """One epoch of every lane: ``(state, metrics)``; the metrics go through
+        ``lanes.layout.gather`` (they may already be host arrays: ``separate``)."""
+        program = self._compiled[lanes.layout.padded][0]
         return program(state, lanes.inputs.data_keys, np.int32(epoch), *self.data)
 
     def memory(self, lanes: StageLanes, device) -> tuple[int, str]:
@@ -178,11 +298,23 @@ class StagePrograms:
         stats = device.memory_stats() if hasattr(device, "memory_stats") else None
         if stats and "peak_bytes_in_use" in stats:
             return int(stats["peak_bytes_in_use"]), "device_peak"
-        estimate = compiled_memory(self._compiled[lanes.layout.padded])
+        estimate = compiled_memory(self.compiled_epoch(lanes))
         if not estimate:
             return 0, "unavailable"
         return estimate["total"], "compiled_estimate"
 
     def compiled_epoch(self, lanes: StageLanes):
-        """The compiled epoch program of this stage's lane count (after :meth:`compile`)."""
-        return self._compiled[lanes.layout.padded]
+        """The main compiled program of this stage's epoch (after :meth:`compile`): for
+        ``separate``, the one-lane program."""
+        return self._compiled[lanes.layout.padded][1]
+
+
+def _placed_shapes(tree, sharding):
+    """Shapes of ``tree`` with ``sharding`` (None: each array's own), for lowering ahead."""
+
+    def shape(a):
+        return jax.ShapeDtypeStruct(
+            a.shape, a.dtype, sharding=sharding if sharding is not None else a.sharding
+        )
+
+    return jax.tree.map(shape, tree)

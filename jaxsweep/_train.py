@@ -45,13 +45,15 @@ class EpochMetrics(NamedTuple):
     train_aux: dict  # name -> mean of an auxiliary loss entry over the steps
     val_aux: dict  # name -> auxiliary entry on the validation set
     module_grad_norm: dict  # top-level module -> gradient norm, mean over steps
-    update_ratio: dict  # top-level module -> |update| / |params|, mean over steps
+    update_ratio: dict  # top-level module -> |params after - before| / |before|, over the epoch
 
 
 class Programs(NamedTuple):
     """The pure functions a sweep jit-compiles once and calls for every stage."""
 
     run_epoch: Callable  # (state, data_keys (L,), epoch, x_tr, y_tr, x_val, y_val) -> ...
+    # One lane's epoch, unbatched: a lane strategy (``_lanes``) decides how lanes run it.
+    lane_epoch: Callable  # (state, data_key, epoch, x_tr, y_tr, x_val, y_val) -> ...
     # Parameters depend on the seed alone: a sweep initialises each seed once, then every
     # stage gathers them into its lanes and starts fresh optimizers.
     init_seeds: Callable  # (init_keys (S,)) -> (params, constants), leading axis (S,)
@@ -78,23 +80,29 @@ def _per_module(tree) -> dict:
     return {"params": tree}
 
 
-def _step_norms(grads, updates, params) -> dict:
-    """A step's global and per-module gradient norms and per-module update ratios."""
-    module_grads, module_updates = _per_module(grads), _per_module(updates)
-    module_params = _per_module(params)
-    # one pass over the gradients serves both the per-module and the global norm
-    grad_squares = {k: _squared_norm(g) for k, g in module_grads.items()}
+def _step_norms(grads) -> dict:
+    """A step's global and per-module gradient norms, from one pass over the gradients.
+
+    The gradients are in hand; update ratios come from the parameters' change over the epoch
+    (:func:`_update_ratios`), so a step reads no extra copy of the updates or parameters.
+    """
+    grad_squares = {k: _squared_norm(g) for k, g in _per_module(grads).items()}
     return {
         "grad_norm": jnp.sqrt(sum(grad_squares.values(), jnp.zeros(()))),
         "module_grad_norm": {k: jnp.sqrt(v) for k, v in grad_squares.items()},
-        "update_ratio": {
-            k: _norm(module_updates[k]) / (_norm(module_params[k]) + 1e-12) for k in module_grads
-        },
     }
 
 
-def _epoch_metrics(steps: dict, val_loss, val_aux) -> EpochMetrics:
-    """One lane's epoch from its stacked step records and its validation loss."""
+def _update_ratios(before, after) -> dict:
+    """Per module, |parameters after an epoch - before| / |before|: one pass per epoch."""
+    change = _per_module(jax.tree_util.tree_map(jnp.subtract, after, before))
+    start = _per_module(before)
+    return {k: _norm(change[k]) / (_norm(start[k]) + 1e-12) for k in change}
+
+
+def _epoch_metrics(steps: dict, val_loss, val_aux, before, after) -> EpochMetrics:
+    """One lane's epoch from its stacked step records, its validation loss, and its
+    parameters before and after the epoch."""
     losses = steps["loss"]
     mean_loss = jnp.mean(losses)
     finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(val_loss)
@@ -109,7 +117,7 @@ def _epoch_metrics(steps: dict, val_loss, val_aux) -> EpochMetrics:
         train_aux=jax.tree_util.tree_map(jnp.mean, steps["aux"]),
         val_aux=val_aux,
         module_grad_norm=jax.tree_util.tree_map(jnp.mean, steps["module_grad_norm"]),
-        update_ratio=jax.tree_util.tree_map(jnp.mean, steps["update_ratio"]),
+        update_ratio=_update_ratios(before, after),
     )
 
 
@@ -168,7 +176,7 @@ def make_programs(
         )
         updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params)
         params = optax.apply_updates(carry.params, updates)
-        step = {"loss": loss, "aux": aux, **_step_norms(grads, updates, carry.params)}
+        step = {"loss": loss, "aux": aux, **_step_norms(grads)}
         return LaneState(params, opt_state, carry.constants), step
 
     def run_lane_epoch(state: LaneState, data_key, epoch, x_train, y_train, x_val, y_val):
@@ -177,13 +185,15 @@ def make_programs(
         def step(carry, indices):
             return train_step(carry, (x_train[indices], y_train[indices]))
 
+        before = state.params
         state, steps = jax.lax.scan(step, state, order)
         val_loss, val_aux = validate(state.params, state.constants, x_val, y_val)
-        return state, _epoch_metrics(steps, val_loss, val_aux)
+        return state, _epoch_metrics(steps, val_loss, val_aux, before, state.params)
 
     return Programs(
         init_seeds=jax.vmap(model.init),
         start_lanes=start_lanes,
         # data and epoch are shared by all lanes: in_axes None keeps one copy on the device
         run_epoch=jax.vmap(run_lane_epoch, in_axes=(0, 0, None, None, None, None, None)),
+        lane_epoch=run_lane_epoch,
     )

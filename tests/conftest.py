@@ -3,6 +3,9 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests never write into the user's compilation cache (~/.cache/jaxsweep/xla); the cache's
+# own tests pass a temporary folder. Subprocesses started by tests inherit this.
+os.environ["JAXSWEEP_CACHE_DIR"] = "off"
 # Test programs are tiny: LLVM's optimisation passes cost more than they save, and halving
 # compile time keeps the suite inside its budget on 2 cores. Benchmarks never set this.
 # Subprocesses started by tests inherit it through the environment.

@@ -1,0 +1,238 @@
+"""How a stage's lanes execute: one batched program, a loop inside one program, or one call each.
+
+A lane is one (value, seed) pair; every lane runs the same one-lane epoch function
+(``Programs.lane_epoch``). A *strategy* decides how the lanes of a stage share the hardware:
+
+* ``"vmap"``: one program over every lane at once (``jax.vmap``). Best where one lane leaves
+  the device idle (a GPU, a TPU, a tiny model on a CPU): the lanes share each kernel call.
+* ``"map"``: one program that runs the lanes one after another (``jax.lax.map``): each lane's
+  arithmetic keeps the shapes of a single run, with one call per stage.
+* ``"chunks:N"``: ``lax.map`` over groups of ``N`` vmapped lanes, between the two.
+* ``"separate"``: one compiled one-lane program, called once per lane. Batched weights turn
+  convolutions into grouped convolutions and matrix products into batched ones, which XLA's
+  CPU backend runs slower than the separate ones; this keeps every lane's program exactly a
+  single run's. It runs on one device.
+* ``"auto"``: :func:`choose` picks by backend and model (see there); ``result.environment``
+  records the choice and why.
+
+Every strategy computes the same arithmetic per lane: results agree to float rounding.
+
+:func:`compile_epoch` builds a stage's epoch program for a strategy; ``_stage.StagePrograms``
+runs it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from . import _sharding
+
+STRATEGY_NAMES = ("auto", "vmap", "map", "chunks:N", "separate")
+_CHUNKS = re.compile(r"^chunks:(\d+)$")
+# On a CPU, batched (vmapped) weights pay off only while per-call costs dominate: measured on
+# a 2-core Xeon with 5 lanes of digits, vmap is as fast as separate calls for an MLP of 26k
+# parameters, 0.6x to 0.8x of them at 300k parameters or with any convolution.
+CPU_VMAP_MAX_PARAMS = 100_000
+
+
+class Strategy(NamedTuple):
+    """How lanes execute; ``str(strategy)`` is the name ``run(lanes=...)`` takes."""
+
+    kind: str  # "vmap" | "map" | "chunks" | "separate"
+    chunk: int = 0  # lanes per vmapped group, for "chunks"
+
+    def __str__(self) -> str:
+        return f"chunks:{self.chunk}" if self.kind == "chunks" else self.kind
+
+
+VMAP = Strategy("vmap")
+
+
+def parse(lanes) -> Strategy | None:
+    """The strategy ``run(lanes=...)`` names; None for ``"auto"``.
+
+    Raises:
+      TypeError: ``lanes`` is not a string.
+      ValueError: it names no strategy.
+    """
+    if not isinstance(lanes, str):
+        raise TypeError(
+            f"lanes: expected one of {STRATEGY_NAMES} (a string), got {type(lanes).__name__}"
+        )
+    if lanes == "auto":
+        return None
+    if lanes in ("vmap", "map", "separate"):
+        return Strategy(lanes)
+    match = _CHUNKS.match(lanes)
+    if match and int(match.group(1)) >= 1:
+        return Strategy("chunks", int(match.group(1)))
+    raise ValueError(
+        f"lanes: unknown strategy {lanes!r}; expected one of {STRATEGY_NAMES} "
+        "(chunks:N with N >= 1 lanes per vmapped group, e.g. 'chunks:2')"
+    )
+
+
+def check(strategy: Strategy | None, device_count: int) -> None:
+    """Refuses a forced strategy the devices cannot run, before anything compiles."""
+    if strategy is not None and strategy.kind == "separate" and device_count > 1:
+        raise ValueError(
+            f"lanes: 'separate' runs one lane per call on one device, but the sweep has "
+            f"{device_count} devices; pass lanes='vmap', 'map' or 'chunks:N' (they split the "
+            "lanes over the devices) or devices=jax.devices()[:1]"
+        )
+
+
+class ModelTraits(NamedTuple):
+    """What the strategy rule looks at (from a trace of one training step; nothing compiles)."""
+
+    params: int  # trainable parameters of one lane
+    convolutions: bool  # the step contains a convolution
+
+
+def model_traits(params: int, apply: Callable, *abstract_args) -> ModelTraits:
+    """Traces ``apply`` (one lane's forward pass, shapes only) and notes any convolution."""
+    closed = jax.make_jaxpr(apply)(*abstract_args)
+    return ModelTraits(params=params, convolutions=_has_convolution(closed.jaxpr))
+
+
+def _has_convolution(jaxpr) -> bool:
+    for equation in jaxpr.eqns:
+        if equation.primitive.name == "conv_general_dilated":
+            return True
+        if any(_has_convolution(sub) for sub in _inner_jaxprs(equation.params)):
+            return True
+    return False
+
+
+def _inner_jaxprs(params: dict):
+    """The jaxprs nested in an equation's parameters (scan, cond, custom derivatives, ...)."""
+    for value in params.values():
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if hasattr(item, "eqns"):
+                yield item
+            elif hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
+                yield item.jaxpr
+
+
+def choose(
+    forced: Strategy | None, backend: str, device_count: int, traits: ModelTraits
+) -> tuple[Strategy, str]:
+    """The strategy to run and the reason, for ``result.environment["lanes"]``.
+
+    The rule ("auto"), from measurements of the benchmarks (``benchmarks/lane_strategies.py``):
+    on accelerators ``vmap`` (one small model leaves most of the chip idle, so lanes run side by
+    side); on a CPU with one device, ``separate`` for models with convolutions or more than
+    :data:`CPU_VMAP_MAX_PARAMS` parameters, else ``vmap``; with several CPU devices ``map``
+    replaces ``separate`` (it splits the lanes over the devices).
+    """
+    if forced is not None:
+        return forced, "forced by lanes="
+    if backend != "cpu":
+        return Strategy("vmap"), f"{backend}: lanes share each kernel"
+    large = traits.convolutions or traits.params > CPU_VMAP_MAX_PARAMS
+    if not large:
+        return Strategy("vmap"), f"cpu, {traits.params} parameters, no convolution"
+    why = "convolutions" if traits.convolutions else f"{traits.params} parameters"
+    if device_count > 1:
+        return Strategy("map"), f"cpu, {why}, {device_count} devices"
+    return Strategy("separate"), f"cpu, {why}"
+
+
+# ----------------------------------------------------------------------------- batched epochs
+
+_EPOCH_AXES = (0, 0, None, None, None, None, None)  # state, data key | epoch, data (shared)
+
+
+def batched_epoch(lane_epoch: Callable, strategy: Strategy) -> Callable:
+    """``lane_epoch`` over a leading lane axis of (state, data key), the way ``strategy`` says.
+
+    ``lane_epoch(state, data_key, epoch, x_train, y_train, x_val, y_val) -> (state, metrics)``.
+    """
+    if strategy.kind == "vmap":
+        return jax.vmap(lane_epoch, in_axes=_EPOCH_AXES)
+    if strategy.kind not in ("map", "chunks"):
+        raise ValueError(f"{strategy} is not a batched strategy")
+    chunk = strategy.chunk if strategy.kind == "chunks" else None
+
+    def mapped(state, data_keys, epoch, *data):
+        def one(lane):
+            return lane_epoch(lane[0], lane[1], epoch, *data)
+
+        return jax.lax.map(one, (state, data_keys), batch_size=chunk)
+
+    return mapped
+
+
+def _over_devices(fn: Callable, mesh, lane_args: int, shared_args: int) -> Callable:
+    """``fn`` on each device's own lanes (``shard_map``): lane arguments split, others whole."""
+    if mesh.size == 1:
+        return fn
+    specs = (P(_sharding.LANE_AXIS),) * lane_args + (P(),) * shared_args
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P(_sharding.LANE_AXIS))
+
+
+def compile_epoch(lane_epoch: Callable, strategy: Strategy, mesh, state, data_keys, data):
+    """Compiles the epoch program of a stage for ``strategy``; nothing runs.
+
+    Args:
+      lane_epoch: one lane's epoch (``Programs.lane_epoch``).
+      strategy: how the lanes execute.
+      mesh: the lane mesh; the lane axis of ``state`` and ``data_keys`` is split over it.
+      state, data_keys, data: arrays or shapes (``jax.ShapeDtypeStruct`` with shardings).
+
+    Returns:
+      ``(run_epoch, compiled)``: ``run_epoch(state, data_keys, epoch, *data)`` returns the new
+      stacked lane state and the metrics; ``compiled`` is the main XLA program (for its memory
+      account; one lane's for ``separate``).
+    """
+    epoch = np.int32(0)
+    if strategy.kind == "separate":
+        return _separate_epoch(lane_epoch, state, data_keys, epoch, data)
+    fn = _over_devices(batched_epoch(lane_epoch, strategy), mesh, lane_args=2, shared_args=5)
+    sharding = _sharding.lane_sharding(mesh)
+    compiled = jax.jit(fn, out_shardings=sharding).lower(state, data_keys, epoch, *data).compile()
+    return compiled, compiled
+
+
+def _separate_epoch(lane_epoch: Callable, state, data_keys, epoch, data):
+    """The "separate" strategy: one compiled one-lane program, called once per lane.
+
+    The stacked lane state is split into its lanes by one program and stacked back by another,
+    so the caller sees the same stacked state as with the batched strategies. The metrics come
+    back as host arrays (the lanes' results fetched together).
+    """
+    lanes = jax.tree.leaves(data_keys)[0].shape[0]
+
+    def one_lane(lane_state, data_keys, lane, epoch, *data):
+        return lane_epoch(lane_state, data_keys[lane], epoch, *data)
+
+    def unstack(tree):
+        return tuple(jax.tree.map(lambda a, i=i: a[i], tree) for i in range(lanes))
+
+    def stack(lane_trees):
+        return jax.tree.map(lambda *a: jnp.stack(a), *lane_trees)
+
+    unstack_compiled = jax.jit(unstack).lower(state).compile()
+    lane_state = jax.eval_shape(unstack, state)[0]
+    index = np.int32(0)
+    one_compiled = jax.jit(one_lane).lower(lane_state, data_keys, index, epoch, *data).compile()
+    outputs = jax.eval_shape(one_lane, lane_state, data_keys, index, epoch, *data)
+    stack_compiled = jax.jit(stack).lower((outputs[0],) * lanes).compile()
+
+    def run_epoch(state, data_keys, epoch, *data):
+        results = [
+            one_compiled(lane_state, data_keys, np.int32(i), epoch, *data)
+            for i, lane_state in enumerate(unstack_compiled(state))
+        ]
+        new_state = stack_compiled(tuple(r[0] for r in results))
+        metrics = jax.tree.map(lambda *m: np.stack(m), *jax.device_get([r[1] for r in results]))
+        return new_state, metrics
+
+    return run_epoch, one_compiled
