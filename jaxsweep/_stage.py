@@ -184,6 +184,7 @@ class StagePrograms:
             return state, seed_start.init_keys[seed_index], seed_start.data_keys[seed_index]
 
         replicated = _sharding.replicated(self.mesh)
+        self._init_fn, self._start_fn = init, start  # for shapes of any lane count
         self._init = jax.jit(init, static_argnums=1, out_shardings=replicated)
         self._start = jax.jit(start, out_shardings=self._lane_sharding)
         self._compiled_init: dict[int, Any] = {}  # seeds -> compiled init program
@@ -231,11 +232,11 @@ class StagePrograms:
         """The lane state of ``lanes`` real lanes as shapes (traced, never run or compiled)."""
         return self._abstract_start(lanes, seed, seeds)[0]
 
-    def _abstract_start(self, lanes: int, seed: int, seeds: int, sharding=None):
-        seed_start = jax.eval_shape(self._init, seed_argument(seed), seeds)
-        index = jax.ShapeDtypeStruct((lanes,), np.int32, sharding=sharding)
-        values = jax.ShapeDtypeStruct((lanes,), np.float32, sharding=sharding)
-        return jax.eval_shape(self._start, seed_start, index, values)
+    def _abstract_start(self, lanes: int, seed: int, seeds: int):
+        seed_start = jax.eval_shape(lambda s: self._init_fn(s, seeds), seed_argument(seed))
+        index = jax.ShapeDtypeStruct((lanes,), np.int32)
+        values = jax.ShapeDtypeStruct((lanes,), np.float32)
+        return jax.eval_shape(self._start_fn, seed_start, index, values)
 
     def _compile_in_thread(self, layout: LaneLayout, seed: int, seeds: int) -> None:
         """Compiles the epoch program from shapes alone while the caller initialises.

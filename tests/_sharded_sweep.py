@@ -39,14 +39,14 @@ SWEEP = dict(
 )
 
 
-def tiny_sweep(devices=None):
+def tiny_sweep(devices=None, lanes="auto"):
     import jaxsweep
     from jaxsweep.models import MLP
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", jaxsweep.SearchRangeWarning)
         return jaxsweep.run(
-            lambda: MLP(hidden=(16,), outputs=2), tiny_data(), devices=devices, **SWEEP
+            lambda: MLP(hidden=(16,), outputs=2), tiny_data(), devices=devices, lanes=lanes, **SWEEP
         )
 
 
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--coordinator")
     parser.add_argument("--process-id", type=int, default=0)
     parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--lanes", default="auto")
     args = parser.parse_args()
 
     import jax
@@ -87,7 +88,7 @@ def main() -> None:
         return gather(layout, tree)
 
     _sharding.LaneLayout.gather = watching_gather
-    result = tiny_sweep()
+    result = tiny_sweep(lanes=args.lanes)
 
     args.out.mkdir(parents=True, exist_ok=True)
     report = {

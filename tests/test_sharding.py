@@ -155,6 +155,9 @@ def runs(tmp_path_factory):
             str(index),
             "--processes",
             "2",
+            # lax.map over each device's own lanes (shard_map), across processes
+            "--lanes",
+            "map",
         )
         for index in range(2)
     ]
@@ -215,6 +218,7 @@ def test_two_processes_run_one_sweep_together(runs):
     # each process holds only its own lanes, yet both see every evaluation
     results = [jaxsweep._result.from_dict(r["result"]) for r in reports]
     for result in results:
+        assert result.environment["lanes"]["strategy"] == "map"
         assert result.environment["device_count"] == 4
         assert result.environment["process_count"] == 2
         _assert_same_sweep(result, reference)
