@@ -166,9 +166,9 @@ def render_markdown(run: Mapping[str, Any]) -> str:
 
 
 def write_results(run: Mapping[str, Any], directory: str) -> tuple[str, str]:
-    """Writes ``<slug>[-quick].json`` and ``.md`` into ``directory``; returns both paths."""
+    """Writes ``<slug>[-quick|-dry].json`` and ``.md`` into ``directory``; returns both paths."""
     os.makedirs(directory, exist_ok=True)
-    stem = run["slug"] + ("-quick" if run["mode"] == "quick" else "")
+    stem = run["slug"] + (f"-{run['mode']}" if run["mode"] in ("quick", "dry") else "")
     json_path = os.path.join(directory, stem + ".json")
     md_path = os.path.join(directory, stem + ".md")
     with open(json_path, "w") as handle:

@@ -58,6 +58,13 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+# ``--dry`` runs every benchmark on these, with a few hundred examples: seconds on a CPU
+DRY_MODELS: dict[str, Callable[[], nn.Module]] = {
+    "tiny MLP (64-8-10)": lambda: MLP(hidden=(8,)),
+    "tiny CNN (conv2, conv2 stride 2, dense10)": lambda: SmallCNN(channels=(2, 2)),
+}
+
+
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     from jaxsweep.datasets import load_digits
@@ -119,12 +126,12 @@ class EngineStage:
     full compile cost (as a new ``jaxsweep.run`` does); later calls reuse the compiled programs.
     """
 
-    def __init__(self, workload: Workload):
+    def __init__(self, workload: Workload, lanes: str = "auto"):
         self.workload = workload
         checked = setup(
             workload.model_fn,
             {"train": workload.split[:2], "val": workload.split[2:]},
-            **_run_arguments(workload),
+            **{**_run_arguments(workload), "lanes": lanes},
         )
         self.stage = build_stage_programs(checked)
         self.data = self.stage.data

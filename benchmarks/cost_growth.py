@@ -41,6 +41,17 @@ SETTINGS = {
     "quick": dict(FULL, widths=(32, 512), epochs=1, repeats=3),
     # an accelerator runs many more lanes (and wider models) before its cores are busy
     "gpu": dict(FULL, lanes=(1, 2, 5, 10, 20, 50, 100), widths=(128, 512, 1024, 2048, 4096)),
+    "dry": dict(
+        FULL,
+        lanes=(1, 2),
+        widths=(8,),
+        width_lanes=(1, 2),
+        base_width=8,
+        epochs=1,
+        batch_size=32,
+        repeats=1,
+        limit=240,
+    ),
 }
 
 

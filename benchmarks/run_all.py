@@ -3,6 +3,7 @@
 python -m benchmarks.run_all            # everything, full size (make bench)
 python -m benchmarks.run_all --quick    # smaller, a few minutes (make bench-quick)
 python -m benchmarks.run_all --only stage_throughput,cost_growth
+python -m benchmarks.run_all --dry      # tiny sizes on any backend: checks that it all runs
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import sys
 import time
 
 from . import _common as c
-from . import cost_growth, precision, stage_throughput, whole_sweep
+from . import cost_growth, engine_costs, precision, stage_throughput, whole_sweep
 
 BENCHMARKS = {
-    module.NAME: module for module in (stage_throughput, whole_sweep, precision, cost_growth)
+    module.NAME: module
+    for module in (stage_throughput, whole_sweep, precision, cost_growth, engine_costs)
 }
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -26,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     sizes = parser.add_mutually_exclusive_group()
     sizes.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     sizes.add_argument("--gpu", action="store_true", help="sizes for an accelerator (gpu.sh)")
+    sizes.add_argument(
+        "--dry", action="store_true", help="tiny sizes, seconds: every code path, no timings"
+    )
     parser.add_argument(
         "--only",
         default=",".join(BENCHMARKS),
@@ -47,7 +52,9 @@ def main(argv=None) -> int:
     if unknown:
         print(f"--only: unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
         return 2
-    mode = "quick" if args.quick else "gpu" if args.gpu else "full"
+    mode = "quick" if args.quick else "gpu" if args.gpu else "dry" if args.dry else "full"
+    # a timed sweep compiles, as a first one does; nothing is written into the user's cache
+    os.environ.setdefault("JAXSWEEP_CACHE_DIR", "off")
     info = c.machine()
     run = {
         "slug": c.machine_slug(info),

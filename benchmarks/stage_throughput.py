@@ -24,6 +24,7 @@ from jaxsweep._selector import initial_points
 
 from . import _common as c
 from ._workloads import (
+    DRY_MODELS,
     MODELS,
     EngineStage,
     Sequential,
@@ -41,6 +42,7 @@ SETTINGS = {
     "full": FULL,
     "quick": dict(FULL, epochs=1, repeats=3, compile_repeats=1),
     "gpu": FULL,
+    "dry": dict(FULL, points=2, epochs=1, batch_size=32, limit=240, repeats=1, compile_repeats=1),
 }
 
 
@@ -115,7 +117,8 @@ def measure_model(model_fn: Callable, settings: Mapping) -> dict:
 def run(mode: str = "full", models: Mapping[str, Callable] | None = None, **overrides) -> dict:
     """Runs the benchmark; ``overrides`` replace entries of the mode's settings."""
     settings = {**SETTINGS[mode], **overrides}
-    models = MODELS if models is None else models
+    if models is None:
+        models = DRY_MODELS if mode == "dry" else MODELS
     load_start, started = c.load_average(), time.perf_counter()
     results = {name: measure_model(fn, settings) for name, fn in models.items()}
 

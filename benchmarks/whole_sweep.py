@@ -24,7 +24,15 @@ import jaxsweep
 from jaxsweep.models import MLP
 
 from . import _common as c
-from ._workloads import EngineStage, Sequential, Workload, digits, digits_xy, train_usual
+from ._workloads import (
+    DRY_MODELS,
+    EngineStage,
+    Sequential,
+    Workload,
+    digits,
+    digits_xy,
+    train_usual,
+)
 
 NAME = "whole_sweep"
 TITLE = "2. Whole sweep: hierarchical 25 points against grids, random search and TPE"
@@ -48,6 +56,21 @@ SETTINGS = {
     "full": FULL,
     "quick": dict(FULL, dense_points=100, search_seeds=2, repeats=1, engine_repeats=1),
     "gpu": dict(FULL, search_seeds=3, repeats=2, engine_repeats=2),
+    "dry": dict(
+        FULL,
+        epochs=1,
+        batch_size=32,
+        limit=240,
+        stages=2,
+        points_per_stage=2,
+        dense_points=10,
+        dense_chunk=2,
+        search_seeds=1,
+        retrain_seeds=2,
+        repeats=1,
+        engine_repeats=1,
+        tpe=False,
+    ),
 }
 
 
@@ -69,6 +92,7 @@ def sweep(model_fn: Callable, x, y, settings: Mapping) -> jaxsweep.SweepResult:
             batch_size=settings["batch_size"],
             min_improvement=0.0,
             progress=False,
+            compilation_cache=False,  # every timed sweep compiles, as a first one does
         )
 
 
@@ -294,7 +318,8 @@ def engine_claim(
 def run(mode: str = "full", model_fn: Callable | None = None, **overrides) -> dict:
     """Runs both parts; ``overrides`` replace entries of the mode's settings."""
     settings = {**SETTINGS[mode], **overrides}
-    model_fn = default_model if model_fn is None else model_fn
+    if model_fn is None:
+        model_fn = next(iter(DRY_MODELS.values())) if mode == "dry" else default_model
     load_start, started = c.load_average(), time.perf_counter()
     workload = Workload(
         model_fn, digits(limit=settings["limit"]), settings["epochs"], settings["batch_size"]

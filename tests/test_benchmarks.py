@@ -7,6 +7,8 @@ benchmark's closed-form loss is what gradient descent actually reaches.
 
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,9 +16,18 @@ import numpy as np
 import pytest
 
 # the benchmarks are a package of the source tree, not of the installed distribution
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from benchmarks import _common, cost_growth, precision, stage_throughput, whole_sweep  # noqa: E402
+from benchmarks import (  # noqa: E402
+    _common,
+    cost_growth,
+    engine_costs,
+    precision,
+    stage_throughput,
+    whole_sweep,
+)
+from benchmarks._workloads import DRY_MODELS  # noqa: E402
 from jaxsweep.models import MLP  # noqa: E402
 
 # each benchmark compiles several programs of its own, even at this size
@@ -137,3 +148,38 @@ def test_summary_is_a_median():
     assert _common.summary([3.0, 1.0, 2.0])["median"] == 2.0
     with pytest.raises(ValueError):
         _common.summary([])
+
+
+def test_engine_costs_structure_and_same_work():
+    name = "tiny MLP (64-8-10)"
+    record = engine_costs.run(mode="dry", models={name: DRY_MODELS[name]})
+    _check_record(record, "engine_costs")
+    model = record["data"]["models"][name]
+    assert model["strategy_auto"] == "vmap"  # a tiny MLP on one CPU
+    # every strategy trains what vmap trains
+    assert max(model["strategy_max_relative_difference_to_vmap"].values()) < 1e-4
+    costs = model["sweep_costs"][0]
+    assert costs["programs"] == 3 and costs["cache_hits"] == 0
+    assert 0 < costs["first_step_seconds"] < costs["seconds"]
+    # the second process loaded every program from the cache the first one wrote
+    warm = model["warm_cache"]["warm"]
+    assert warm["cache_hits"] == warm["programs"] == 3
+    assert set(model["diagnostics"]) == {"with", "without"}
+
+
+def test_gpu_script_dry_mode_writes_its_results(tmp_path):
+    """gpu.sh --dry: the GPU script's own path on a CPU, results into $OUT."""
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry", "--only", "cost_growth"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = tmp_path.glob("*-dry.json")
+    saved = json.loads(result.read_text())
+    assert saved["mode"] == "dry"
+    assert [b["name"] for b in saved["benchmarks"]] == ["cost_growth"]
+    assert (tmp_path / result.name.replace(".json", ".md")).exists()
