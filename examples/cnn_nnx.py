@@ -64,7 +64,8 @@ def main(argv=None) -> None:
     print(
         f"validation loss at the best rate: {best.score:.4f} (train loss {best.train_loss[-1]:.4f})"
     )
-    for name, ratios in best.update_ratio.items():  # per-module |update| / |params|
+    # per module: how far the last epoch moved the parameters, |after - before| / |before|
+    for name, ratios in best.update_ratio.items():
         print(f"  {name}: update/param ratio {ratios[-1]:.2e}")
     print(f"best learning rate: {result.best_lr:.6g}")
 
