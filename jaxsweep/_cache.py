@@ -165,30 +165,38 @@ class CompileLog:
     """
 
     def __init__(self):
+        self._active = False
         self.programs = 0
         self.cache_hits = 0
         self.seconds = 0.0
         self._lock = threading.Lock()
 
     def _on_duration(self, event: str, duration: float, **_) -> None:
-        if event == _COMPILE_EVENT:
+        if self._active and event == _COMPILE_EVENT:
             with self._lock:
                 self.programs += 1
                 self.seconds += duration
 
     def _on_event(self, event: str, **_) -> None:
-        if event == _HIT_EVENT:
+        if self._active and event == _HIT_EVENT:
             with self._lock:
                 self.cache_hits += 1
 
     def __enter__(self) -> CompileLog:
+        self._active = True
         monitoring.register_event_duration_secs_listener(self._on_duration)
         monitoring.register_event_listener(self._on_event)
         return self
 
     def __exit__(self, *exc) -> None:
-        monitoring.unregister_event_duration_listener(self._on_duration)
-        monitoring.unregister_event_listener(self._on_event)
+        self._active = False  # counts stop here even where JAX cannot unregister listeners
+        for name, listener in (
+            ("unregister_event_duration_listener", self._on_duration),
+            ("unregister_event_listener", self._on_event),
+        ):
+            unregister = getattr(monitoring, name, None)
+            if unregister is not None:
+                unregister(listener)
 
     def describe(self) -> dict[str, Any]:
         return {
