@@ -218,7 +218,7 @@ def leftovers(directory) -> list[str]:
 def comparable(result: dict) -> dict:
     """A result without what legitimately differs between runs: timings, memory, machine."""
     timing = {"seconds", "seconds_per_epoch", "compile_seconds", "memory_bytes", "memory_source"}
-    kept = {k: v for k, v in result.items() if k != "environment"}
+    kept = {k: v for k, v in result.items() if k not in {"environment", "setup_seconds", "seconds"}}
     kept["stages"] = [{k: v for k, v in s.items() if k not in timing} for s in result["stages"]]
     return kept
 
