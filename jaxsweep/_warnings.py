@@ -10,8 +10,6 @@ import os
 import sys
 import warnings
 
-import jax
-
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
@@ -21,7 +19,9 @@ class SearchRangeWarning(UserWarning):
 
 def warn(message: str, category: type[Warning]) -> None:
     """``warnings.warn`` attributed to the first frame outside the package (the user's call)."""
-    if jax.process_index() != 0:
+    # JAX is imported only here: reading a saved result (which can warn) must not load it
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.process_index() != 0:
         return
     frame, level = sys._getframe(0), 1
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
