@@ -87,6 +87,12 @@ def main(argv=None) -> int:
             overrides = {}
             if name == "cost_growth" and args.lanes:
                 overrides["lanes"] = tuple(int(n) for n in args.lanes.split(","))
+            if name == "engine_costs":  # long on an accelerator: keep each model's numbers
+
+                def on_partial(record):
+                    c.write_results({**run, "benchmarks": [*run["benchmarks"], record]}, args.out)
+
+                overrides["on_partial"] = on_partial
             run["benchmarks"].append(_run_one(name, mode, overrides))
             # written after every benchmark: a run that is cut short keeps what it measured
             run["load_average"]["end"] = c.load_average()
