@@ -66,7 +66,10 @@ FULL = dict(
 SETTINGS = {
     "full": FULL,
     "quick": dict(FULL, repeats=3, sweep_repeats=1, usual_rates=2),
-    "gpu": dict(FULL, repeats=3, sweep_repeats=1, usual_rates=2),
+    # sized to finish inside gpu.sh's limit: compiling dominates there
+    "gpu": dict(
+        FULL, repeats=3, sweep_repeats=1, usual_rates=1, strategies=("vmap", "map", "separate")
+    ),
     # seconds on a CPU, for the tests and gpu.sh --dry: every code path, no meaningful time
     "dry": dict(
         FULL,
@@ -290,13 +293,30 @@ def _median(summary: Mapping) -> float:
     return summary["median"]
 
 
-def run(mode: str = "full", models: Mapping[str, Callable] | None = None, **overrides) -> dict:
-    """Runs the benchmark; ``overrides`` replace entries of the mode's settings."""
+def run(
+    mode: str = "full",
+    models: Mapping[str, Callable] | None = None,
+    on_partial: Callable[[dict], None] | None = None,
+    **overrides,
+) -> dict:
+    """Runs the benchmark; ``overrides`` replace entries of the mode's settings.
+
+    ``on_partial`` receives the record after each model (a run cut short keeps those).
+    """
     settings = {**SETTINGS[mode], **overrides}
     if models is None:
         models = DRY_MODELS if mode == "dry" else MODELS
     load_start, started = c.load_average(), time.perf_counter()
-    results = {name: measure_model(name, fn, settings, mode) for name, fn in models.items()}
+    results: dict = {}
+    for name, fn in models.items():
+        results[name] = measure_model(name, fn, settings, mode)
+        if on_partial is not None:
+            on_partial(_record(results, settings, load_start, started))
+    return _record(results, settings, load_start, started)
+
+
+def _record(results: Mapping, settings: Mapping, load_start, started: float) -> dict:
+    """The benchmark record (tables, notes, every sample) of the models measured so far."""
 
     sweep_rows, fixed_rows, cache_rows, lane_rows, diag_rows = [], [], [], [], []
     for name, r in results.items():

@@ -18,7 +18,7 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 [ -x "$PYTHON" ] || command -v "$PYTHON" >/dev/null || PYTHON=python3
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT_DIR="${OUT:-benchmarks/results}"
-LIMIT="${GPU_BENCH_SECONDS:-330}"  # hard limit for the benchmarks; startup comes on top
+LIMIT="${GPU_BENCH_SECONDS:-300}"  # hard limit for the benchmarks; startup comes on top
 
 MODE=--gpu
 if [ "${1:-}" = "--dry" ]; then
@@ -38,6 +38,6 @@ fi
 # allocate on demand, so the device's peak memory is what the programs used
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 # results are written after each benchmark, so a run cut short keeps what it measured;
-# INT at the limit, KILL 20 s later if it did not stop
-exec timeout --signal=INT --kill-after=20 "$LIMIT" "$PYTHON" -m benchmarks.run_all "$MODE" \
+# INT at the limit, KILL 15 s later if it did not stop
+exec timeout --signal=INT --kill-after=15 "$LIMIT" "$PYTHON" -m benchmarks.run_all "$MODE" \
     --only engine_costs,stage_throughput,cost_growth --out "$OUT_DIR" "$@"

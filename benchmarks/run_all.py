@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+import traceback
 
 from . import _common as c
 from . import cost_growth, engine_costs, precision, stage_throughput, whole_sweep
@@ -45,6 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_one(name: str, mode: str, overrides: dict) -> dict:
+    """One benchmark's record; a failure becomes a record saying so, and the next one runs.
+
+    A run on a borrowed accelerator may be the only one: one benchmark's error (a library
+    version's change, say) must not cost the others their numbers.
+    """
+    started, load = time.perf_counter(), c.load_average()
+    try:
+        return BENCHMARKS[name].run(mode=mode, **overrides)
+    except Exception as error:  # reported in the results; the next benchmark runs
+        traceback.print_exc()
+        note = f"failed: {type(error).__name__}: {error}"
+        seconds = time.perf_counter() - started
+        return c.benchmark_record(name, f"{name} (failed)", [], [note], {}, load, seconds)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -70,7 +87,13 @@ def main(argv=None) -> int:
             overrides = {}
             if name == "cost_growth" and args.lanes:
                 overrides["lanes"] = tuple(int(n) for n in args.lanes.split(","))
-            run["benchmarks"].append(BENCHMARKS[name].run(mode=mode, **overrides))
+            if name == "engine_costs":  # long on an accelerator: keep each model's numbers
+
+                def on_partial(record):
+                    c.write_results({**run, "benchmarks": [*run["benchmarks"], record]}, args.out)
+
+                overrides["on_partial"] = on_partial
+            run["benchmarks"].append(_run_one(name, mode, overrides))
             # written after every benchmark: a run that is cut short keeps what it measured
             run["load_average"]["end"] = c.load_average()
             run["seconds"] = time.perf_counter() - started

@@ -183,3 +183,29 @@ def test_gpu_script_dry_mode_writes_its_results(tmp_path):
     assert saved["mode"] == "dry"
     assert [b["name"] for b in saved["benchmarks"]] == ["cost_growth"]
     assert (tmp_path / result.name.replace(".json", ".md")).exists()
+
+
+def test_a_failing_benchmark_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch):
+    from benchmarks import run_all
+
+    class Broken:
+        NAME = "broken"
+
+        @staticmethod
+        def run(mode, **_):
+            raise RuntimeError("an API that moved")
+
+    class Fine:
+        NAME = "fine"
+
+        @staticmethod
+        def run(mode, **_):
+            return _common.benchmark_record("fine", "Fine", [], [mode], {}, [], 0.0)
+
+    monkeypatch.setattr(run_all, "BENCHMARKS", {"broken": Broken, "fine": Fine})
+    assert run_all.main(["--dry", "--only", "broken,fine", "--out", str(tmp_path)]) == 0
+    (saved,) = tmp_path.glob("*-dry.json")
+    records = json.loads(saved.read_text())["benchmarks"]
+    assert [r["name"] for r in records] == ["broken", "fine"]
+    assert records[0]["notes"] == ["failed: RuntimeError: an API that moved"]
+    assert records[1]["notes"] == ["dry"]
