@@ -58,8 +58,6 @@ __all__ = [
     "Evaluation",
     "ProcessLostError",
     "ProcessMismatchError",
-    "ProcessLostError",
-    "ProcessMismatchError",
     "SearchRangeWarning",
     "Stage",
     "SweepResult",

@@ -154,8 +154,8 @@ class SweepResult:
 
     @property
     def seconds(self) -> float:
-        """The sweep's wall time: ``run``'s set-up (input checks, tracing, initialisation and
-        its compilation) plus every stage, compilation included.
+        """The sweep's wall time: ``run``'s set-up before the first stage (input checks,
+        tracing, placing the data) plus every stage, initialisation and compilation included.
 
         This is the time ``run`` takes apart from waiting for the last checkpoint write; for
         a resumed sweep it adds the stages trained before the interruption to the rerun's
