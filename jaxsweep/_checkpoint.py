@@ -113,10 +113,11 @@ def check_arguments(checkpoint_dir, resume, every_seconds) -> tuple[str | None, 
 # ----------------------------------------------------------------------------- fingerprint
 
 
-def _data_digest(arrays: Sequence[np.ndarray]) -> str:
-    """A content hash of the data: whole up to 256 MiB, evenly spaced samples beyond."""
+def content_digest(tree) -> str:
+    """A content hash of the arrays of a pytree: whole up to 256 MiB, sampled beyond."""
     digest = hashlib.blake2b(digest_size=16)
-    for array in arrays:
+    for array in jax.tree.leaves(tree):
+        array = np.asarray(array)
         raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
         digest.update(f"{array.dtype}{array.shape}".encode())
         if raw.size <= _HASH_WHOLE_BYTES:
@@ -133,19 +134,22 @@ def fingerprint(record: dict[str, Any], split: Sequence[np.ndarray], abstract_pa
 
     Args:
       record: the result's ``config`` record (every argument that shapes the sweep).
-      split: the host arrays ``(x_train, y_train, x_val, y_val)`` after the split.
+      split: the host data ``(x_train, y_train, x_val, y_val)`` after the split (inputs may
+        be tuples or dicts of arrays).
       abstract_params: one lane's parameters as shapes (``jax.eval_shape`` of the init).
     """
     names = ("x_train", "y_train", "x_val", "y_val")
+
+    def described(part):
+        return jax.tree.map(lambda a: f"{a.dtype}{tuple(a.shape)}", part)
+
     shapes = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
     layout = ";".join(
         f"{jax.tree_util.keystr(path)}:{leaf.dtype}{tuple(leaf.shape)}" for path, leaf in shapes
     )
     fields = {f"config.{key}": value for key, value in record.items()}
-    fields["data.arrays"] = {
-        n: f"{a.dtype}{tuple(a.shape)}" for n, a in zip(names, split, strict=True)
-    }
-    fields["data.content"] = _data_digest(split)
+    fields["data.arrays"] = {n: described(a) for n, a in zip(names, split, strict=True)}
+    fields["data.content"] = content_digest(tuple(split))
     fields["model.parameters"] = hashlib.blake2b(layout.encode(), digest_size=8).hexdigest()
     return json.loads(json.dumps(_json.encode(fields)))  # tuples become lists, as read back
 

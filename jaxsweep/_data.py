@@ -8,7 +8,7 @@ in every stage, however often the sweep was interrupted and resumed.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,12 +16,21 @@ import numpy as np
 
 
 class Split(NamedTuple):
-    """Training and validation arrays (numpy on the host, or jax arrays on a device)."""
+    """Training and validation data (numpy on the host, or jax arrays on a device).
 
-    x_train: np.ndarray  # (n_train, ...) inputs
+    Inputs are an array or a tuple / dict of arrays (the model receives the same structure);
+    every array has the examples on its leading axis.
+    """
+
+    x_train: Any  # (n_train, ...) inputs, or a tuple / dict of them
     y_train: np.ndarray  # (n_train, ...) targets
-    x_val: np.ndarray  # (n_val, ...) inputs
+    x_val: Any  # (n_val, ...) inputs, or a tuple / dict of them
     y_val: np.ndarray  # (n_val, ...) targets
+
+
+def _is_structure(value) -> bool:
+    """Tuples and dicts hold several inputs; a list is read as one array, as numpy does."""
+    return isinstance(value, (tuple, dict))
 
 
 def _as_array(value, name: str) -> np.ndarray:
@@ -31,25 +40,66 @@ def _as_array(value, name: str) -> np.ndarray:
         array = np.asarray(value)
     except Exception as error:  # ragged lists and the like
         raise TypeError(f"data: {name} could not be read as an array ({error})") from None
+    # jnp.issubdtype knows bfloat16 and the other low-precision floats numpy does not
     if array.dtype == object or not (
-        np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.bool_)
+        jnp.issubdtype(array.dtype, jnp.number) or jnp.issubdtype(array.dtype, jnp.bool_)
     ):
         raise TypeError(f"data: {name} must be numeric, got dtype {array.dtype}")
     return array
 
 
-def _check_pair(pair, part: str) -> tuple[np.ndarray, np.ndarray]:
+def _as_inputs(value, name: str):
+    """x as an array or a (nested) tuple / dict of arrays."""
+    if isinstance(value, dict):
+        if not value:
+            raise ValueError(f"data: {name} is an empty dict")
+        for key in value:
+            if not isinstance(key, str):
+                raise TypeError(f"data: the keys of {name} must be strings, got {key!r}")
+        return {k: _as_inputs(v, f"{name}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, tuple):
+        if not value:
+            raise ValueError(f"data: {name} is an empty tuple")
+        return tuple(_as_inputs(v, f"{name}[{i}]") for i, v in enumerate(value))
+    return _as_array(value, name)
+
+
+def leaves_with_names(tree, name: str) -> list[tuple[str, np.ndarray]]:
+    """Every array of an input structure with a readable name (``x['image']``, ``x[0]``)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [(name + jax.tree_util.keystr(path), leaf) for path, leaf in flat]
+
+
+def examples(tree) -> int:
+    """The number of examples of an input structure (its arrays agree, as checked)."""
+    return len(jax.tree_util.tree_leaves(tree)[0])
+
+
+def take(tree, index):
+    """The same examples (an index array or a slice) of every array of a structure."""
+    return jax.tree.map(lambda a: a[index], tree)
+
+
+def shapes(tree) -> Any:
+    """Per-example shapes of an input structure, JSON-ready (lists)."""
+    return jax.tree.map(lambda a: list(np.shape(a)[1:]), tree)
+
+
+def _check_pair(pair, part: str) -> tuple[Any, np.ndarray]:
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise TypeError(f"data: {part} must be a pair (x, y), got {type(pair).__name__}")
-    x, y = _as_array(pair[0], f"{part} x"), _as_array(pair[1], f"{part} y")
-    if x.ndim == 0 or y.ndim == 0:
-        raise ValueError(f"data: {part} x and y need a leading example axis")
-    if len(x) == 0:
+    x, y = _as_inputs(pair[0], f"{part} x"), _as_array(pair[1], f"{part} y")
+    arrays = [*leaves_with_names(x, f"{part} x"), (f"{part} y", y)]
+    for name, array in arrays:
+        if array.ndim == 0:
+            raise ValueError(f"data: {name} needs a leading example axis")
+    if len(y) == 0:
         raise ValueError(f"data: {part} is empty (0 examples)")
-    if len(x) != len(y):
-        raise ValueError(f"data: {part} x has {len(x)} examples but y has {len(y)}")
-    for name, array in ((f"{part} x", x), (f"{part} y", y)):
-        if np.issubdtype(array.dtype, np.inexact) and not np.all(np.isfinite(array)):
+    for name, array in arrays[:-1]:
+        if len(array) != len(y):
+            raise ValueError(f"data: {name} has {len(array)} examples but y has {len(y)}")
+    for name, array in arrays:
+        if jnp.issubdtype(array.dtype, jnp.inexact) and not np.all(np.isfinite(array)):
             bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
             raise ValueError(f"data: {name} contains {bad} NaN or infinite values")
     return x, y
@@ -72,10 +122,10 @@ def prepare(data, validation_fraction: float, seed: int) -> Split:
             )
         x_train, y_train = _check_pair(data["train"], "train")
         x_val, y_val = _check_pair(data["val"], "val")
-        if x_train.shape[1:] != x_val.shape[1:] or y_train.shape[1:] != y_val.shape[1:]:
+        if shapes(x_train) != shapes(x_val) or y_train.shape[1:] != y_val.shape[1:]:
             raise ValueError(
-                f"data: train and val shapes differ: x {x_train.shape[1:]} vs "
-                f"{x_val.shape[1:]}, y {y_train.shape[1:]} vs {y_val.shape[1:]}"
+                f"data: train and val shapes differ: x {shapes(x_train)} vs "
+                f"{shapes(x_val)}, y {y_train.shape[1:]} vs {y_val.shape[1:]}"
             )
         return Split(x_train, y_train, x_val, y_val)
     if not isinstance(data, (tuple, list)):
@@ -84,20 +134,21 @@ def prepare(data, validation_fraction: float, seed: int) -> Split:
             f"got {type(data).__name__}"
         )
     x, y = _check_pair(data, "data")
-    n_val = int(round(len(x) * validation_fraction))
-    if n_val < 1 or n_val >= len(x):
+    n = len(y)
+    n_val = int(round(n * validation_fraction))
+    if n_val < 1 or n_val >= n:
         raise ValueError(
-            f"validation_fraction: {validation_fraction} of {len(x)} examples leaves "
-            f"{n_val} for validation and {len(x) - n_val} for training; both need at least 1"
+            f"validation_fraction: {validation_fraction} of {n} examples leaves "
+            f"{n_val} for validation and {n - n_val} for training; both need at least 1"
         )
-    order = np.random.default_rng(seed).permutation(len(x))
+    order = np.random.default_rng(seed).permutation(n)
     val, train = order[:n_val], order[n_val:]
-    return Split(x[train], y[train], x[val], y[val])
+    return Split(take(x, train), y[train], take(x, val), y[val])
 
 
 def to_device(split: Split) -> Split:
     """Places the arrays on the default device once (float64 narrowed to JAX's default)."""
-    return Split(*(jnp.asarray(a) for a in split))
+    return Split(*jax.tree.map(jnp.asarray, tuple(split)))
 
 
 def epoch_batches(data_key: jax.Array, epoch, n_train: int, batch_size: int) -> jax.Array:

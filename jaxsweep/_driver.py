@@ -19,6 +19,7 @@ import numpy as np
 from . import _cache, _lanes, _selector, _sharding, _train
 from ._checkpoint import LaneTemplate, ResumePoint, SweepCheckpoints
 from ._config import SweepConfig
+from ._data import take
 from ._environment import describe
 from ._history import History, Running, StageCost, collect_evaluations
 from ._progress import BarProgress, SilentProgress
@@ -70,23 +71,24 @@ def build_stage_programs(setup: Setup) -> StagePrograms:
         setup.optimizer,
         config.hyperparam,
         config.batch_size,
-        len(split.x_train),
-        len(split.x_val),
+        len(split.y_train),
+        len(split.y_val),
         config.eval_batch_size,
     )
     strategy, reason = _lanes.choose(
         setup.lanes, jax.default_backend(), len(setup.devices), _model_traits(setup)
     )
-    return StagePrograms(programs, split, setup.devices, strategy, reason)  # host arrays
+    # host arrays, placed once
+    return StagePrograms(programs, split, setup.devices, strategy, reason, setup.start)
 
 
 def _model_traits(setup: Setup) -> _lanes.ModelTraits:
     """What the lane-strategy rule looks at: parameters, and any convolution (traced only)."""
     if setup.lanes is not None:  # forced: nothing to look at
         return _lanes.ModelTraits(setup.param_count, False)
-    model, x = setup.model, setup.split.x_train[:1]
+    model, x = setup.model, take(setup.split.x_train, slice(0, 1))
     return _lanes.model_traits(
-        setup.param_count, lambda: model.apply(*model.init(jax.random.key(0)), x)
+        setup.param_count, lambda: model.eval_apply(*model.init(jax.random.key(0)), x)
     )
 
 

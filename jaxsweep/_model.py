@@ -1,33 +1,62 @@
-"""Adapters from a Flax model factory (Linen or NNX) to a pair of pure functions.
+"""Adapters from a Flax model factory (Linen or NNX) to pure functions over plain pytrees.
 
-Training works on plain nested dicts of arrays, whatever API defined the model:
+Training works on nested dicts of arrays, whatever API defined the model:
 
-  * ``init(key) -> (params, constants)``: trainable parameters and the model's other state
-    (NNX RNG streams, Linen non-``params`` collections), both pytrees of arrays;
-  * ``apply(params, constants, x) -> outputs``.
+  * ``init(key) -> (params, state)``: trainable parameters and the model's other state (Linen
+    collections such as ``batch_stats``; NNX batch statistics and RNG streams);
+  * ``train_apply(params, state, x, key) -> (outputs, state)``: training mode (``train=True``,
+    NNX ``train()``): batch statistics and other state advance, and a Linen module draws its
+    random streams (``dropout``, ...) from ``key``, a new key at every step;
+  * ``eval_apply(params, state, x) -> outputs``: evaluation mode (``train=False``, NNX
+    ``eval()``): reads the state and changes nothing.
 
-``constants`` are carried unchanged: dropout masks and batch statistics do not advance during
-a sweep (a sweep compares learning rates with the model in one fixed mode).
+Everything a model needs that the sweep cannot provide (an argument it does not know, a random
+stream at validation, a collection whose shape changes) is found here, abstractly, before
+anything compiles.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import re
+import zlib
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from flax import errors as flax_errors
 from flax import linen, nnx
+from flax.core import unfreeze
+
+# Mode arguments of ``__call__`` and the value each takes while training.
+MODE_FLAGS = {"train": True, "training": True, "is_training": True, "deterministic": False}
+# Collections the sweep never carries: ``sow`` appends to them at every call.
+_DROPPED_COLLECTIONS = ("intermediates",)
+
+
+class Start(NamedTuple):
+    """Given (pretrained) values every lane starts from, checked against the model."""
+
+    params: Any  # the whole parameter tree
+    state: Any  # the entries of the model state to replace (NNX RNG streams stay per seed)
 
 
 class ModelFunctions(NamedTuple):
     """The pure view of a model."""
 
-    init: Callable[[jax.Array], tuple[Any, Any]]  # key -> (params, constants)
-    apply: Callable[[Any, Any, jax.Array], Any]  # (params, constants, x) -> outputs
+    init: Callable[[jax.Array], tuple[Any, Any]]  # key -> (params, state)
+    train_apply: Callable  # (params, state, x, key) -> (outputs, state)
+    eval_apply: Callable  # (params, state, x) -> outputs
+    start: Callable[[Any], Start]  # given variables / NNX state or module -> Start
     kind: str  # "linen" or "nnx"
     name: str  # the module's class name, for reports
+    mode_flag: str | None  # the __call__ argument that switches train / eval, if any
+    rng_streams: tuple[str, ...]  # Linen streams drawn while training (NNX: in the state)
+    state_names: tuple[str, ...]  # Linen collections / NNX variable types carried per lane
+
+
+# ----------------------------------------------------------------------------- factories
 
 
 def _wants_rngs(model_fn: Callable) -> bool:
@@ -56,22 +85,25 @@ def _call_nnx(model_fn: Callable, rngs: nnx.Rngs):
     return model_fn(rngs)
 
 
-def adapt(model_fn: Callable, x_example: np.ndarray) -> ModelFunctions:
-    """Builds the pure (init, apply) pair for ``model_fn``; shapes only, nothing compiles.
+def adapt(model_fn: Callable, x_example) -> ModelFunctions:
+    """Builds the pure functions of ``model_fn`` and checks them abstractly (nothing compiles).
 
     Args:
       model_fn: ``() -> flax.linen.Module`` or ``(rngs: nnx.Rngs) -> nnx.Module``.
-      x_example: one batch of inputs, used to check that the model accepts them.
+      x_example: a small batch of inputs (an array, or a tuple or dict of arrays).
 
     Raises:
-      TypeError: ``model_fn`` is not callable, or does not return a Flax module.
+      TypeError: ``model_fn`` is not callable, does not return a Flax module, or its
+        ``__call__`` needs an argument the sweep cannot provide.
+      ValueError: the module cannot be applied to the data in training or evaluation mode.
     """
     if not callable(model_fn):
         raise TypeError(f"model_fn: expected a callable, got {type(model_fn).__name__}")
     if isinstance(model_fn, (linen.Module, nnx.Module)):
         raise TypeError(
             "model_fn: pass a factory that builds the module (e.g. `lambda: MLP()` or "
-            "`lambda rngs: MLP(rngs=rngs)`), not a module instance"
+            "`lambda rngs: MLP(rngs=rngs)`); to start from trained weights, pass them as "
+            "`init=` as well"
         )
     if _wants_rngs(model_fn):
         return _adapt_nnx(model_fn, x_example)
@@ -86,20 +118,177 @@ def adapt(model_fn: Callable, x_example: np.ndarray) -> ModelFunctions:
     return _adapt_linen(module, x_example)
 
 
-def _adapt_linen(module: linen.Module, x_example: np.ndarray) -> ModelFunctions:
+# ----------------------------------------------------------------------------- __call__
+
+
+def _call_arguments(call: Callable, name: str, extra: tuple[str, ...] = ()) -> str | None:
+    """The mode flag ``__call__`` takes (or None); rejects arguments the sweep cannot give.
+
+    The sweep calls ``module(x, <flag>=...)``: ``x`` is the data's inputs in their structure
+    (an array, tuple or dict), so every other argument needs a default.
+    """
+    try:
+        parameters = list(inspect.signature(call).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    flags = [p.name for p in parameters if p.name in MODE_FLAGS]
+    if len(flags) > 1:
+        raise TypeError(
+            f"model_fn: {name}.__call__ takes {' and '.join(flags)}; the sweep sets the mode "
+            "through one of them: keep one (train=True while training)"
+        )
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not positional and not any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        raise TypeError(f"model_fn: {name}.__call__ takes no input argument")
+    first = positional[0].name if positional else None
+    missing = [
+        p.name
+        for p in parameters
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and p.name not in (first, *flags, *extra)
+    ]
+    if missing:
+        raise TypeError(
+            f"model_fn: {name}.__call__ needs {', '.join(missing)}, which the sweep cannot "
+            "provide: it calls model(x, train=...) with x the data's inputs. Give "
+            f"{'them' if len(missing) > 1 else 'it'} a default, or pass x as a tuple or dict "
+            "of arrays and unpack it inside __call__"
+        )
+    return flags[0] if flags else None
+
+
+def _mode(flag: str | None, training: bool) -> dict[str, bool]:
+    if flag is None:
+        return {}
+    return {flag: training if MODE_FLAGS[flag] else not training}
+
+
+def _stream_key(key: jax.Array, stream: str) -> jax.Array:
+    """One stream's key of a step: independent of which other streams the model draws."""
+    return jax.random.fold_in(key, zlib.crc32(stream.encode()) & 0x7FFFFFFF)
+
+
+def _shape_of(x) -> str:
+    shapes = jax.tree.map(lambda a: tuple(np.shape(a)), x)
+    return str(shapes)
+
+
+# ----------------------------------------------------------------------------- Linen
+
+
+def _adapt_linen(module: linen.Module, x_example) -> ModelFunctions:
+    name = type(module).__name__
+    flag = _call_arguments(module.__call__, name)
+
+    def variables_of(key):
+        return dict(module.init(key, x_example, **_mode(flag, False)))
+
+    variables = _abstractly(variables_of, name, x_example, "initialised")
+    collections = tuple(sorted(c for c in variables if c not in ("params", *_DROPPED_COLLECTIONS)))
+
     def init(key):
-        variables = dict(module.init(key, x_example))
-        params = variables.pop("params", {})
-        return params, variables
+        fresh = variables_of(key)
+        return fresh.get("params", {}), {c: fresh[c] for c in collections}
 
-    def apply(params, constants, x):
-        return module.apply({"params": params, **constants}, x)
+    def apply_training(streams):
+        def train_apply(params, state, x, key):
+            rngs = {s: _stream_key(key, s) for s in streams}
+            bound = {"params": params, **state}
+            if not collections:
+                return module.apply(bound, x, rngs=rngs, **_mode(flag, True)), state
+            outputs, updated = module.apply(
+                bound, x, rngs=rngs, mutable=list(collections), **_mode(flag, True)
+            )
+            return outputs, {c: updated[c] for c in collections}
 
-    _abstract_params(init, type(module).__name__, x_example)
-    return ModelFunctions(init, apply, "linen", type(module).__name__)
+        return train_apply
+
+    def eval_apply(params, state, x):
+        return module.apply({"params": params, **state}, x, **_mode(flag, False))
+
+    params, state = variables.get("params", {}), {c: variables[c] for c in collections}
+    _check_has_params(params, name)
+    streams = _linen_streams(apply_training, params, state, x_example, name, flag)
+    train_apply = apply_training(streams)
+    _check_state_kept(train_apply, params, state, x_example, name, "collection")
+    _check_evaluation(eval_apply, params, state, x_example, name, flag, collections)
+
+    def start(given) -> Start:
+        return _linen_start(given, params, state)
+
+    return ModelFunctions(
+        init, train_apply, eval_apply, start, "linen", name, flag, streams, collections
+    )
 
 
-def _adapt_nnx(model_fn: Callable, x_example: np.ndarray) -> ModelFunctions:
+def _linen_streams(apply_training, params, state, x, name: str, flag) -> tuple[str, ...]:
+    """The random streams the module draws while training (``dropout``, ...), found by asking.
+
+    Flax names the first missing stream in its error; each is added until the call succeeds.
+    """
+    streams: list[str] = []
+    while True:
+        try:
+            _training_shapes(apply_training(tuple(streams)), params, state, x)
+            return tuple(streams)
+        except flax_errors.InvalidRngError as error:
+            match = re.search(r'needs PRNG for "([^"]+)"', str(error))
+            if match is None or match.group(1) in streams:
+                raise _training_error(error, name, x, flag) from error
+            streams.append(match.group(1))
+        except Exception as error:
+            raise _training_error(error, name, x, flag) from error
+
+
+def _training_error(error: Exception, name: str, x, flag) -> ValueError:
+    mode = f" ({flag}={MODE_FLAGS[flag]})" if flag else ""
+    hint = ""
+    if isinstance(
+        error, (flax_errors.ScopeCollectionNotFound, flax_errors.ModifyScopeVariableError)
+    ):
+        hint = (
+            "; the sweep carries the collections that model.init creates: create every "
+            "variable at init (with the same shapes)"
+        )
+    return ValueError(
+        f"model_fn: {name} could not be applied in training mode{mode} to x of shape "
+        f"{_shape_of(x)}: {_first_line(error)}{hint}"
+    )
+
+
+def _linen_start(given, params, state) -> Start:
+    if isinstance(given, (linen.Module, nnx.Module)):
+        raise TypeError(
+            "init: a Linen model starts from its variables dict ({'params': ..., "
+            "'batch_stats': ...}, as model.init or a checkpoint returns it), not a module"
+        )
+    if not isinstance(given, Mapping):
+        raise TypeError(f"init: expected the model's variables dict, got {type(given).__name__}")
+    given = {k: v for k, v in unfreeze(given).items() if k not in _DROPPED_COLLECTIONS}
+    if "params" not in given:
+        raise ValueError(
+            "init: expected the variables dict {'params': ..., ...} of the model (as model.init "
+            f"returns it), got the keys {sorted(given)}; wrap parameters as {{'params': params}}"
+        )
+    expected = {"params", *state}
+    if set(given) != expected:
+        missing, extra = sorted(expected - set(given)), sorted(set(given) - expected)
+        raise ValueError(
+            f"init: the model's variables hold the collections {sorted(expected)}; the given "
+            f"ones lack {missing} and add {extra}"
+            + ("; pass every collection (e.g. batch_stats) the model has" if missing else "")
+        )
+    return Start(
+        _matched(given["params"], params, "params"),
+        {c: _matched(given[c], state[c], c) for c in state},
+    )
+
+
+# ----------------------------------------------------------------------------- NNX
+
+
+def _adapt_nnx(model_fn: Callable, x_example) -> ModelFunctions:
     def build(key):
         module = _call_nnx(model_fn, nnx.Rngs(key))
         if not isinstance(module, nnx.Module):
@@ -109,39 +298,246 @@ def _adapt_nnx(model_fn: Callable, x_example: np.ndarray) -> ModelFunctions:
             )
         return module
 
-    abstract = nnx.eval_shape(lambda: build(jax.random.key(0)))
-    graphdef, _, _ = nnx.split(abstract, nnx.Param, ...)
+    try:
+        abstract = nnx.eval_shape(lambda: build(jax.random.key(0)))
+    except TypeError as error:
+        if str(error).startswith("model_fn:"):
+            raise
+        raise ValueError(f"model_fn: the NNX module could not be built: {error}") from error
+    except Exception as error:
+        raise ValueError(f"model_fn: the NNX module could not be built: {error}") from error
+    name = type(abstract).__name__
+    flag = _call_arguments(abstract.__call__, name, extra=("rngs",))
+    call_takes_rngs = _takes(abstract.__call__, "rngs")
+    abstract.train()
+    train_graph, _, _ = nnx.split(abstract, nnx.Param, ...)
+    abstract.eval()
+    eval_graph, _, _ = nnx.split(abstract, nnx.Param, ...)
+    _, rng_template, _ = nnx.split(abstract, nnx.RngState, ...)
+    rng_paths = {path for path, _ in nnx.to_flat_state(rng_template)}
+    key_impls: dict[tuple, str] = {}
+
+    def plain(state):  # typed keys travel as raw bits (checkpoints, padding, placement)
+        flat = dict(nnx.to_flat_state(state))
+        for path, variable in flat.items():
+            value = variable.get_value()
+            if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+                key_impls[path] = jax.random.key_impl(value)
+        return jax.tree.map(_key_bits, nnx.to_pure_dict(state))
+
+    def typed(pure):
+        flat = nnx.traversals.flatten_mapping(pure)
+        for path, impl in key_impls.items():
+            flat[path] = jax.random.wrap_key_data(flat[path], impl=impl)
+        return nnx.traversals.unflatten_mapping(flat)
+
+    def parts(module):
+        _, params, _intermediates, state = nnx.split(module, nnx.Param, nnx.Intermediate, ...)
+        return nnx.to_pure_dict(params), plain(state)
+
+    def merge(graph, params, state):
+        _, param_template, state_template = nnx.split(abstract, nnx.Param, ...)
+        nnx.replace_by_pure_dict(param_template, params)
+        nnx.replace_by_pure_dict(state_template, typed(state))
+        return nnx.merge(graph, param_template, state_template)
 
     def init(key):
-        _, params, rest = nnx.split(build(key), nnx.Param, ...)
-        return params.to_pure_dict(), rest.to_pure_dict()
+        return parts(build(key))
 
-    def apply(params, constants, x):
-        _, param_template, rest_template = nnx.split(abstract, nnx.Param, ...)
-        nnx.replace_by_pure_dict(param_template, params)
-        nnx.replace_by_pure_dict(rest_template, constants)
-        return nnx.merge(graphdef, param_template, rest_template)(x)
+    def train_apply(params, state, x, key):
+        model = merge(train_graph, params, state)
+        extra = {"rngs": nnx.Rngs(key)} if call_takes_rngs else {}
+        outputs = model(x, **_mode(flag, True), **extra)
+        return outputs, parts(model)[1]
 
-    _abstract_params(init, type(abstract).__name__, x_example)
-    return ModelFunctions(init, apply, "nnx", type(abstract).__name__)
+    def eval_apply(params, state, x):
+        return merge(eval_graph, params, state)(x, **_mode(flag, False))
 
-
-def _abstract_params(init, name: str, x_example: np.ndarray):
-    """Initialises abstractly (shapes only) and reports a module that rejects the data."""
+    params, state = _abstractly(init, name, x_example, "initialised")
+    _check_has_params(params, name)
     try:
-        params = jax.eval_shape(lambda: init(jax.random.key(0)))[0]  # key too: nothing compiles
+        _training_shapes(train_apply, params, state, x_example)
+    except Exception as error:
+        raise _training_error(error, name, x_example, flag) from error
+    _check_state_kept(train_apply, params, state, x_example, name, "variable")
+    _check_evaluation(eval_apply, params, state, x_example, name, flag, ())
+    carried = nnx.state(abstract, nnx.Not(nnx.Param))
+    state_names = tuple(sorted({type(v).__name__ for _, v in nnx.to_flat_state(carried)}))
+
+    def start(given) -> Start:
+        return _nnx_start(given, params, state, rng_paths)
+
+    return ModelFunctions(init, train_apply, eval_apply, start, "nnx", name, flag, (), state_names)
+
+
+def _takes(call: Callable, argument: str) -> bool:
+    try:
+        return argument in inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _key_bits(leaf):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(leaf)
+    return leaf
+
+
+def _nnx_start(given, params, state, rng_paths) -> Start:
+    if isinstance(given, nnx.Module):
+        given = nnx.state(given)
+    if isinstance(given, nnx.State):
+        given = nnx.to_pure_dict(given)
+    if not isinstance(given, Mapping):
+        raise TypeError(
+            "init: an NNX model starts from a module, its nnx.state(...) or "
+            f"nnx.to_pure_dict(...) of it, got {type(given).__name__}"
+        )
+    flat = {_int_path(p): v for p, v in nnx.traversals.flatten_mapping(dict(given)).items()}
+    param_paths = set(nnx.traversals.flatten_mapping(params))
+    state_flat = nnx.traversals.flatten_mapping(state)
+    # the RNG streams stay each seed's own: seeds keep drawing different dropout masks
+    kept = {p for p in state_flat if p not in rng_paths}
+    missing = sorted(map(_path_text, (param_paths | kept) - set(flat)))
+    extra = sorted(map(_path_text, set(flat) - param_paths - set(state_flat)))
+    if missing or extra:
+        raise ValueError(
+            "init: the given state does not match the model: "
+            + "; ".join(
+                part
+                for part in (
+                    f"missing {', '.join(missing[:4])}" if missing else "",
+                    f"unexpected {', '.join(extra[:4])}" if extra else "",
+                )
+                if part
+            )
+        )
+    params_given = nnx.traversals.unflatten_mapping({p: flat[p] for p in param_paths})
+    state_given = nnx.traversals.unflatten_mapping({p: flat[p] for p in kept})
+    state_template = nnx.traversals.unflatten_mapping({p: state_flat[p] for p in kept})
+    return Start(
+        _matched(params_given, params, "params"), _matched(state_given, state_template, "state")
+    )
+
+
+def _int_path(path: tuple) -> tuple:
+    return tuple(int(k) if isinstance(k, str) and k.isdigit() else k for k in path)
+
+
+def _path_text(path: tuple) -> str:
+    return "/".join(str(k) for k in path)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _abstractly(init, name: str, x_example, what: str):
+    """``init`` traced for shapes only; an error says that the module rejects the data."""
+    try:
+        return jax.eval_shape(lambda: init(jax.random.key(0)))  # key too: nothing compiles
     except Exception as error:
         if isinstance(error, TypeError) and str(error).startswith("model_fn:"):
             raise  # our own message about what model_fn returned
         raise ValueError(
-            f"model_fn: the module could not be applied to x of shape {x_example.shape}: {error}"
+            f"model_fn: the module could not be applied to x of shape {_shape_of(x_example)}: "
+            f"{error}"
         ) from error
-    _check_has_params(params, name)
+
+
+def _training_shapes(train_apply, params, state, x):
+    """A training call traced for shapes; its key is made inside the trace (nothing compiles)."""
+    return jax.eval_shape(lambda p, s: train_apply(p, s, x, jax.random.key(0)), params, state)
 
 
 def _check_has_params(params, name: str) -> None:
     if not jax.tree_util.tree_leaves(params):
         raise TypeError(f"model_fn: the module {name} has no trainable parameters")
+
+
+def _check_state_kept(train_apply, params, state, x, name: str, what: str) -> None:
+    """A training call must return the state in the shapes it took: the lanes carry it."""
+    after = _training_shapes(train_apply, params, state, x)[1]
+    before_flat = dict(jax.tree_util.tree_flatten_with_path(state)[0])
+    after_flat = dict(jax.tree_util.tree_flatten_with_path(after)[0])
+    for path in before_flat.keys() | after_flat.keys():
+        old, new = before_flat.get(path), after_flat.get(path)
+        if old is None or new is None or (old.shape, old.dtype) != (new.shape, new.dtype):
+            where = jax.tree_util.keystr(path)
+            raise ValueError(
+                f"model_fn: {name} changes the {what} {where} from "
+                f"{_spec(old)} to {_spec(new)} in a training call; the sweep carries every "
+                f"{what} from step to step, so its shapes and dtypes must stay the same "
+                "(create it at init in its final shape)"
+            )
+
+
+def _spec(leaf) -> str:
+    return "nothing" if leaf is None else f"{leaf.dtype}{tuple(leaf.shape)}"
+
+
+def _check_evaluation(eval_apply, params, state, x, name: str, flag, collections) -> None:
+    """Validation reads the state and draws no random numbers: say what to change if not."""
+    try:
+        jax.eval_shape(eval_apply, params, state, x)
+    except flax_errors.InvalidRngError as error:
+        raise ValueError(
+            f"model_fn: {name} draws random numbers at validation ({_first_line(error)}); "
+            + _flag_hint(flag, "deterministic=not train")
+        ) from error
+    except (flax_errors.ModifyScopeVariableError, flax_errors.ScopeCollectionNotFound) as error:
+        raise ValueError(
+            f"model_fn: {name} updates its state at validation ({_first_line(error)}); "
+            + _flag_hint(flag, "use_running_average=not train")
+        ) from error
+    except Exception as error:
+        raise ValueError(
+            f"model_fn: {name} could not be applied in evaluation mode to x of shape "
+            f"{_shape_of(x)}: {_first_line(error)}"
+        ) from error
+
+
+def _flag_hint(flag, layer_argument: str) -> str:
+    if flag is None:
+        return (
+            "give __call__ a `train: bool` argument (the sweep passes train=True while "
+            f"training, train=False at validation) and pass {layer_argument} to those layers"
+        )
+    return f"at validation the sweep passes {_mode(flag, False)}: pass {layer_argument} on"
+
+
+def _matched(given, template, what: str):
+    """``given`` as host arrays in the template's structure, shapes and dtypes (or an error)."""
+    given_flat = dict(jax.tree_util.tree_flatten_with_path(given)[0])
+    template_flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+    if len(given_flat) != len(template_flat) or any(p not in given_flat for p, _ in template_flat):
+        missing = [jax.tree_util.keystr(p) for p, _ in template_flat if p not in given_flat]
+        extra = [jax.tree_util.keystr(p) for p in given_flat if p not in dict(template_flat)]
+        raise ValueError(
+            f"init: the given {what} do not match the model's: "
+            + (f"missing {', '.join(missing[:4])} " if missing else "")
+            + (f"unexpected {', '.join(extra[:4])}" if extra else "")
+        )
+    leaves = []
+    for path, like in template_flat:
+        value = np.asarray(jax.device_get(given_flat[path]))
+        if value.shape != tuple(like.shape):
+            raise ValueError(
+                f"init: {what}{jax.tree_util.keystr(path)} has shape {value.shape}, the "
+                f"model's has {tuple(like.shape)}"
+            )
+        leaves.append(value.astype(like.dtype, copy=False))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def output_shape(model: ModelFunctions, x_example):
+    """The abstract outputs of the model in evaluation mode on ``x_example``."""
+    params, state = jax.eval_shape(lambda: model.init(jax.random.key(0)))
+    return jax.eval_shape(model.eval_apply, params, state, x_example)
 
 
 def module_names(params) -> tuple[str, ...]:

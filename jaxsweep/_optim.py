@@ -54,7 +54,9 @@ def resolve_optimizer(optimizer, hyperparam: str, schedule=None) -> optax.Gradie
         _check_signature(signature, describe_optimizer(optimizer), hyperparam)
     if schedule is not None:
         optimizer = _schedules.with_schedule(optimizer, schedule)
-    return optax.inject_hyperparams(optimizer)(**{hyperparam: 1.0})
+    # float32 hyperparameters whatever the parameters' dtype: in bfloat16, adam's b2 = 0.999
+    # would round to 1.0 and the swept value itself to 3 significant digits
+    return optax.inject_hyperparams(optimizer, hyperparam_dtype=jnp.float32)(**{hyperparam: 1.0})
 
 
 def _check_signature(signature: inspect.Signature, name: str, hyperparam: str) -> None:

@@ -43,6 +43,7 @@ def run(
     progress: bool = True,
     lanes: str = "auto",
     compilation_cache=None,
+    init=None,
 ) -> SweepResult:
     """Finds the best learning rate of a Flax model with a coarse-to-fine sweep.
 
@@ -52,10 +53,18 @@ def run(
     program, reused by every stage.
 
     Args:
-      model_fn: ``() -> flax.linen.Module`` or ``(rngs: nnx.Rngs) -> nnx.Module``.
+      model_fn: ``() -> flax.linen.Module`` or ``(rngs: nnx.Rngs) -> nnx.Module``. A Linen
+        ``__call__`` taking ``train`` (or ``training``, or ``deterministic``) gets
+        ``train=True`` while training, with every collection besides ``params`` (e.g.
+        ``batch_stats``) carried per lane and a new key per step for each random stream
+        (``dropout``, ...), and ``train=False`` at validation; NNX models are switched
+        with ``train()`` / ``eval()``.
       data: ``(x, y)`` (a ``validation_fraction`` is split off) or
-        ``{"train": (x, y), "val": (x, y)}``; numpy or jax arrays.
-      loss: ``"auto"`` (integer labels: cross-entropy, float targets: MSE),
+        ``{"train": (x, y), "val": (x, y)}``; numpy or jax arrays (bfloat16 and float16
+        too). ``x`` may be a tuple or dict of arrays: the model receives that structure.
+      loss: ``"auto"`` (class labels, of shape ``(n,)`` or ``(n, 1)``, and one-hot /
+        probability targets as wide as the outputs: cross-entropy; other float targets: MSE;
+        the choice is in ``result.config["loss"]`` and ``["targets"]``),
         ``"cross_entropy"``, ``"mse"``, or ``f(outputs, targets)`` returning a scalar or a dict
         whose ``"loss"`` is optimised and whose other entries are recorded.
       optimizer: an optax factory taking ``learning_rate`` (``optax.sgd``,
@@ -124,6 +133,12 @@ def run(
         ``JAXSWEEP_CACHE_DIR`` environment variable, else a cache configured for JAX, else
         ``~/.cache/jaxsweep/xla``), a folder, or ``False``/``"off"``. A rerun of the same
         sweep loads its programs instead of compiling them.
+
+      init: start every lane from these values instead of a fresh initialisation (to find
+        a fine-tuning rate): a Linen model's variables dict (``{"params": ..., "batch_stats":
+        ...}``, every collection the model has), or an NNX model, its ``nnx.state`` or
+        ``nnx.to_pure_dict``; shapes must match the model's, dtypes become the model's. NNX
+        random streams stay each seed's own, so seeds still draw different dropout masks.
 
     Returns:
       A :class:`SweepResult`; ``result.best_value`` is the value (a rate unless

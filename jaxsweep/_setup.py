@@ -16,10 +16,10 @@ import optax
 
 from . import _cache, _checkpoint, _hosts, _lanes, _schedules, _sharding
 from ._config import SweepConfig, make_config
-from ._data import Split, prepare
+from ._data import Split, prepare, shapes, take
 from ._environment import versions
-from ._losses import resolve_loss, resolve_metric, split_loss
-from ._model import ModelFunctions, adapt, count_parameters, module_names
+from ._losses import TARGET_NAMES, resolve_loss, resolve_metric, split_loss
+from ._model import ModelFunctions, Start, adapt, count_parameters, module_names, output_shape
 from ._optim import describe_optimizer, resolve_optimizer
 from ._validation import default_eval_batch_size
 
@@ -40,11 +40,11 @@ class Setup:
     """A checked sweep: everything the driver needs, nothing left to validate."""
 
     config: SweepConfig  # the scalar settings
-    split: Split  # host arrays after the train/validation split
+    split: Split  # host arrays after the train/validation split (inputs may be pytrees)
     loss_fn: Callable  # (outputs, targets) -> scalar | {"loss": scalar, ...}
     loss_name: str
     optimizer: optax.GradientTransformation  # inject_hyperparams: the swept value is data
-    model: ModelFunctions  # pure init / apply
+    model: ModelFunctions  # pure init / train-apply / eval-apply
     abstract_params: Any  # one lane's parameters as shapes
     devices: tuple  # the lanes are split over these
     checkpoint: CheckpointArgs
@@ -53,6 +53,7 @@ class Setup:
     hosts: _hosts.Hosts  # this process among the sweep's processes (one in most runs)
     fingerprint: dict | None  # what a checkpoint must match; None without checkpoints
     started: float  # time.perf_counter() when the checks began: the sweep's clock starts here
+    start: Start | None = None  # given (pretrained) values every lane starts from; None: fresh
     lanes: _lanes.Strategy | None = None  # a forced lane strategy; None: chosen by the rule
     compilation_cache: Any = None  # run's argument, checked (see ``_cache.resolve``)
 
@@ -78,6 +79,7 @@ def setup(
     schedule,
     lanes,
     compilation_cache,
+    init,
     **settings,
 ) -> Setup:
     """Checks every argument of :func:`jaxsweep.run` (same names, no defaults): a Setup.
@@ -104,29 +106,45 @@ def setup(
     _lanes.check(strategy, len(devices))
     _cache.resolve(compilation_cache)  # a bad value fails here, before anything runs
     arguments = (model_fn, data, loss, optimizer, devices, checkpoint, progress, schedule)
-    checked = _with_data(config, *arguments, started=started)
+    checked = _with_data(config, *arguments, init=init, started=started)
     return dataclasses.replace(checked, lanes=strategy, compilation_cache=compilation_cache)
 
 
 def _with_data(
-    config, model_fn, data, loss, optimizer, devices, checkpoint, progress, schedule, *, started
+    config,
+    model_fn,
+    data,
+    loss,
+    optimizer,
+    devices,
+    checkpoint,
+    progress,
+    schedule,
+    *,
+    init,
+    started,
 ) -> Setup:
-    """The checks that need the data: split, batch size, loss, optimizer and model."""
+    """The checks that need the data: split, batch size, model, loss, optimizer, start."""
     split = prepare(data, config.validation_fraction, config.seed)
-    if config.batch_size > len(split.x_train):
+    n_train = len(split.y_train)
+    if config.batch_size > n_train:
         raise ValueError(
-            f"batch_size: {config.batch_size} is larger than the {len(split.x_train)} "
-            "training examples"
+            f"batch_size: {config.batch_size} is larger than the {n_train} training examples"
         )
-    loss_fn, loss_name = resolve_loss(loss, split.y_train)
-    total_steps = config.epochs * (len(split.x_train) // config.batch_size)
+    total_steps = config.epochs * (n_train // config.batch_size)
     scheduled = _schedules.resolve(schedule, total_steps)
     tx = resolve_optimizer(optimizer, config.hyperparam, scheduled and scheduled.fn)
-    model = adapt(model_fn, split.x_train[:1])
+    example = take(split.x_train, slice(0, min(2, n_train)))  # 2: batch statistics need it
+    model = adapt(model_fn, example)
+    outputs = output_shape(model, example)
+    loss_fn, loss_name, targets = resolve_loss(
+        loss, split.y_train, tuple(outputs.shape) if hasattr(outputs, "shape") else None
+    )
     abstract_params, aux_names = _probe(
         model, loss_fn, tx, config.hyperparam, split, config.batch_size
     )
-    n_val = len(split.x_val)
+    start = None if init is None else model.start(init)
+    n_val = len(split.y_val)
     eval_batch = config.eval_batch_size or default_eval_batch_size(n_val, config.batch_size)
     config = dataclasses.replace(
         config,
@@ -135,6 +153,8 @@ def _with_data(
     )
     record = {
         **_record(config, split, model, abstract_params, loss_name, optimizer),
+        "targets": TARGET_NAMES[targets],
+        "init": "fresh" if start is None else f"given ({_checkpoint.content_digest(start)})",
         "schedule": scheduled and scheduled.description,
     }
     hosts = _hosts.Hosts.join()
@@ -150,6 +170,7 @@ def _with_data(
         loss_name=loss_name,
         optimizer=tx,
         model=model,
+        start=start,
         abstract_params=abstract_params,
         devices=devices,
         checkpoint=checkpoint,
@@ -212,11 +233,11 @@ def _probe(model: ModelFunctions, loss_fn, optimizer, hyperparam: str, split: Sp
 
     Returns one lane's parameters as shapes, and the names of the loss's auxiliary entries.
     """
-    x, y = split.x_train[:batch], split.y_train[:batch]
+    x, y = take(split.x_train, slice(0, batch)), split.y_train[:batch]
 
     def loss_terms(key):
-        params, constants = model.init(key)
-        return split_loss(loss_fn(model.apply(params, constants, x), y))
+        params, state = model.init(key)
+        return split_loss(loss_fn(model.train_apply(params, state, x, key)[0], y))
 
     try:
         # the key is made inside the trace: nothing compiles
@@ -226,7 +247,7 @@ def _probe(model: ModelFunctions, loss_fn, optimizer, hyperparam: str, split: Sp
     except Exception as error:
         raise ValueError(
             f"model_fn/loss: the model and loss could not be applied to a batch of data "
-            f"with x shape {x.shape} and y shape {y.shape}: {error}"
+            f"with x shape {shapes(x)} and y shape {y.shape}: {error}"
         ) from error
     if loss_value.shape != ():
         raise ValueError(f"loss: must return a scalar, got shape {loss_value.shape}")
@@ -275,9 +296,12 @@ def _record(config, split, model, abstract_params, loss_name, optimizer) -> dict
         "optimizer": describe_optimizer(optimizer),
         "model": model.name,
         "model_api": model.kind,
-        "n_train": len(split.x_train),
-        "n_val": len(split.x_val),
-        "x_shape": list(split.x_train.shape[1:]),
+        "model_mode_flag": model.mode_flag,
+        "model_state": list(model.state_names),
+        "rng_streams": list(model.rng_streams),
+        "n_train": len(split.y_train),
+        "n_val": len(split.y_val),
+        "x_shape": shapes(split.x_train),
         "y_shape": list(split.y_train.shape[1:]),
         "modules": list(module_names(abstract_params)),
     }

@@ -22,8 +22,9 @@ sweep runs::
         state, metrics = stage.run_epoch(lanes, state, epoch)
         host_metrics = lanes.layout.gather(metrics)
 
-Randomness depends on (seed, seed index, epoch) only (:func:`seed_keys`): every stage and
-every rerun of a sweep sees the same initial parameters and batch orders.
+Randomness depends on (seed, seed index, epoch, step) only (:func:`seed_keys`,
+:func:`derive_rng_keys`): every stage and every rerun of a sweep sees the same initial
+parameters, batch orders and random streams (dropout masks).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import numpy as np
 
 from . import _lanes, _sharding
 from ._data import Split
+from ._model import Start
 from ._sharding import LaneLayout
 from ._train import LaneState, Programs
 
@@ -69,9 +71,10 @@ class SeedStart(NamedTuple):
     """Every seed's start, made once per sweep (leading axis ``(seeds,)``, on every device)."""
 
     params: Any
-    constants: Any
+    model_state: Any
     init_keys: jax.Array
     data_keys: jax.Array
+    rng_keys: jax.Array  # the model's random streams (Linen), folded with (epoch, step)
 
 
 def derive_seed_keys(seed, seeds: int) -> tuple[jax.Array, jax.Array]:
@@ -86,6 +89,17 @@ def derive_seed_keys(seed, seeds: int) -> tuple[jax.Array, jax.Array]:
     init = jax.vmap(lambda k: jax.random.fold_in(k, 0))(per_seed)
     data = jax.vmap(lambda k: jax.random.fold_in(k, 1))(per_seed)
     return init, data
+
+
+def derive_rng_keys(seed, seeds: int) -> jax.Array:
+    """``(seeds,)`` keys of the model's random streams: ``fold_in(fold_in(key(seed), s), 2)``.
+
+    A lane folds in the epoch and the step (:mod:`jaxsweep._train`), and a Linen stream its
+    name's CRC-32 (:mod:`jaxsweep._model`); traceable like :func:`derive_seed_keys`.
+    """
+    base = jax.random.key(seed)
+    per_seed = jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(seeds))
+    return jax.vmap(lambda k: jax.random.fold_in(k, 2))(per_seed)
 
 
 def seed_argument(seed: int) -> np.ndarray:
@@ -155,6 +169,7 @@ class StagePrograms:
       devices: the devices the lanes are split over (:func:`_sharding.resolve_devices`).
       strategy: how the lanes execute (:mod:`jaxsweep._lanes`); ``vmap`` by default.
       reason: why this strategy, for ``result.environment["lanes"]``.
+      start: given (pretrained) values every lane starts from; None: a fresh initialisation.
     """
 
     def __init__(
@@ -164,6 +179,7 @@ class StagePrograms:
         devices: Sequence,
         strategy: _lanes.Strategy = _lanes.VMAP,
         reason: str = "given",
+        start: Start | None = None,
     ):
         # lanes split over a one-axis mesh, data copied to every device; every output keeps
         # the lane axis split the same way
@@ -172,14 +188,22 @@ class StagePrograms:
         self.strategy, self.reason = strategy, reason
         self._lane_sharding = _sharding.lane_sharding(self.mesh)
         self._programs = programs
+        # pretrained values are an argument of the init program, never a constant in it
+        self._given = _sharding.place_replicated(start, self.mesh)
 
-        def init(seed, seeds: int) -> SeedStart:  # the keys and every seed's parameters
+        def init(seed, seeds: int, given) -> SeedStart:  # the keys and every seed's start
             init_keys, data_keys = derive_seed_keys(seed, seeds)
-            return SeedStart(*programs.init_seeds(init_keys), init_keys, data_keys)
+            params, model_state = programs.init_seeds(init_keys, given)
+            rng_keys = derive_rng_keys(seed, seeds)
+            return SeedStart(params, model_state, init_keys, data_keys, rng_keys)
 
         def start(seed_start: SeedStart, seed_index, values):  # gathers, casts, starts
             state = programs.start_lanes(
-                seed_start.params, seed_start.constants, seed_index, values
+                seed_start.params,
+                seed_start.model_state,
+                seed_start.rng_keys,
+                seed_index,
+                values,
             )
             return state, seed_start.init_keys[seed_index], seed_start.data_keys[seed_index]
 
@@ -194,7 +218,7 @@ class StagePrograms:
         self._setup_started: float | None = None  # when the one-time work began
 
     def seed_start(self, seed: int, seeds: int) -> SeedStart:
-        """Each seed's keys and initial ``(params, constants)``, leading axis ``(seeds,)``.
+        """Each seed's keys and initial ``(params, model_state)``, leading axis ``(seeds,)``.
 
         Parameters depend on the seed alone: each seed is initialised once per sweep, and
         every stage only gathers them into its lanes and starts fresh optimizers.
@@ -203,9 +227,9 @@ class StagePrograms:
             argument = seed_argument(seed)
             if seeds not in self._compiled_init:
                 options = INIT_COMPILER_OPTIONS.get(jax.default_backend())
-                lowered = self._init.lower(argument, seeds)
+                lowered = self._init.lower(argument, seeds, self._given)
                 self._compiled_init[seeds] = lowered.compile(compiler_options=options)
-            self._seed_starts[seed, seeds] = self._compiled_init[seeds](argument)
+            self._seed_starts[seed, seeds] = self._compiled_init[seeds](argument, self._given)
         return self._seed_starts[seed, seeds]
 
     def layout(self, lanes: int) -> LaneLayout:
@@ -233,7 +257,9 @@ class StagePrograms:
         return self._abstract_start(lanes, seed, seeds)[0]
 
     def _abstract_start(self, lanes: int, seed: int, seeds: int):
-        seed_start = jax.eval_shape(lambda s: self._init_fn(s, seeds), seed_argument(seed))
+        seed_start = jax.eval_shape(
+            lambda s, given: self._init_fn(s, seeds, given), seed_argument(seed), self._given
+        )
         index = jax.ShapeDtypeStruct((lanes,), np.int32)
         values = jax.ShapeDtypeStruct((lanes,), np.float32)
         return jax.eval_shape(self._start_fn, seed_start, index, values)

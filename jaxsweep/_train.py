@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._data import epoch_batches
-from ._losses import split_loss
-from ._model import ModelFunctions
+from ._data import epoch_batches, take
+from ._losses import float32, split_loss
+from ._model import ModelFunctions, Start
 from ._optim import set_hyperparam
 from ._validation import make_validate
 
@@ -28,8 +28,9 @@ class LaneState(NamedTuple):
     """Everything one lane carries from epoch to epoch (leading axis ``(lanes,)`` when stacked)."""
 
     params: Any  # trainable parameters
-    opt_state: Any  # optax state; ``hyperparams[name]`` holds the lane's swept value
-    constants: Any  # non-trainable model state, carried unchanged
+    opt_state: Any  # optax state; ``hyperparams[name]`` holds the lane's swept value (float32)
+    model_state: Any  # batch statistics, NNX RNG streams...: advance in training only
+    rng_key: jax.Array  # (2,) uint32 raw key: step keys fold in (epoch, step); seed-only
 
 
 class EpochMetrics(NamedTuple):
@@ -56,10 +57,9 @@ class Programs(NamedTuple):
     lane_epoch: Callable  # (state, data_key, epoch, x_tr, y_tr, x_val, y_val) -> ...
     # Parameters depend on the seed alone: a sweep initialises each seed once, then every
     # stage gathers them into its lanes and starts fresh optimizers.
-    init_seeds: Callable  # (init_keys (S,)) -> (params, constants), leading axis (S,)
-    start_lanes: (
-        Callable  # (params (S,), constants (S,), seed_index (L,), values (L,)) -> LaneState
-    )
+    init_seeds: Callable  # (init_keys (S,), start: Start | None) -> (params, model_state) (S,)
+    # (params (S,), model_state (S,), rng_keys (S,), seed_index (L,), values (L,)) -> LaneState
+    start_lanes: Callable
 
 
 # ----------------------------------------------------------------------------- norms
@@ -121,6 +121,19 @@ def _epoch_metrics(steps: dict, val_loss, val_aux, before, after) -> EpochMetric
     )
 
 
+def _keep_dtypes(new, old):
+    """``new`` in the dtypes of ``old``: float32 hyperparameters promote a bf16 optimizer's
+    moments, which are stored back in the dtype they started with."""
+    return jax.tree.map(lambda n, o: n if n.dtype == o.dtype else n.astype(o.dtype), new, old)
+
+
+def overlay(fresh, given):
+    """``fresh`` with every entry that ``given`` holds replaced (broadcast over the seeds)."""
+    if isinstance(given, dict):
+        return {k: overlay(v, given[k]) if k in given else v for k, v in fresh.items()}
+    return jnp.broadcast_to(jnp.asarray(given, fresh.dtype), fresh.shape)
+
+
 # ----------------------------------------------------------------------------- programs
 
 
@@ -137,7 +150,7 @@ def make_programs(
     """Builds the pure, vmapped programs of a sweep.
 
     Args:
-      model: the model's pure (init, apply) pair.
+      model: the model's pure functions (init, train-apply, eval-apply).
       loss_fn: ``(outputs, targets) -> scalar | {"loss": scalar, ...}``.
       optimizer: an optax transformation made by ``optax.inject_hyperparams``.
       hyperparam: the name of the swept entry of ``opt_state.hyperparams``.
@@ -152,46 +165,61 @@ def make_programs(
       wrap them in ``jax.jit`` (the sweep compiles each once).
     """
 
-    def loss_of(params, constants, x, y):
-        return split_loss(loss_fn(model.apply(params, constants, x), y))
+    def loss_terms(outputs, y):
+        return jax.tree.map(float32, split_loss(loss_fn(outputs, y)))
 
-    validate = make_validate(
-        model.apply, lambda outputs, y: split_loss(loss_fn(outputs, y)), n_val, eval_batch_size
-    )
+    validate = make_validate(model.eval_apply, loss_terms, n_val, eval_batch_size)
 
-    def start_lane(params, constants, value) -> LaneState:
+    def init_seeds(init_keys, start: Start | None = None):
+        params, state = jax.vmap(model.init)(init_keys)
+        if start is None:
+            return params, state
+        return overlay(params, start.params), overlay(state, start.state)
+
+    def start_lane(params, model_state, rng_key, value) -> LaneState:
         opt_state = set_hyperparam(optimizer.init(params), hyperparam, value)
-        return LaneState(params, opt_state, constants)
+        return LaneState(params, opt_state, model_state, rng_key)
 
-    def start_lanes(seed_params, seed_constants, seed_index, values) -> LaneState:
+    def start_lanes(seed_params, seed_state, seed_rng_keys, seed_index, values) -> LaneState:
         def of_lane(tree):
             return jax.tree_util.tree_map(lambda a: a[seed_index], tree)
 
-        return jax.vmap(start_lane)(of_lane(seed_params), of_lane(seed_constants), values)
+        rng_keys = jax.random.key_data(seed_rng_keys)[seed_index]
+        return jax.vmap(start_lane)(of_lane(seed_params), of_lane(seed_state), rng_keys, values)
 
     def train_step(carry: LaneState, batch):
-        x, y = batch
-        (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(
-            carry.params, carry.constants, x, y
-        )
+        x, y, key = batch
+
+        def loss_of(params):
+            outputs, model_state = model.train_apply(params, carry.model_state, x, key)
+            loss, aux = split_loss(loss_fn(outputs, y))
+            return loss, (aux, model_state)
+
+        (loss, (aux, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(carry.params)
         updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params)
+        opt_state = _keep_dtypes(opt_state, carry.opt_state)
         params = optax.apply_updates(carry.params, updates)
-        step = {"loss": loss, "aux": aux, **_step_norms(grads)}
-        return LaneState(params, opt_state, carry.constants), step
+        step = {"loss": float32(loss), "aux": jax.tree.map(float32, aux), **_step_norms(grads)}
+        return LaneState(params, opt_state, model_state, carry.rng_key), step
 
     def run_lane_epoch(state: LaneState, data_key, epoch, x_train, y_train, x_val, y_val):
         order = epoch_batches(data_key, epoch, n_train, batch_size)
+        # a new key at every step, from (seed, epoch, step) alone: a resumed sweep draws the
+        # same dropout masks, and every rate of a seed the same ones
+        epoch_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng_key), epoch)
+        step_keys = jax.vmap(lambda s: jax.random.fold_in(epoch_key, s))(jnp.arange(order.shape[0]))
 
-        def step(carry, indices):
-            return train_step(carry, (x_train[indices], y_train[indices]))
+        def step(carry, inputs):
+            indices, key = inputs
+            return train_step(carry, (take(x_train, indices), y_train[indices], key))
 
         before = state.params
-        state, steps = jax.lax.scan(step, state, order)
-        val_loss, val_aux = validate(state.params, state.constants, x_val, y_val)
+        state, steps = jax.lax.scan(step, state, (order, step_keys))
+        val_loss, val_aux = validate(state.params, state.model_state, x_val, y_val)
         return state, _epoch_metrics(steps, val_loss, val_aux, before, state.params)
 
     return Programs(
-        init_seeds=jax.vmap(model.init),
+        init_seeds=init_seeds,
         start_lanes=start_lanes,
         # data and epoch are shared by all lanes: in_axes None keeps one copy on the device
         run_epoch=jax.vmap(run_lane_epoch, in_axes=(0, 0, None, None, None, None, None)),
