@@ -81,8 +81,12 @@ def take(tree, index):
 
 
 def shapes(tree) -> Any:
-    """Per-example shapes of an input structure, JSON-ready (lists)."""
-    return jax.tree.map(lambda a: list(np.shape(a)[1:]), tree)
+    """Per-example shapes of an input structure, JSON-ready: lists, and dicts for dicts."""
+    if isinstance(tree, dict):
+        return {k: shapes(v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return [shapes(v) for v in tree]
+    return list(np.shape(tree)[1:])
 
 
 def _check_pair(pair, part: str) -> tuple[Any, np.ndarray]:

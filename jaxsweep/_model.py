@@ -102,8 +102,8 @@ def adapt(model_fn: Callable, x_example) -> ModelFunctions:
     if isinstance(model_fn, (linen.Module, nnx.Module)):
         raise TypeError(
             "model_fn: pass a factory that builds the module (e.g. `lambda: MLP()` or "
-            "`lambda rngs: MLP(rngs=rngs)`); to start from trained weights, pass them as "
-            "`init=` as well"
+            "`lambda rngs: MLP(rngs=rngs)`), not a module instance; to start from trained "
+            "weights, pass them as `init=` as well"
         )
     if _wants_rngs(model_fn):
         return _adapt_nnx(model_fn, x_example)

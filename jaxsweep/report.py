@@ -195,9 +195,10 @@ def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(F
         "## Configuration",
         "",
         f"Model `{result.config.get('model', '?')}` with optimizer "
-        f"`{result.config.get('optimizer', '?')}`, loss `{result.config.get('loss', '?')}`; "
-        f"{name} searched on a {result.scale} scale; stop reason: {result.stop_reason}."
-        f"{_schedule_sentence(result, _md_escape)}",
+        f"`{result.config.get('optimizer', '?')}`, loss `{result.config.get('loss', '?')}`"
+        + (f" on {result.config['targets']} targets" if "targets" in result.config else "")
+        + f"; {name} searched on a {result.scale} scale; stop reason: {result.stop_reason}."
+        + _schedule_sentence(result, _md_escape),
         "",
         *_config_rows(result),
         "",

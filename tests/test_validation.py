@@ -64,9 +64,9 @@ CASES = [
     (dict(loss=bad_loss), ValueError, "loss: must return a scalar"),
     (dict(loss=no_loss_entry), TypeError, "needs a 'loss' entry"),
     (
-        dict(loss="cross_entropy", data=(X, Y.astype(np.float32))),
+        dict(loss="cross_entropy", data=(X, Y.astype(np.float32) + 0.5)),
         ValueError,
-        "cross_entropy needs integer labels",
+        "cross_entropy needs integer labels (one output per class) or one-hot",
     ),
     (dict(model_fn="mlp"), TypeError, "model_fn: expected a callable"),
     (dict(model_fn=lambda: 42), TypeError, "model_fn: must return a flax.linen.Module"),
