@@ -22,7 +22,7 @@ from conftest import SMALL, TinyMLP, make_classification
 from flax import nnx
 
 import jaxsweep
-from jaxsweep import _checkpoint, _data, _model, _run, _train
+from jaxsweep import _checkpoint, _data, _losses, _model, _optim, _stage, _train
 from jaxsweep.report import markdown
 
 pytestmark = pytest.mark.filterwarnings("ignore::jaxsweep.SearchRangeWarning")
@@ -216,12 +216,12 @@ def run_lanes(model_fn, data, *, epochs, batch_size, values, seeds):
     """The sweep's own programs on (value x seed) lanes; returns the final lanes and metrics."""
     (x, y), (xv, yv) = data["train"], data["val"]
     model = _model.adapt(model_fn, x[:2])
-    tx = _run.resolve_optimizer(optax.sgd, "learning_rate")
+    tx = _optim.resolve_optimizer(optax.sgd, "learning_rate")
     programs = _train.make_programs(
-        model, _train.cross_entropy, tx, "learning_rate", batch_size, len(x)
+        model, _losses.cross_entropy, tx, "learning_rate", batch_size, len(x)
     )
-    init_keys, data_keys, rng_keys = _run._seed_keys(0, seeds)
-    lanes = _run._lanes(values, init_keys, data_keys, seeds)
+    init_keys, _, rng_keys = _stage.seed_keys(0, seeds)
+    lanes = _stage.lane_inputs(values, 0, seeds)
     params, state = jax.jit(programs.init_seeds)(init_keys)
     lane_state = jax.jit(programs.start_lanes)(
         params, state, rng_keys, lanes.seed_index, lanes.values
@@ -324,7 +324,7 @@ def test_low_precision_optimizer_state_keeps_dtypes_and_float32_hyperparameters(
     assert float(hyperparams["learning_rate"][0]) == float(np.float32(0.674))
     params, state = model.init(jax.random.key(0))
     fresh = jax.eval_shape(
-        lambda p: _run.resolve_optimizer(optax.sgd, "learning_rate").init(p), params
+        lambda p: _optim.resolve_optimizer(optax.sgd, "learning_rate").init(p), params
     )
     assert jax.tree.map(lambda a: a.dtype, lanes.opt_state) == jax.tree.map(
         lambda a: a.dtype, fresh
@@ -340,7 +340,7 @@ def test_bfloat16_adam_keeps_b2_and_finds_its_float32_twins_rate(split_blobs):
     f32 = sweep(lambda: LowPrecisionMLP(jnp.float32), split_blobs, **settings)
     assert not any(e.diverged for e in bf16.evaluations if e.lr < 0.1)
     assert abs(math.log10(bf16.best_lr / f32.best_lr)) < 0.5
-    tx = _run.resolve_optimizer(optax.adam, "learning_rate")
+    tx = _optim.resolve_optimizer(optax.adam, "learning_rate")
     params = {"w": jnp.ones(3, jnp.bfloat16)}
     assert float(tx.init(params).hyperparams["b2"]) == float(np.float32(0.999))
 
@@ -393,15 +393,15 @@ def test_labels_as_a_column_and_one_hot_targets_use_cross_entropy(split_blobs, p
 
 def test_target_kinds_are_judged_against_the_outputs():
     labels = np.array([0, 2, 1, 2])
-    assert _data.target_kind(labels, (4, 3)) == "labels"
-    assert _data.target_kind(labels[:, None], (4, 3)) == "labels"
-    assert _data.target_kind(labels.astype(np.float32), (4, 3)) == "labels"
-    assert _data.target_kind(np.eye(3)[labels], (4, 3)) == "probabilities"
+    assert _losses.target_kind(labels, (4, 3)) == "labels"
+    assert _losses.target_kind(labels[:, None], (4, 3)) == "labels"
+    assert _losses.target_kind(labels.astype(np.float32), (4, 3)) == "labels"
+    assert _losses.target_kind(np.eye(3)[labels], (4, 3)) == "probabilities"
     soft = np.array([[0.2, 0.8], [0.5, 0.5], [1.0, 0.0], [0.1, 0.9]])
-    assert _data.target_kind(soft, (4, 2)) == "probabilities"
-    assert _data.target_kind(soft - 0.3, (4, 2)) == "values"  # negative: regression
-    assert _data.target_kind(np.ones((4, 7), np.int32), (4, 7, 30)) == "labels"
-    assert _data.target_kind(np.ones(4, np.float32) * 0.5, (4, 1)) == "values"
+    assert _losses.target_kind(soft, (4, 2)) == "probabilities"
+    assert _losses.target_kind(soft - 0.3, (4, 2)) == "values"  # negative: regression
+    assert _losses.target_kind(np.ones((4, 7), np.int32), (4, 7, 30)) == "labels"
+    assert _losses.target_kind(np.ones(4, np.float32) * 0.5, (4, 1)) == "values"
 
 
 # ----------------------------------------------------------------------------- pretrained starts
@@ -523,7 +523,7 @@ def test_what_the_engine_cannot_provide_is_named_before_compiling(
     def forbidden(*args, **kwargs):
         raise AssertionError("the training program was built before the input was checked")
 
-    monkeypatch.setattr(_run, "make_programs", forbidden)
+    monkeypatch.setattr(_train, "make_programs", forbidden)
     arguments = dict(model_fn=TinyMLP, data=(X, Y), batch_size=16, progress=False)
     arguments.update(overrides)
     model_class = arguments.pop("model_fn")
