@@ -1,11 +1,13 @@
-"""A tiny character-level transformer (Linen) on Shakespeare's sonnets: the best AdamW rate.
+"""A tiny character-level transformer (NNX, with dropout) on Shakespeare's sonnets: the best
+AdamW rate.
 
 Next-character prediction: each example is a window of ``context`` characters and the target
 is the same window shifted by one, so the model predicts every position at once (causal
 attention keeps it from looking ahead). Integer targets of shape ``(n, context)`` make the
 built-in cross-entropy average over every position. The last tenth of the text is held out
 for validation (passed as ``{"train": ..., "val": ...}``) so that overlapping windows never
-leak between the two.
+leak between the two. Dropout draws from the model's own NNX RNG streams: every lane carries
+them and draws a new mask at every step; validation runs in ``eval()`` mode, without dropout.
 
   python examples/char_transformer.py           # 5 stages of 5 rates, 3 epochs each
   python examples/char_transformer.py --quick   # tiny: seconds, mostly compiling
@@ -18,9 +20,9 @@ import functools
 import math
 from pathlib import Path
 
-import flax.linen as nn
 import numpy as np
 import optax
+from flax import nnx
 
 import jaxsweep
 
@@ -48,38 +50,54 @@ def load_text(context: int, stride: int, val_fraction: float = 0.1):
     return data, vocab
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: causal self-attention, then a GELU MLP, both residual."""
+class Block(nnx.Module):
+    """Pre-norm transformer block: causal self-attention, then a GELU MLP, both residual.
 
-    heads: int
+    Dropout on the attention weights and on both residual branches: active in ``train()``
+    mode (the sweep draws a new mask at every step), off in ``eval()`` mode (validation).
+    """
 
-    @nn.compact
+    def __init__(self, width: int, heads: int, dropout: float, *, rngs: nnx.Rngs):
+        self.attention_norm = nnx.LayerNorm(width, rngs=rngs)
+        self.attention = nnx.MultiHeadAttention(
+            num_heads=heads, in_features=width, dropout_rate=dropout, decode=False, rngs=rngs
+        )
+        self.mlp_norm = nnx.LayerNorm(width, rngs=rngs)
+        self.up = nnx.Linear(width, 4 * width, rngs=rngs)
+        self.down = nnx.Linear(4 * width, width, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
     def __call__(self, x, mask):
-        width = x.shape[-1]
-        h = nn.LayerNorm()(x)
-        x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads)(h, h, mask=mask)
-        h = nn.LayerNorm()(x)
-        return x + nn.Dense(width)(nn.gelu(nn.Dense(4 * width)(h)))
+        x = x + self.dropout(self.attention(self.attention_norm(x), mask=mask))
+        return x + self.dropout(self.down(nnx.gelu(self.up(self.mlp_norm(x)))))
 
 
-class CharTransformer(nn.Module):
+class CharTransformer(nnx.Module):
     """Character embedding plus learned positions, ``layers`` blocks, then next-char logits."""
 
-    vocab: int
-    context: int
-    width: int = 64
-    heads: int = 4
-    layers: int = 2
+    def __init__(
+        self,
+        vocab: int,
+        context: int,
+        *,
+        width: int = 64,
+        heads: int = 4,
+        layers: int = 2,
+        dropout: float = 0.1,
+        rngs: nnx.Rngs,
+    ):
+        self.embed = nnx.Embed(vocab, width, rngs=rngs)
+        self.position = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (context, width)))
+        self.blocks = nnx.List([Block(width, heads, dropout, rngs=rngs) for _ in range(layers)])
+        self.final_norm = nnx.LayerNorm(width, rngs=rngs)
+        self.head = nnx.Linear(width, vocab, rngs=rngs)
 
-    @nn.compact
     def __call__(self, tokens):  # tokens: (batch, context) integer ids
-        x = nn.Embed(self.vocab, self.width, name="embed")(tokens)
-        position = self.param("position", nn.initializers.normal(0.02), (self.context, self.width))
-        x = x + position[: tokens.shape[1]]
-        mask = nn.make_causal_mask(tokens)
-        for i in range(self.layers):
-            x = Block(self.heads, name=f"block{i}")(x, mask)
-        return nn.Dense(self.vocab, name="head")(nn.LayerNorm(name="final_norm")(x))
+        x = self.embed(tokens) + self.position[: tokens.shape[1]]
+        mask = nnx.make_causal_mask(tokens)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(self.final_norm(x))
 
 
 def main(argv=None) -> None:
@@ -97,7 +115,7 @@ def main(argv=None) -> None:
     print(f"{TEXT.name}: {len(vocab)} distinct characters, {len(data['train'][0])} windows")
 
     result = jaxsweep.run(
-        lambda: CharTransformer(len(vocab), context, width=width, layers=layers),
+        lambda rngs: CharTransformer(len(vocab), context, width=width, layers=layers, rngs=rngs),
         data,
         optimizer=functools.partial(optax.adamw, weight_decay=0.01),
         lr_range=(1e-4, 3e-2),
@@ -110,6 +128,7 @@ def main(argv=None) -> None:
     print(f"validation loss at the best rate: {nats:.4f} nats/char")
     print(f"  {nats / math.log(2):.3f} bits/char, perplexity {math.exp(nats):.2f}")
     print(f"  a uniform guess would score {math.log(len(vocab)):.4f} nats/char")
+    print(f"  state carried per lane: {', '.join(result.config['model_state'])}")
     print(f"best learning rate: {result.best_lr:.6g}")
 
 

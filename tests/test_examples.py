@@ -27,13 +27,26 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 NOTEBOOK = EXAMPLES / "colab_tpu.ipynb"
 # longest first, so that the short ones fill the gaps
-SCRIPTS = ("resumed_sweep", "char_transformer", "cnn_nnx", "digits_mlp", "regression_multiloss")
+SCRIPTS = (
+    "resumed_sweep",
+    "char_transformer",
+    "resnet_batchnorm",
+    "cnn_nnx",
+    "digits_mlp",
+    "regression_multiloss",
+)
 WORKERS = 3  # the processes are mostly single-threaded compilation
 TIMEOUT = 600
 DEVICES = 4  # simulated CPU devices for the notebook
 # what each test that is not parametrized by example name reads
 NEEDS = {
-    "test_classifiers_learn_something": ("digits_mlp", "cnn_nnx", "char_transformer"),
+    "test_classifiers_learn_something": (
+        "digits_mlp",
+        "cnn_nnx",
+        "resnet_batchnorm",
+        "char_transformer",
+    ),
+    "test_models_with_state_say_what_they_carry": ("resnet_batchnorm", "char_transformer"),
     "test_multi_part_loss_entries_add_up": ("regression_multiloss",),
     "test_resumed_sweep_skips_the_finished_stage": ("resumed_sweep",),
     "test_notebook_runs_top_to_bottom": ("notebook",),
@@ -144,13 +157,25 @@ def test_example_prints_its_best_rate(launched, name):
 
 def test_classifiers_learn_something(launched):
     """Each quick classifier's best validation loss beats a uniform guess over the classes."""
-    for name, classes in (("digits_mlp", 10), ("cnn_nnx", 10)):
+    for name, classes in (("digits_mlp", 10), ("cnn_nnx", 10), ("resnet_batchnorm", 10)):
         stdout, _ = _finished(launched, name)
         loss = _number(stdout, r"validation loss at the best rate: ([\d.]+)")
         assert loss < math.log(classes), (name, loss)
     stdout, _ = _finished(launched, "char_transformer")
     loss = _number(stdout, r"validation loss at the best rate: ([\d.]+)")
     assert loss < _number(stdout, r"a uniform guess would score ([\d.]+)")
+
+
+def test_models_with_state_say_what_they_carry(launched):
+    """The ResNet trains with batch statistics and dropout; the NNX transformer with its own
+    RNG streams (dropout) carried per lane."""
+    stdout, _ = _finished(launched, "resnet_batchnorm")
+    assert "called with train=True to train, False to validate" in stdout
+    assert "state carried per lane: batch_stats" in stdout
+    assert "random streams drawn every step: dropout" in stdout
+    stdout, _ = _finished(launched, "char_transformer")
+    carried = re.search(r"state carried per lane: (.+)", stdout)
+    assert carried and {"RngCount", "RngKey"} <= set(carried.group(1).split(", "))
 
 
 def test_multi_part_loss_entries_add_up(launched):
