@@ -51,10 +51,29 @@ class SmallCNN(nn.Module):
         return nn.Dense(self.outputs)(x.reshape((x.shape[0], -1)))
 
 
+class BatchNormCNN(nn.Module):
+    """SmallCNN with BatchNorm after each convolution: ``train=True`` normalises with the
+    batch's statistics and updates the running averages (``batch_stats``), ``train=False``
+    (validation) reads them."""
+
+    channels: Sequence[int] = (8, 16)
+    outputs: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
+        x = x.reshape((x.shape[0], 8, 8, 1))
+        # no bias before a normalisation (it would cancel): the usual ResNet layout
+        x = nn.relu(norm()(nn.Conv(self.channels[0], (3, 3), use_bias=False)(x)))
+        x = nn.relu(norm()(nn.Conv(self.channels[1], (3, 3), strides=2, use_bias=False)(x)))
+        return nn.Dense(self.outputs)(x.reshape((x.shape[0], -1)))
+
+
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "small MLP (64-128-128-10)": lambda: MLP(hidden=(128, 128)),
     "wide MLP (64-512-512-10)": lambda: MLP(hidden=(512, 512)),
     "small CNN (conv8, conv16 stride 2, dense10)": lambda: SmallCNN(),
+    "BatchNorm CNN (conv8-BN, conv16/2-BN, dense10)": lambda: BatchNormCNN(),
 }
 
 
@@ -183,6 +202,43 @@ def _run_arguments(workload: Workload) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------------------- hand-written loops
+
+
+class _LinenSteps(NamedTuple):
+    """A Linen model as a hand-written loop uses it: ``train=True`` with its collections
+    (``batch_stats``) mutable while training, ``train=False`` to validate (when it has the
+    flag and collections; a plain model is just ``apply({"params": ...})``)."""
+
+    init: Callable  # (key, x) -> (params, stats)
+    train_loss: Callable  # (params, stats, x, y) -> (loss, stats)
+    val_loss: Callable  # (params, stats, x, y) -> loss
+
+
+def _linen_steps(module: nn.Module, loss_fn: Callable) -> _LinenSteps:
+    flag = {"train": True} if "train" in inspect.signature(module.__call__).parameters else {}
+
+    def mode(training: bool) -> dict:
+        return {k: training for k in flag}
+
+    def init(key, x):
+        variables = dict(module.init(key, x, **mode(False)))
+        return variables.pop("params"), variables
+
+    def train_loss(params, stats, x, y):
+        if not stats:
+            return loss_fn(module.apply({"params": params}, x, **mode(True)), y), stats
+        outputs, stats = module.apply(
+            {"params": params, **stats}, x, mutable=list(stats), **mode(True)
+        )
+        return loss_fn(outputs, y), dict(stats)
+
+    def val_loss(params, stats, x, y):
+        return loss_fn(module.apply({"params": params, **stats}, x, **mode(False)), y)
+
+    return _LinenSteps(init, train_loss, val_loss)
+
+
 # ----------------------------------------------------------------------------- (a) best practice
 
 
@@ -193,29 +249,27 @@ def make_train_one(workload: Workload) -> Callable:
     mean training loss and the validation loss of every epoch. Not jitted: wrap it in
     ``jax.jit`` (sequential) or ``jax.jit(jax.vmap(...))`` (the same function vmapped).
     """
-    module = workload.model_fn()
+    model = _linen_steps(workload.model_fn(), workload.loss)
     n_train, batch_size, epochs = workload.n_train, workload.batch_size, workload.epochs
-    loss_fn = workload.loss
-
-    def loss_of(params, x, y):
-        return loss_fn(module.apply({"params": params}, x), y)
 
     def train(lr, init_key, data_key, x_train, y_train, x_val, y_val):
         tx = workload.optimizer(learning_rate=lr)
-        params = module.init(init_key, x_train[:1])["params"]
+        params, stats = model.init(init_key, x_train[:1])
 
         def step(carry, indices):
-            params, opt_state = carry
-            loss, grads = jax.value_and_grad(loss_of)(params, x_train[indices], y_train[indices])
+            params, stats, opt_state = carry
+            (loss, stats), grads = jax.value_and_grad(model.train_loss, has_aux=True)(
+                params, stats, x_train[indices], y_train[indices]
+            )
             updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
+            return (optax.apply_updates(params, updates), stats, opt_state), loss
 
         def epoch(carry, e):
             order = epoch_batches(data_key, e, n_train, batch_size)
             carry, losses = jax.lax.scan(step, carry, order)
-            return carry, (jnp.mean(losses), loss_of(carry[0], x_val, y_val))
+            return carry, (jnp.mean(losses), model.val_loss(carry[0], carry[1], x_val, y_val))
 
-        carry = (params, tx.init(params))
+        carry = (params, stats, tx.init(params))
         _, (train_losses, val_losses) = jax.lax.scan(epoch, carry, jnp.arange(epochs))
         return train_losses, val_losses
 
@@ -263,34 +317,33 @@ def train_usual(workload: Workload, lrs: Sequence[float]) -> np.ndarray:
     batches are sliced from host (numpy) arrays in Python, one dispatch per step. Returns the
     validation loss per (rate, epoch).
     """
-    module = workload.model_fn()
+    model = _linen_steps(workload.model_fn(), workload.loss)
     split = workload.split
     n_train, batch_size = workload.n_train, workload.batch_size
     _, init_keys, data_keys = lane_keys(workload, lrs)
 
-    def loss_of(params, x, y):
-        return workload.loss(module.apply({"params": params}, x), y)
-
-    evaluate = jax.jit(loss_of)  # does not depend on the rate: compiled once
+    evaluate = jax.jit(model.val_loss)  # does not depend on the rate: compiled once
     results = []
     for i, lr in enumerate(lrs):
         tx = workload.optimizer(float(np.float32(lr)))
-        params = module.init(init_keys[i], split.x_train[:1])["params"]
+        params, stats = model.init(init_keys[i], split.x_train[:1])
         opt_state = tx.init(params)
 
         @jax.jit
-        def step(params, opt_state, x, y, tx=tx):
-            loss, grads = jax.value_and_grad(loss_of)(params, x, y)
+        def step(params, stats, opt_state, x, y, tx=tx):
+            (loss, stats), grads = jax.value_and_grad(model.train_loss, has_aux=True)(
+                params, stats, x, y
+            )
             updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
+            return optax.apply_updates(params, updates), stats, opt_state, loss
 
         val_losses = []
         for epoch in range(workload.epochs):
             order = np.asarray(epoch_batches(data_keys[i], epoch, n_train, batch_size))
             for indices in order:
-                params, opt_state, _ = step(
-                    params, opt_state, split.x_train[indices], split.y_train[indices]
+                params, stats, opt_state, _ = step(
+                    params, stats, opt_state, split.x_train[indices], split.y_train[indices]
                 )
-            val_losses.append(float(evaluate(params, split.x_val, split.y_val)))
+            val_losses.append(float(evaluate(params, stats, split.x_val, split.y_val)))
         results.append(val_losses)
     return np.asarray(results)

@@ -47,7 +47,8 @@ SETTINGS = {
 
 
 def parameter_count(model_fn: Callable, x_example) -> int:
-    shapes = jax.eval_shape(lambda k: model_fn().init(k, x_example), jax.random.key(0))
+    # trainable parameters only: batch statistics are state, not parameters
+    shapes = jax.eval_shape(lambda k: model_fn().init(k, x_example)["params"], jax.random.key(0))
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes)))
 
 

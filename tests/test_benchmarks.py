@@ -67,6 +67,26 @@ def test_stage_throughput_structure_and_same_work():
     assert max(model["max_relative_loss_difference_to_sequential"].values()) < 1e-3
 
 
+def test_batchnorm_baselines_carry_statistics_like_the_lanes():
+    """The BatchNorm row is the same work too: every baseline trains with train=True and
+    mutable batch statistics and validates with train=False, as the engine's lanes do."""
+    from benchmarks._workloads import BatchNormCNN
+
+    record = stage_throughput.run(
+        models={"bn": lambda: BatchNormCNN(channels=(2, 4))},
+        points=2,
+        repeats=1,
+        compile_repeats=1,
+        **TINY,
+    )
+    model = record["data"]["models"]["bn"]
+    assert model["params"] == 9 * 2 + 2 * 2 + 9 * 2 * 4 + 2 * 4 + 16 * 4 * 10 + 10
+    losses = model["final_val_loss"]
+    for name in ("vmap_plain", "sequential", "usual"):
+        np.testing.assert_allclose(losses[name], losses["stage"], rtol=2e-4)
+    assert abs(losses["stage"][0] - losses["stage"][1]) > 0.01
+
+
 def test_whole_sweep_structure():
     record = whole_sweep.run(
         model_fn=tiny_mlp,
