@@ -270,6 +270,40 @@ def test_nnx_rng_state_advances_per_lane_in_training_only(split_blobs):
     assert np.abs(means).max() > 0 and not np.array_equal(means[0], means[1])
 
 
+class DeterministicFlag(nn.Module):
+    """Flax attention's convention: ``deterministic``, the opposite of ``train``."""
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        return nn.Dense(3)(nn.Dropout(0.5, deterministic=deterministic)(x))
+
+
+class CallTimeRngs(nnx.Module):
+    """An NNX model that takes its dropout stream at call time."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(6, 3, rngs=rngs)
+        self.dropout = nnx.Dropout(0.5)
+
+    def __call__(self, x, rngs: nnx.Rngs | None = None):
+        return self.dense(self.dropout(x, rngs=rngs))
+
+
+@pytest.mark.parametrize("model_fn", [lambda: DeterministicFlag(), CallTimeRngs])
+def test_other_conventions_train_with_fresh_keys_and_validate_deterministically(model_fn):
+    x = make_classification(n=8)[0]
+    model = _model.adapt(model_fn, x[:2])
+    params, state = model.init(jax.random.key(0))
+    first, _ = model.train_apply(params, state, x, jax.random.key(1))
+    again, _ = model.train_apply(params, state, x, jax.random.key(1))
+    other, _ = model.train_apply(params, state, x, jax.random.key(2))
+    np.testing.assert_array_equal(first, again)  # the key decides the mask
+    assert not np.allclose(first, other)
+    evaluated = model.eval_apply(params, state, x)
+    dense = params["Dense_0"] if model.kind == "linen" else params["dense"]
+    np.testing.assert_allclose(evaluated, x @ dense["kernel"] + dense["bias"], rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- resume
 
 
