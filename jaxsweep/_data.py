@@ -101,7 +101,10 @@ def _check_pair(pair, part: str) -> tuple[Any, np.ndarray]:
         raise ValueError(f"data: {part} is empty (0 examples)")
     for name, array in arrays[:-1]:
         if len(array) != len(y):
-            raise ValueError(f"data: {name} has {len(array)} examples but y has {len(y)}")
+            several = (
+                " (several inputs go in a tuple, not a list)" if isinstance(pair[0], list) else ""
+            )
+            raise ValueError(f"data: {name} has {len(array)} examples but y has {len(y)}{several}")
     for name, array in arrays:
         if jnp.issubdtype(array.dtype, jnp.inexact) and not np.all(np.isfinite(array)):
             bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))

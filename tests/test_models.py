@@ -535,6 +535,7 @@ ERRORS = [
     (dict(model_fn=GrowingCollection), ValueError, "changes the collection"),
     (dict(model_fn=OneLogit), ValueError, "need one output per class"),
     (dict(data=(X, Y + 3)), ValueError, "labels from 3 to 5 but the model has 3 outputs"),
+    (dict(data=([X[:, :3], X[:, 3:]], Y)), ValueError, "several inputs go in a tuple"),
     (dict(init={"Dense_0": {}}), ValueError, "init: expected the variables dict"),
     (dict(init=TinyMLP()), TypeError, "init: a Linen model starts from its variables dict"),
     (
