@@ -218,9 +218,10 @@ def run_lanes(model_fn, data, *, epochs, batch_size, values, seeds):
     model = _model.adapt(model_fn, x[:2])
     tx = _optim.resolve_optimizer(optax.sgd, "learning_rate")
     programs = _train.make_programs(
-        model, _losses.cross_entropy, tx, "learning_rate", batch_size, len(x)
+        model, _losses.cross_entropy, tx, "learning_rate", batch_size, len(x), len(yv), len(yv)
     )
-    init_keys, _, rng_keys = _stage.seed_keys(0, seeds)
+    init_keys, _ = _stage.seed_keys(0, seeds)
+    rng_keys = _stage.derive_rng_keys(_stage.seed_argument(0), seeds)
     lanes = _stage.lane_inputs(values, 0, seeds)
     params, state = jax.jit(programs.init_seeds)(init_keys)
     lane_state = jax.jit(programs.start_lanes)(
