@@ -215,6 +215,22 @@ def _show(args) -> int:
     return 0
 
 
+def _add_sweep_options(parser: argparse.ArgumentParser, min_improvement: float) -> None:
+    """The options every sweeping command shares: early stop, quiet, checkpoints."""
+    parser.add_argument(
+        "--min-improvement",
+        type=float,
+        default=min_improvement,
+        help="stop early below this relative gain (0: run every stage)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="save Orbax checkpoints here; rerun the same command to resume a killed sweep",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxsweep", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -222,18 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=os.path.join("runs", "demo"), help="output folder")
     demo.add_argument("--epochs", type=int, default=3)
     demo.add_argument("--stages", type=int, default=5)
-    demo.add_argument(
-        "--min-improvement",
-        type=float,
-        default=0.0,
-        help="stop early below this relative gain (0: run every stage)",
-    )
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    demo.add_argument(
-        "--checkpoint-dir",
-        default=None,
-        help="save Orbax checkpoints here; rerun the same command to resume a killed sweep",
-    )
+    _add_sweep_options(demo, min_improvement=0.0)
     demo.set_defaults(handler=_demo)
     _add_run_parser(commands)
     rebuild = commands.add_parser(
@@ -283,18 +288,7 @@ def _add_run_parser(commands) -> None:
     run.add_argument("--stages", type=int, default=5)
     run.add_argument("--seeds", type=int, default=1, help="initialisations per value")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument(
-        "--min-improvement",
-        type=float,
-        default=0.01,
-        help="stop early below this relative gain (0: run every stage)",
-    )
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument(
-        "--checkpoint-dir",
-        default=None,
-        help="save Orbax checkpoints here; rerun the same command to resume a killed sweep",
-    )
+    _add_sweep_options(run, min_improvement=0.01)
     run.set_defaults(handler=_run)
 
 
