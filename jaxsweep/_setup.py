@@ -14,6 +14,7 @@ import jax
 import optax
 
 from . import _checkpoint, _hosts, _schedules, _sharding
+from ._budget import Budget, make_budget
 from ._config import SweepConfig, make_config
 from ._data import Split, prepare
 from ._environment import versions
@@ -51,6 +52,7 @@ class Setup:
     record: dict[str, Any]  # the result's ``config``: every argument that shapes the sweep
     hosts: _hosts.Hosts  # this process among the sweep's processes (one in most runs)
     fingerprint: dict | None  # what a checkpoint must match; None without checkpoints
+    budget: Budget  # steps per lane, validation points, steps per call
 
     @property
     def param_count(self) -> int:
@@ -109,8 +111,10 @@ def _with_data(
             "training examples"
         )
     loss_fn, loss_name = resolve_loss(loss, split.y_train)
-    total_steps = config.epochs * (len(split.x_train) // config.batch_size)
-    scheduled = _schedules.resolve(schedule, total_steps)
+    budget = make_budget(
+        config.epochs, config.steps, config.eval_every, len(split.x_train), config.batch_size
+    )
+    scheduled = _schedules.resolve(schedule, budget.total)
     tx = resolve_optimizer(optimizer, config.hyperparam, scheduled and scheduled.fn)
     model = adapt(model_fn, split.x_train[:1])
     abstract_params, aux_names = _probe(
@@ -122,6 +126,8 @@ def _with_data(
         config,
         metric=resolve_metric(config.metric, aux_names),
         eval_batch_size=min(eval_batch, n_val),  # never more than the examples there are
+        steps=budget.total,
+        eval_every=budget.eval_every,
     )
     record = {
         **_record(config, split, model, abstract_params, loss_name, optimizer),
@@ -147,6 +153,7 @@ def _with_data(
         record=record,
         hosts=hosts,
         fingerprint=fingerprint,
+        budget=budget,
     )
 
 

@@ -2,17 +2,18 @@
 
 This is the one place that turns the pure programs of :mod:`jaxsweep._train` into running
 code: lanes are laid out value-major over a one-axis device mesh, each seed's parameters are
-initialised once per sweep, and the epoch program is compiled once per lane count (a sweep
-has one). The benchmarks build their "jaxsweep stage" here too, so they time exactly what a
+initialised once per sweep, and the training and validation programs are compiled once per
+lane count (a sweep has one). A validation segment (an epoch by default) is trained by calls
+of ``budget.chunk`` steps, each dispatched before the previous one's metrics are fetched, then
+validated. The benchmarks build their "jaxsweep stage" here too, so they time exactly what a
 sweep runs::
 
-    stage = StagePrograms(make_programs(...), split, jax.devices()[:1])
+    stage = StagePrograms(make_programs(...), split, jax.devices()[:1], budget)
     lanes = stage.start([1e-3, 1e-2], seed=0, seeds=1)
     stage.compile(lanes)
     state = lanes.state
-    for epoch in range(3):
-        state, metrics = stage.run_epoch(lanes, state, epoch)
-        host_metrics = lanes.layout.gather(metrics)
+    for segment in range(budget.validations):
+        state, host_metrics = stage.run_segment(lanes, state, segment)
 
 Randomness depends on (seed, seed index, epoch) only (:func:`seed_keys`): every stage and
 every rerun of a sweep sees the same initial parameters and batch orders.
@@ -30,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _sharding
+from ._budget import Budget
 from ._data import Split
 from ._sharding import LaneLayout
-from ._train import LaneState, Programs
+from ._train import LaneState, Programs, segment_metrics
 
 # Initialisation runs once per sweep, for milliseconds, but its random-number code is long:
 # on CPU, skipping LLVM's optimisation passes compiles it ~3x faster (~2 s less per sweep).
@@ -54,6 +56,8 @@ class StageLanes(NamedTuple):
     inputs: LaneInputs  # placed like the state
     layout: LaneLayout  # real and padded lane counts, the mesh
     state: LaneState  # fresh: the seeds' parameters, a new optimizer state per lane
+    seed: int  # the sweep's root seed
+    seeds: int  # seeds per value: ``inputs.seed_index`` counts them
 
 
 @functools.lru_cache(maxsize=16)
@@ -112,19 +116,25 @@ class StagePrograms:
       devices: the devices the lanes are split over (:func:`_sharding.resolve_devices`).
     """
 
-    def __init__(self, programs: Programs, data: Split, devices: Sequence):
+    def __init__(self, programs: Programs, data: Split, devices: Sequence, budget: Budget):
         # lanes split over a one-axis mesh, data copied to every device: jit partitions the
         # vmapped programs (SPMD), and every output keeps the lane axis split the same way
         self.mesh = _sharding.lane_mesh(devices)
         self.data = _sharding.place_replicated(data, self.mesh)
+        self.budget = budget
         lanes = _sharding.lane_sharding(self.mesh)
+        replicated = _sharding.replicated(self.mesh)
         self._programs = programs
-        self._init = jax.jit(programs.init_seeds, out_shardings=_sharding.replicated(self.mesh))
+        self._init = jax.jit(programs.init_seeds, out_shardings=replicated)
         self._start = jax.jit(programs.start_lanes, out_shardings=lanes)
-        self._epoch = jax.jit(programs.run_epoch, out_shardings=lanes)
+        self._chunk = jax.jit(programs.train_chunk, out_shardings=lanes)
+        self._validate = jax.jit(programs.validate, out_shardings=lanes)
+        self._orders = jax.jit(programs.epoch_orders, out_shardings=replicated)
         self._compiled_init = None
         self._seed_starts: dict[tuple[int, int], Any] = {}
-        self._compiled: dict[int, Any] = {}  # padded lane count -> compiled epoch program
+        # padded lane count -> (compiled chunk program, compiled validation program)
+        self._compiled: dict[int, tuple[Any, Any]] = {}
+        self._epoch_orders: dict[tuple[int, int, int], Any] = {}  # (seed, seeds, epoch) ->
 
     def seed_start(self, seed: int, seeds: int):
         """Each seed's initial ``(params, constants)``, leading axis ``(seeds,)``, replicated.
@@ -150,7 +160,7 @@ class StagePrograms:
         placed = layout.place(inputs)
         params, constants = self.seed_start(seed, seeds)
         state = self._start(params, constants, placed.seed_index, placed.values)
-        return StageLanes(placed, layout, state)
+        return StageLanes(placed, layout, state, seed, seeds)
 
     def abstract_state(self, lanes: int, seed: int, seeds: int):
         """The lane state of ``lanes`` real lanes as shapes (traced, never run or compiled)."""
@@ -159,30 +169,101 @@ class StagePrograms:
         values = np.zeros(lanes, np.float32)
         return jax.eval_shape(self._programs.start_lanes, params, constants, seed_index, values)
 
+    def orders(self, lanes: StageLanes, epoch: int):
+        """Every seed's batch order of ``epoch``, ``(seeds, steps_per_epoch, batch)``, replicated.
+
+        Kept for the epoch in progress and the next one only: a call needs at most two.
+        """
+        seed, seeds = lanes.seed, lanes.seeds
+        key = (seed, seeds, epoch)
+        if key not in self._epoch_orders:
+            for old in [k for k in self._epoch_orders if k[:2] != key[:2] or k[2] < epoch - 1]:
+                del self._epoch_orders[old]
+            data_keys = _sharding.place_replicated(seed_keys(seed, seeds)[1], self.mesh)
+            self._epoch_orders[key] = self._orders(data_keys, np.int32(epoch))
+        return self._epoch_orders[key]
+
+    def _chunk_arguments(self, lanes: StageLanes, start: int, steps: int) -> tuple:
+        """The arguments of the call that trains ``steps`` steps from step ``start``."""
+        epoch, offset = divmod(start, self.budget.steps_per_epoch)
+        orders = self.orders(lanes, epoch)
+        crosses = offset + steps > self.budget.steps_per_epoch
+        after = self.orders(lanes, epoch + 1) if crosses else orders
+        x_train, y_train = self.data.x_train, self.data.y_train
+        return (
+            lanes.inputs.seed_index,
+            orders,
+            after,
+            np.int32(offset),
+            np.int32(steps),
+            x_train,
+            y_train,
+        )
+
     def compile(self, lanes: StageLanes) -> float:
-        """Compiles the epoch program for this stage's lane count; seconds spent (0: reused)."""
+        """Compiles the training and validation programs for this stage's lane count;
+        seconds spent (0: reused)."""
         if lanes.layout.padded in self._compiled:
             return 0.0
         started = time.perf_counter()
-        lowered = self._epoch.lower(lanes.state, lanes.inputs.data_keys, np.int32(0), *self.data)
-        self._compiled[lanes.layout.padded] = lowered.compile()
+        arguments = self._chunk_arguments(lanes, 0, self.budget.chunk)
+        chunk = self._chunk.lower(lanes.state, *arguments).compile()
+        validate = self._validate.lower(lanes.state, self.data.x_val, self.data.y_val).compile()
+        self._compiled[lanes.layout.padded] = (chunk, validate)
         return time.perf_counter() - started
 
+    def train_segment(self, lanes: StageLanes, state: LaneState, segment: int):
+        """Trains validation segment ``segment``: yields ``(state, host stats, steps)`` per call.
+
+        The next call is dispatched before the previous one's stats are fetched, so the
+        devices never wait for the host; the last state yielded is the segment's.
+        """
+        chunk, _ = self._compiled[lanes.layout.padded]
+        pending = None
+        for start, steps in self.budget.calls(segment):
+            state, stats = chunk(state, *self._chunk_arguments(lanes, start, steps))
+            if pending is not None:
+                yield pending[0], lanes.layout.gather(pending[1]), pending[2]
+            pending = (state, stats, steps)
+        yield pending[0], lanes.layout.gather(pending[1]), pending[2]
+
+    def validate(self, lanes: StageLanes, state: LaneState):
+        """Every lane's validation loss and auxiliary entries, on the host (padding dropped)."""
+        _, validate = self._compiled[lanes.layout.padded]
+        return lanes.layout.gather(validate(state, self.data.x_val, self.data.y_val))
+
+    def run_segment(self, lanes: StageLanes, state: LaneState, segment: int, on_steps=None):
+        """Trains and validates one segment: ``(state, EpochMetrics)`` with host metrics.
+
+        ``on_steps(n)`` is called after each call's ``n`` steps (the progress bar).
+        """
+        stats = []
+        for latest, chunk_stats, steps in self.train_segment(lanes, state, segment):
+            state = latest
+            stats.append(chunk_stats)
+            if on_steps is not None:
+                on_steps(steps)
+        return state, segment_metrics(stats, *self.validate(lanes, state))
+
     def run_epoch(self, lanes: StageLanes, state: LaneState, epoch: int):
-        """One epoch of every lane: ``(state, metrics)``, both still split over the devices."""
-        program = self._compiled[lanes.layout.padded]
-        return program(state, lanes.inputs.data_keys, np.int32(epoch), *self.data)
+        """One validation segment (an epoch when validating once per epoch)."""
+        return self.run_segment(lanes, state, epoch)
 
     def memory(self, lanes: StageLanes, device) -> tuple[int, str]:
         """Peak device memory when the backend reports it, else the compiled estimate."""
         stats = device.memory_stats() if hasattr(device, "memory_stats") else None
         if stats and "peak_bytes_in_use" in stats:
             return int(stats["peak_bytes_in_use"]), "device_peak"
-        estimate = compiled_memory(self._compiled[lanes.layout.padded])
-        if not estimate:
+        estimates = [compiled_memory(p) for p in self._compiled[lanes.layout.padded]]
+        if not all(estimates):
             return 0, "unavailable"
-        return estimate["total"], "compiled_estimate"
+        # training and validation run one after the other: the larger of the two
+        return max(e["total"] for e in estimates), "compiled_estimate"
 
     def compiled_epoch(self, lanes: StageLanes):
-        """The compiled epoch program of this stage's lane count (after :meth:`compile`)."""
-        return self._compiled[lanes.layout.padded]
+        """The compiled training program of this stage's lane count (after :meth:`compile`)."""
+        return self._compiled[lanes.layout.padded][0]
+
+    def compiled_validation(self, lanes: StageLanes):
+        """The compiled validation program of this stage's lane count (after :meth:`compile`)."""
+        return self._compiled[lanes.layout.padded][1]

@@ -1,9 +1,13 @@
-"""The vmapped training program: one epoch of every lane of a stage in a single call.
+"""The vmapped training programs: a run of steps of every lane of a stage in one call.
 
 A *lane* is one (hyperparameter value, seed) pair. ``make_programs`` closes over the static
 configuration (model, loss, optimizer, batch size) and returns pure functions whose arguments
 are arrays only: the swept value lives in each lane's optax state
 (``optax.inject_hyperparams``), so every stage of a sweep reuses one compiled program.
+
+Training runs in calls of ``chunk`` steps (:mod:`jaxsweep._segments`); step ``s`` of a lane
+takes its batch from row ``s % steps_per_epoch`` of its seed's permutation of epoch
+``s // steps_per_epoch`` (:func:`epoch_orders`), so any chunking trains the same batches.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ._data import epoch_batches
 from ._losses import split_loss
 from ._model import ModelFunctions
 from ._optim import set_hyperparam
+from ._segments import make_chunk, merge
 from ._validation import make_validate
 
 LossFn = Callable[[Any, Any], Any]
@@ -33,11 +39,12 @@ class LaneState(NamedTuple):
 
 
 class EpochMetrics(NamedTuple):
-    """One epoch of one lane; every field is a scalar (``(lanes,)`` when stacked)."""
+    """One validation segment of one lane (an epoch unless ``eval_every`` says otherwise);
+    every field is a scalar (``(lanes,)`` when stacked)."""
 
     train_loss: jax.Array  # mean of the step losses
-    val_loss: jax.Array  # loss on the whole validation set after the epoch
-    first_step_loss: jax.Array  # loss of the epoch's first batch, before its update
+    val_loss: jax.Array  # loss on the whole validation set after the segment
+    first_step_loss: jax.Array  # loss of the segment's first batch, before its update
     grad_norm_mean: jax.Array  # global gradient norm, mean over steps
     grad_norm_max: jax.Array  # global gradient norm, max over steps
     stability: jax.Array  # std / |mean| of the step losses (0 = perfectly steady)
@@ -51,7 +58,11 @@ class EpochMetrics(NamedTuple):
 class Programs(NamedTuple):
     """The pure functions a sweep jit-compiles once and calls for every stage."""
 
-    run_epoch: Callable  # (state, data_keys (L,), epoch, x_tr, y_tr, x_val, y_val) -> ...
+    # (state, seed_index (L,), orders (S, spe, B) of this epoch and the next, offset in the
+    # epoch, active steps, x_train, y_train) -> (state, ChunkStats)
+    train_chunk: Callable
+    validate: Callable  # (state, x_val, y_val) -> (val_loss (L,), val_aux {(L,)})
+    epoch_orders: Callable  # (seed data keys (S,), epoch) -> (S, steps_per_epoch, batch) int32
     # Parameters depend on the seed alone: a sweep initialises each seed once, then every
     # stage gathers them into its lanes and starts fresh optimizers.
     init_seeds: Callable  # (init_keys (S,)) -> (params, constants), leading axis (S,)
@@ -93,23 +104,22 @@ def _step_norms(grads, updates, params) -> dict:
     }
 
 
-def _epoch_metrics(steps: dict, val_loss, val_aux) -> EpochMetrics:
-    """One lane's epoch from its stacked step records and its validation loss."""
-    losses = steps["loss"]
-    mean_loss = jnp.mean(losses)
-    finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(val_loss)
+def segment_metrics(chunks, val_loss, val_aux) -> EpochMetrics:
+    """One segment's metrics (host arrays, ``(lanes,)``) from its calls' stats and validation."""
+    train = merge(chunks)
+    val_loss = np.asarray(val_loss, np.float64)
     return EpochMetrics(
-        train_loss=mean_loss,
+        train_loss=train["train_loss"],
         val_loss=val_loss,
-        first_step_loss=losses[0],
-        grad_norm_mean=jnp.mean(steps["grad_norm"]),
-        grad_norm_max=jnp.max(steps["grad_norm"]),
-        stability=jnp.std(losses) / (jnp.abs(mean_loss) + 1e-12),
-        diverged=~finite,
-        train_aux=jax.tree_util.tree_map(jnp.mean, steps["aux"]),
-        val_aux=val_aux,
-        module_grad_norm=jax.tree_util.tree_map(jnp.mean, steps["module_grad_norm"]),
-        update_ratio=jax.tree_util.tree_map(jnp.mean, steps["update_ratio"]),
+        first_step_loss=train["first_step_loss"],
+        grad_norm_mean=train["grad_norm_mean"],
+        grad_norm_max=train["grad_norm_max"],
+        stability=train["stability"],
+        diverged=~(train["finite"] & np.isfinite(val_loss)),
+        train_aux=train["train_aux"],
+        val_aux=jax.tree.map(lambda a: np.asarray(a, np.float64), val_aux),
+        module_grad_norm=train["module_grad_norm"],
+        update_ratio=train["update_ratio"],
     )
 
 
@@ -125,6 +135,7 @@ def make_programs(
     n_train: int,
     n_val: int,
     eval_batch_size: int,
+    chunk: int,
 ) -> Programs:
     """Builds the pure, vmapped programs of a sweep.
 
@@ -138,6 +149,7 @@ def make_programs(
       n_val: number of validation examples.
       eval_batch_size: validation examples per batch through the model; the validation
         loss is the exact example-weighted mean over all of them.
+      chunk: training steps per call (at most the steps of an epoch).
 
     Returns:
       :class:`Programs` whose functions take a leading lane axis on their per-lane arguments;
@@ -171,19 +183,33 @@ def make_programs(
         step = {"loss": loss, "aux": aux, **_step_norms(grads, updates, carry.params)}
         return LaneState(params, opt_state, carry.constants), step
 
-    def run_lane_epoch(state: LaneState, data_key, epoch, x_train, y_train, x_val, y_val):
-        order = epoch_batches(data_key, epoch, n_train, batch_size)
+    steps_per_epoch = n_train // batch_size
+    run_chunk = make_chunk(train_step, chunk)
 
-        def step(carry, indices):
-            return train_step(carry, (x_train[indices], y_train[indices]))
+    def train_lane_chunk(state, seed, orders, next_orders, offset, n_active, x_train, y_train):
+        def batch_at(i):
+            # the call starts ``offset`` steps into an epoch and may run into the next one
+            position = offset + i
+            row = jnp.where(
+                position < steps_per_epoch,
+                orders[seed, jnp.minimum(position, steps_per_epoch - 1)],
+                next_orders[seed, jnp.maximum(position - steps_per_epoch, 0)],
+            )
+            return x_train[row], y_train[row]
 
-        state, steps = jax.lax.scan(step, state, order)
-        val_loss, val_aux = validate(state.params, state.constants, x_val, y_val)
-        return state, _epoch_metrics(steps, val_loss, val_aux)
+        return run_chunk(state, batch_at, n_active)
+
+    def validate_lane(state: LaneState, x_val, y_val):
+        return validate(state.params, state.constants, x_val, y_val)
+
+    def epoch_orders(seed_data_keys, epoch):
+        return jax.vmap(lambda key: epoch_batches(key, epoch, n_train, batch_size))(seed_data_keys)
 
     return Programs(
         init_seeds=jax.vmap(model.init),
         start_lanes=start_lanes,
-        # data and epoch are shared by all lanes: in_axes None keeps one copy on the device
-        run_epoch=jax.vmap(run_lane_epoch, in_axes=(0, 0, None, None, None, None, None)),
+        # data, orders and step counters are shared by all lanes: in_axes None keeps one copy
+        train_chunk=jax.vmap(train_lane_chunk, in_axes=(0, 0) + (None,) * 6),
+        validate=jax.vmap(validate_lane, in_axes=(0, None, None)),
+        epoch_orders=epoch_orders,
     )
