@@ -13,10 +13,11 @@ import sys
 import time
 
 from . import _common as c
-from . import cost_growth, precision, stage_throughput, whole_sweep
+from . import cost_growth, data_sources, precision, stage_throughput, whole_sweep
 
 BENCHMARKS = {
-    module.NAME: module for module in (stage_throughput, whole_sweep, precision, cost_growth)
+    module.NAME: module
+    for module in (stage_throughput, whole_sweep, precision, cost_growth, data_sources)
 }
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

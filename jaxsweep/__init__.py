@@ -15,6 +15,7 @@ from ._result import SweepResult as SweepResult
 from ._result import load as load
 from ._run import run as run
 from ._sharding import is_writer as is_writer
+from ._sources import columns as columns
 from ._warnings import SearchRangeWarning as SearchRangeWarning
 from .plots import plot as plot
 from .report import report as report
@@ -33,6 +34,7 @@ __all__ = [
     "SearchRangeWarning",
     "Stage",
     "SweepResult",
+    "columns",
     "is_writer",
     "load",
     "plot",

@@ -34,6 +34,7 @@ from . import _sharding
 from ._budget import Budget
 from ._data import Split
 from ._sharding import LaneLayout
+from ._sources import SourceColumn, prefetch, read_batch
 from ._train import LaneState, Programs, segment_metrics
 
 # Initialisation runs once per sweep, for milliseconds, but its random-number code is long:
@@ -120,14 +121,21 @@ class StagePrograms:
         # lanes split over a one-axis mesh, data copied to every device: jit partitions the
         # vmapped programs (SPMD), and every output keeps the lane axis split the same way
         self.mesh = _sharding.lane_mesh(devices)
-        self.data = _sharding.place_replicated(data, self.mesh)
+        # a training source stays on the host and is read per call; arrays go to the devices
+        self.source = data.x_train.source if isinstance(data.x_train, SourceColumn) else None
+        if self.source is None:
+            self.data = _sharding.place_replicated(data, self.mesh)
+        else:
+            placed = _sharding.place_replicated((data.x_val, data.y_val), self.mesh)
+            self.data = data._replace(x_val=placed[0], y_val=placed[1])
         self.budget = budget
         lanes = _sharding.lane_sharding(self.mesh)
         replicated = _sharding.replicated(self.mesh)
         self._programs = programs
         self._init = jax.jit(programs.init_seeds, out_shardings=replicated)
         self._start = jax.jit(programs.start_lanes, out_shardings=lanes)
-        self._chunk = jax.jit(programs.train_chunk, out_shardings=lanes)
+        train = programs.train_chunk if self.source is None else programs.train_batches
+        self._chunk = jax.jit(train, out_shardings=lanes)
         self._validate = jax.jit(programs.validate, out_shardings=lanes)
         self._orders = jax.jit(programs.epoch_orders, out_shardings=replicated)
         self._compiled_init = None
@@ -185,6 +193,8 @@ class StagePrograms:
 
     def _chunk_arguments(self, lanes: StageLanes, start: int, steps: int) -> tuple:
         """The arguments of the call that trains ``steps`` steps from step ``start``."""
+        if self.source is not None:
+            return self._place_batches(lanes, self._read_call(lanes, start, steps), steps)
         epoch, offset = divmod(start, self.budget.steps_per_epoch)
         orders = self.orders(lanes, epoch)
         crosses = offset + steps > self.budget.steps_per_epoch
@@ -199,6 +209,26 @@ class StagePrograms:
             x_train,
             y_train,
         )
+
+    def _read_call(self, lanes: StageLanes, start: int, steps: int):
+        """The batches of one call read from the source on the host: ``(x, y)`` shaped
+        ``(seeds, chunk, batch, ...)``; steps past ``steps`` repeat the first (never trained)."""
+        per_epoch = self.budget.steps_per_epoch
+        rows, host = [], {}  # each epoch's orders fetched to the host once per call
+        for step in range(start, start + steps):
+            epoch, row = divmod(step, per_epoch)
+            if epoch not in host:
+                host[epoch] = np.asarray(self.orders(lanes, epoch))
+            rows.append(host[epoch][:, row])  # (seeds, batch)
+        rows += rows[:1] * (self.budget.chunk - steps)
+        indices = np.stack(rows, axis=1)  # (seeds, chunk, batch)
+        x, y = read_batch(self.source, indices.reshape(-1))
+        shape = indices.shape
+        return jax.tree.map(lambda a: a.reshape(*shape, *a.shape[1:]), (x, y))
+
+    def _place_batches(self, lanes: StageLanes, batches, steps: int) -> tuple:
+        x, y = _sharding.place_replicated(batches, self.mesh)
+        return (lanes.inputs.seed_index, x, y, np.int32(steps))
 
     def compile(self, lanes: StageLanes) -> float:
         """Compiles the training and validation programs for this stage's lane count;
@@ -219,9 +249,18 @@ class StagePrograms:
         devices never wait for the host; the last state yielded is the segment's.
         """
         chunk, _ = self._compiled[lanes.layout.padded]
+        calls = self.budget.calls(segment)
+        if self.source is None:
+            arguments = (self._chunk_arguments(lanes, *call) for call in calls)
+        else:  # the next call's batches are read on a worker thread while this one trains
+            batches = prefetch(lambda call: self._read_call(lanes, *call), calls)
+            arguments = (
+                self._place_batches(lanes, b, steps)
+                for b, (_, steps) in zip(batches, calls, strict=True)
+            )
         pending = None
-        for start, steps in self.budget.calls(segment):
-            state, stats = chunk(state, *self._chunk_arguments(lanes, start, steps))
+        for (_, steps), args in zip(calls, arguments, strict=True):
+            state, stats = chunk(state, *args)
             if pending is not None:
                 yield pending[0], lanes.layout.gather(pending[1]), pending[2]
             pending = (state, stats, steps)

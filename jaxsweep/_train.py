@@ -61,6 +61,9 @@ class Programs(NamedTuple):
     # (state, seed_index (L,), orders (S, spe, B) of this epoch and the next, offset in the
     # epoch, active steps, x_train, y_train) -> (state, ChunkStats)
     train_chunk: Callable
+    # the same for batches read from a source: (state, seed_index (L,), x (S, chunk, batch,
+    # ...), y, active steps) -> (state, ChunkStats)
+    train_batches: Callable
     validate: Callable  # (state, x_val, y_val) -> (val_loss (L,), val_aux {(L,)})
     epoch_orders: Callable  # (seed data keys (S,), epoch) -> (S, steps_per_epoch, batch) int32
     # Parameters depend on the seed alone: a sweep initialises each seed once, then every
@@ -199,6 +202,10 @@ def make_programs(
 
         return run_chunk(state, batch_at, n_active)
 
+    def train_lane_batches(state, seed, x_batches, y_batches, n_active):
+        # batches read on the host for this call: (seeds, chunk, batch, ...)
+        return run_chunk(state, lambda i: (x_batches[seed, i], y_batches[seed, i]), n_active)
+
     def validate_lane(state: LaneState, x_val, y_val):
         return validate(state.params, state.constants, x_val, y_val)
 
@@ -210,6 +217,7 @@ def make_programs(
         start_lanes=start_lanes,
         # data, orders and step counters are shared by all lanes: in_axes None keeps one copy
         train_chunk=jax.vmap(train_lane_chunk, in_axes=(0, 0) + (None,) * 6),
+        train_batches=jax.vmap(train_lane_batches, in_axes=(0, 0, None, None, None)),
         validate=jax.vmap(validate_lane, in_axes=(0, None, None)),
         epoch_orders=epoch_orders,
     )

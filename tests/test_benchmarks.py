@@ -16,7 +16,14 @@ import pytest
 # the benchmarks are a package of the source tree, not of the installed distribution
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import _common, cost_growth, precision, stage_throughput, whole_sweep  # noqa: E402
+from benchmarks import (  # noqa: E402
+    _common,
+    cost_growth,
+    data_sources,
+    precision,
+    stage_throughput,
+    whole_sweep,
+)
 from jaxsweep.models import MLP  # noqa: E402
 
 # each benchmark compiles several programs of its own, even at this size
@@ -137,3 +144,15 @@ def test_summary_is_a_median():
     assert _common.summary([3.0, 1.0, 2.0])["median"] == 2.0
     with pytest.raises(ValueError):
         _common.summary([])
+
+
+def test_data_sources_structure_same_work_and_bounded_validation():
+    record = data_sources.run(mode="quick", steps=4, repeats=1, val_sizes=(600, 2400))
+    _check_record(record, "data_sources")
+    throughput = record["data"]["throughput"]
+    assert "Python map dataset" in throughput["final_val_loss"]
+    assert max(throughput["max_relative_diff"].values()) < 1e-5  # sources train the same
+    memory = record["data"]["validation_memory"]
+    batched = [memory[n]["batched (default)"]["temporaries"] for n in (600, 2400)]
+    whole = [memory[n]["one batch"]["temporaries"] for n in (600, 2400)]
+    assert batched[1] < 1.5 * batched[0] < whole[1]  # batched stays flat, one batch grows

@@ -27,7 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 NOTEBOOK = EXAMPLES / "colab_tpu.ipynb"
 # longest first, so that the short ones fill the gaps
-SCRIPTS = ("resumed_sweep", "char_transformer", "cnn_nnx", "digits_mlp", "regression_multiloss")
+SCRIPTS = (
+    "resumed_sweep",
+    "char_transformer",
+    "cnn_nnx",
+    "schedule_accuracy",
+    "digits_mlp",
+    "regression_multiloss",
+)
 WORKERS = 3  # the processes are mostly single-threaded compilation
 TIMEOUT = 600
 DEVICES = 4  # simulated CPU devices for the notebook
@@ -37,6 +44,7 @@ NEEDS = {
     "test_multi_part_loss_entries_add_up": ("regression_multiloss",),
     "test_resumed_sweep_skips_the_finished_stage": ("resumed_sweep",),
     "test_notebook_runs_top_to_bottom": ("notebook",),
+    "test_schedule_example_selects_by_accuracy": ("schedule_accuracy",),
 }
 BEST_LINE = re.compile(r"best learning rate: (\S+)")
 
@@ -161,6 +169,14 @@ def test_multi_part_loss_entries_add_up(launched):
     penalty = _number(stdout, r"\n\s+l1_penalty: ([\d.eE+-]+)")
     assert 0 < penalty < mse
     assert mse + penalty == pytest.approx(total, abs=1e-4 + 1e-3 * total)
+
+
+def test_schedule_example_selects_by_accuracy(launched):
+    """The peak of a warmup-cosine schedule, ranked by validation accuracy, from a source."""
+    stdout, _ = _finished(launched, "schedule_accuracy")
+    assert "warmup_cosine (linear warmup over 10% of the steps (4 of 40)" in stdout
+    assert "validations after steps (20, 40)" in stdout
+    assert _number(stdout, r"validation accuracy at the best peak: ([\d.]+)") > 0.5
 
 
 def test_resumed_sweep_skips_the_finished_stage(launched):
