@@ -226,3 +226,18 @@ def test_a_million_generated_examples_train_with_a_step_budget_reading_few():
     # the set-up sample, the compile's first call, and 8 steps of 32 examples
     assert source.reads <= _sources.SAMPLE + 2 * 8 * 32
     assert all(np.isfinite(e.score) for e in result.evaluations)
+
+
+def test_checkpoints_of_a_source_sweep_are_fingerprinted_without_reading_it(split_blobs, tmp_path):
+    (x, y), val = split_blobs["train"], split_blobs["val"]
+    source = Pairs(x, y)
+    first = _sweep({"train": source, "val": val}, checkpoint_dir=str(tmp_path / "ckpt"))
+    reads = source.reads
+    again = _sweep({"train": source, "val": val}, checkpoint_dir=str(tmp_path / "ckpt"))
+    assert again.environment["checkpoint"]["resumed_from"] == "finished"
+    assert again.best_lr == first.best_lr
+    assert source.reads - reads <= _sources.SAMPLE  # only the set-up sample, no training
+    with pytest.raises(jaxsweep.ConfigurationMismatchError, match="data"):
+        _sweep(
+            {"train": Pairs(x[:-32], y[:-32]), "val": val}, checkpoint_dir=str(tmp_path / "ckpt")
+        )
