@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install test test-fast lint demo bench bench-quick clean
+.PHONY: install test test-fast lint demo bench bench-quick bench-coverage clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all --quick
+
+bench-coverage: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all --only coverage --suffix -coverage
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

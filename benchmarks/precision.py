@@ -163,6 +163,7 @@ def hierarchical(problem: Problem, seed: int) -> tuple[float, np.ndarray, np.nda
             lr_range=DEFAULT_RANGE,
             epochs=problem.steps,
             batch_size=len(problem.x),
+            seeds=1,  # full batches from zero weights: every seed trains the same
             min_improvement=0.0,
             seed=seed,
             progress=False,

@@ -1,9 +1,10 @@
 """Runs the benchmarks and writes ``benchmarks/results/<machine>[-quick].{json,md}``.
 
-python -m benchmarks.run_all            # everything, full size (make bench)
+python -m benchmarks.run_all            # benchmarks 1-5, full size (make bench)
 python -m benchmarks.run_all --quick    # smaller, a few minutes (make bench-quick)
 python -m benchmarks.run_all --only stage_throughput,cost_growth
 python -m benchmarks.run_all --dry      # tiny sizes on any backend: checks that it all runs
+python -m benchmarks.run_all --only coverage --suffix -coverage   # 6 (make bench-coverage)
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import time
 import traceback
 
 from . import _common as c
-from . import cost_growth, engine_costs, precision, stage_throughput, whole_sweep
+from . import cost_growth, coverage, engine_costs, precision, stage_throughput, whole_sweep
 
 BENCHMARKS = {
     module.NAME: module
-    for module in (stage_throughput, whole_sweep, precision, cost_growth, engine_costs)
+    for module in (stage_throughput, whole_sweep, precision, cost_growth, engine_costs, coverage)
 }
+# the coverage benchmark trains hundreds of sweeps: asked for by name, into its own file
+DEFAULT = tuple(name for name in BENCHMARKS if name != "coverage")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -34,10 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--only",
-        default=",".join(BENCHMARKS),
+        default=",".join(DEFAULT),
         help=f"comma-separated subset of {', '.join(BENCHMARKS)}",
     )
     parser.add_argument("--out", default=RESULTS, help="folder for the JSON and Markdown files")
+    parser.add_argument(
+        "--suffix", default="", help="added to the results' file names, e.g. -coverage"
+    )
     parser.add_argument(
         "--lanes",
         default=None,
@@ -74,7 +80,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("JAXSWEEP_CACHE_DIR", "off")
     info = c.machine()
     run = {
-        "slug": c.machine_slug(info),
+        "slug": c.machine_slug(info) + args.suffix,
         "mode": mode,
         "machine": info,
         "load_average": {"start": c.load_average()},

@@ -1,60 +1,41 @@
-"""How precisely a sweep located its best learning rate: intervals that say what they rest on.
+"""How precisely a sweep located its best value: intervals that say what they rest on.
 
 Pure numpy on plain sequences (no result objects, no I/O), so every estimate can be checked
-against exact synthetic scores. Three methods, each returning an :class:`Estimate`:
+against synthetic scores whose optimum is known. The target is the value that minimises the
+*expected* score over the training randomness (initialisation, batch order). Each method
+returns an :class:`Estimate`:
 
-* ``quadratic_fit``: a least-squares parabola of score against log learning rate (against the
-  value itself for a linear-scale sweep) around the best evaluated rate. The refined rate is
-  its vertex; the interval is Fieller's 95% interval for the vertex (the rates where the
-  fitted slope is not significantly different from zero), which stays honest when the
-  curvature is poorly determined, unlike a delta-method interval.
-* ``seed_bootstrap`` (``seeds >= 2``): resamples seeds with replacement, averages each rate's
-  per-seed scores over the resample and takes the best rate; the interval holds 95% of those
-  optima.
-* ``neighbours``: the evaluated rates on either side of the best. For a score that is a
-  unimodal function of the rate and evaluated without noise, the minimum lies inside this
-  bracket for certain. It is the fallback when a fit is poor or the minimum is not bracketed,
-  and every other interval is widened to contain it: an estimate never claims more precision
-  than the spacing of the rates actually evaluated.
+* ``seed_curve`` (``seeds >= 2``, the default): a cubic in log value fitted to each seed's
+  scores around the best; the refined value is the minimum of the seed-averaged cubic and the
+  95% interval holds the values where its slope is not significantly different from zero,
+  with the standard error taken from the spread of the slopes between seeds (Student's t).
+* ``not_worse`` (``seeds >= 2``, when no reliable fit exists): the evaluated values not
+  significantly worse than the best (paired t test over seeds) and their outer neighbours.
+* ``quadratic_fit`` (one seed): a least-squares parabola of score against log value around the
+  best evaluated value, with Fieller's interval for its vertex. It describes one seed's
+  curve: nothing in one seed shows how the minimum moves from seed to seed.
+* ``neighbours`` (one seed, no reliable fit): the evaluated values on either side of the best.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import _scale
+from . import _noise, _scale
 
 LEVEL = 0.95  # every interval here is a 95% interval
-
-# Two-sided 95% quantiles of Student's t (t_{0.975, df}) for df = 1..30; beyond, a
-# Cornish-Fisher expansion around the normal quantile is accurate to 1e-4.
-_T975 = (
-    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
-)  # fmt: skip
-_Z975 = 1.959963984540054
 
 MIN_FIT_POINTS = 5  # a parabola has 3 parameters: 5 points leave 2 degrees of freedom for noise
 
 
 def t_quantile_975(df: int) -> float:
     """The 97.5% quantile of Student's t with ``df`` degrees of freedom (two-sided 95%)."""
-    if df < 1:
-        raise ValueError(f"df: must be >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = _Z975
-    return (
-        z
-        + (z**3 + z) / (4 * df)
-        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
-    )
+    return _noise.t_quantile(0.975, df)
 
 
 @dataclass(frozen=True)
@@ -75,6 +56,11 @@ class QuadraticFit:
     residual_std: float  # root mean square residual (per degree of freedom)
     axis: str = "log"  # "log" or "linear": the sweep's scale
 
+    @property
+    def terms(self) -> int:
+        """Coefficients fitted (3 for a parabola)."""
+        return 3
+
     def predict(self, lrs) -> np.ndarray:
         """The fitted score at ``lrs``."""
         u = (_scale.to_axis(np.asarray(lrs, np.float64), self.axis) - self.center) / self.scale
@@ -88,10 +74,11 @@ class Estimate:
     lr: float  # the point estimate
     low: float  # interval, inclusive
     high: float
-    method: str  # "quadratic_fit" | "seed_bootstrap" | "neighbours" | "none" (all diverged)
+    method: str  # "seed_curve" | "not_worse" | "quadratic_fit" | "neighbours" | "none"
     bracketed: bool  # evaluated rates exist on both sides of the best one
     note: str  # one or two sentences a reader can quote: what the interval rests on
-    fit: QuadraticFit | None = None  # the parabola, for ``quadratic_fit``
+    fit: QuadraticFit | SeedCurveFit | None = None  # the fitted curve, where one was used
+    seeds: int = 1  # seeds behind each score: with one, nothing shows seed-to-seed variation
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -100,8 +87,10 @@ class Estimate:
     @property
     def label(self) -> str:
         """What the interval is, in words: a 95% interval only where a method gives one."""
-        if self.method in ("quadratic_fit", "seed_bootstrap"):
-            return "95% interval"
+        if self.method in ("seed_curve", "not_worse"):
+            return "95% interval" if self.bracketed else "open 95% interval (not bracketed)"
+        if self.method == "quadratic_fit":
+            return "one-seed interval"
         if self.method == "neighbours":
             return "bracket" if self.bracketed else "open bracket (optimum not bracketed)"
         return "no interval"
@@ -114,8 +103,8 @@ class Estimate:
 class Confidence:
     """What a result says about its optimum: the interval shown, and the refined estimate."""
 
-    best: Estimate  # the interval reported for the best rate (seed bootstrap when seeds >= 2)
-    refined: Estimate  # the local quadratic fit (or its fallback), always computed
+    best: Estimate  # the interval reported for the optimum
+    refined: Estimate  # the refined value: the fitted curve's minimum (or its fallback)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -138,6 +127,10 @@ def _finite_sorted(
 def _best_index(y: np.ndarray) -> int:
     # rates are sorted, so argmin's first hit is the smaller rate on ties (as the selector does)
     return int(np.argmin(y))
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _fmt(value: float) -> str:
@@ -337,73 +330,266 @@ def quadratic_refine(lrs: Sequence[float], scores: Sequence[float], scale: str =
 
 # ----------------------------------------------------------------------------- seeds
 
+CURVE_DEGREE = 3  # a cubic follows a valley that is steeper on one side than the other
+MIN_CURVE_POINTS = CURVE_DEGREE + 3  # each seed's cubic then rests on more rates than it has terms
+# evaluated values beyond the tied run on each side, tried in turn: the narrowest window whose
+# interval closes inside it (a wider one pins the slopes down, at the risk of a worse fit)
+WINDOW_MARGINS = (1, 2, 3)
 
-def seed_bootstrap(
-    lrs: Sequence[float],
-    seed_scores: Sequence[Sequence[float]],
-    *,
-    resamples: int = 2000,
-    seed: int = 0,
-    scale: str = "log",
-) -> Estimate:
-    """95% interval of the best rate from the spread across seeds (percentile bootstrap).
 
-    Each resample draws as many seeds as there are, with replacement, averages each rate's
-    scores over them and records the rate with the lowest mean (non-finite scores count as
-    +inf, ties go to the smaller rate). The interval runs from the 2.5% to the 97.5% quantile
-    of those rates (both evaluated rates), widened to the best rate's evaluated neighbours.
+@dataclass(frozen=True)
+class SeedCurveFit:
+    """The seed-averaged score as a polynomial in ``u = (axis(value) - center) / scale``.
 
-    Args:
-      lrs: evaluated rates.
-      seed_scores: per rate, its final score for each seed (all the same length, >= 2).
-      resamples: bootstrap draws.
-      seed: seed of the resampling (the estimate is deterministic).
-      scale: the sweep's scale (``"log"`` ignores non-positive rates).
+    ``coefficients`` are the mean over seeds of each seed's least-squares polynomial (highest
+    power first), fitted to the same values for every seed.
     """
-    x = np.asarray(lrs, np.float64)
-    matrix = np.asarray(seed_scores, np.float64)
-    if matrix.ndim != 2 or len(matrix) != len(x):
-        raise ValueError("seed_scores: expected one row of per-seed scores per rate")
+
+    center: float
+    scale: float
+    coefficients: tuple[float, ...]
+    window: tuple[float, float]  # lowest and highest value used by the fit
+    points: int  # values inside the window
+    seeds: int
+    residual_std: float  # root mean square residual of the seed-averaged scores (per df)
+    axis: str = "log"
+
+    @property
+    def terms(self) -> int:
+        """Coefficients fitted per seed."""
+        return len(self.coefficients)
+
+    def predict(self, values) -> np.ndarray:
+        """The fitted seed-averaged score at ``values``."""
+        u = (_scale.to_axis(np.asarray(values, np.float64), self.axis) - self.center) / self.scale
+        return np.polyval(self.coefficients, u)
+
+
+def _seed_rows(values, seed_scores, scale: str):
+    """Values sorted (valid on ``scale``) with their ``(values, seeds)`` score matrix."""
+    _scale.check(scale)
+    x = np.asarray(values, np.float64)
+    matrix = _noise.score_matrix(seed_scores)
+    if len(matrix) != len(x) or x.ndim != 1:
+        raise ValueError("seed_scores: expected one row of per-seed scores per value")
+    keep = np.isfinite(x) & ((x > 0) if scale == "log" else True)
+    order = np.argsort(x[keep], kind="stable")
+    return x[keep][order], matrix[keep][order]
+
+
+def not_worse(
+    values: Sequence[float], seed_scores: Sequence[Sequence[float]], scale: str = "log"
+) -> Estimate:
+    """The span of the values not significantly worse than the best, and their outer neighbours.
+
+    A value is *worse* when its mean score over seeds exceeds the best one's by more than
+    ``t`` standard errors of their paired, seed-by-seed difference (one-sided 95%, Student's
+    t with ``seeds - 1`` degrees of freedom). The optimum of the expected score lies next to
+    the evaluated value nearest to it, which is not worse than the best unless that test errs;
+    the interval runs from the evaluated value below the lowest such value to the one above
+    the highest. It assumes nothing about the shape of the curve, and is wide for that.
+
+    Raises:
+      ValueError: fewer than 2 seeds, or no finite score.
+    """
+    x, matrix = _seed_rows(values, seed_scores, scale)
     seeds = matrix.shape[1]
     if seeds < 2:
-        raise ValueError(f"seed_scores: a bootstrap over seeds needs >= 2 seeds, got {seeds}")
-    order = np.argsort(x, kind="stable")
-    x, matrix = x[order], np.where(np.isfinite(matrix[order]), matrix[order], np.inf)
-    mean = matrix.mean(axis=1)
-    bracket = neighbours(x, np.where(np.isfinite(mean), mean, np.nan), scale)
-    draws = np.random.default_rng(seed).integers(0, seeds, size=(resamples, seeds))
-    resampled = matrix[:, draws].mean(axis=2)  # (rates, resamples)
-    optima = x[np.argmin(resampled, axis=0)]
-    low = float(np.quantile(optima, 0.025, method="lower"))
-    high = float(np.quantile(optima, 0.975, method="higher"))
+        raise ValueError(f"seed_scores: a test between seeds needs >= 2 seeds, got {seeds}")
+    if not np.isfinite(matrix.mean(axis=1)).any():
+        raise ValueError("seed_scores: every value diverged, there is no best value")
+    best = _noise.best_index(matrix)
+    first, last = _noise.tied_run(matrix)
+    low, high = float(x[max(first - 1, 0)]), float(x[min(last + 1, len(x) - 1)])
+    bracketed = first > 0 and last < len(x) - 1
     note = (
-        f"95% percentile bootstrap over {seeds} seeds ({resamples} resamples) of the rate with "
-        "the lowest mean score"
+        f"{_count(last - first + 1, 'evaluated value')} around the best not significantly "
+        f"worse than it (paired one-sided t test over {seeds} seeds, 95%), and the evaluated "
+        "values beyond"
     )
-    if not bracket.bracketed:
-        note += f"; {bracket.note}"
-    estimate = Estimate(bracket.lr, low, high, "seed_bootstrap", bracket.bracketed, note)
-    return _widen(estimate, bracket)
+    if not bracketed:
+        side = "smallest" if first == 0 else "largest"
+        note += (
+            f"; the {side} evaluated value is among them, so the optimum may lie beyond the "
+            "evaluated range"
+        )
+    return Estimate(float(x[best]), low, high, "not_worse", bracketed, note, seeds=seeds)
+
+
+def _curve_window(run: tuple[int, int], finite: np.ndarray, margin: int) -> slice | None:
+    """Rows from ``margin`` below the tied run to as many above it, widened one row at a time
+    (alternating sides) to :data:`MIN_CURVE_POINTS`; None if impossible."""
+    count = len(finite)
+    low, high = max(run[0] - margin, 0), min(run[1] + margin, count - 1)
+    grow_low = True
+    while high - low + 1 < MIN_CURVE_POINTS:
+        if low == 0 and high == count - 1:
+            return None
+        if (grow_low and low > 0) or high == count - 1:
+            low -= 1
+        else:
+            high += 1
+        grow_low = not grow_low
+    return slice(low, high + 1) if finite[low : high + 1].all() else None
+
+
+def seed_curve(
+    values: Sequence[float],
+    seed_scores: Sequence[Sequence[float]],
+    scale: str = "log",
+) -> Estimate:
+    """The optimum of the seed-averaged score, with a 95% interval from the spread between seeds.
+
+    The window holds the values not significantly worse than the best (see :func:`not_worse`)
+    and one more on each side (at least :data:`MIN_CURVE_POINTS`). Each seed's scores there
+    get a least-squares cubic in log value; every seed is an independent replicate of the same
+    fit, so at any point the seeds' fitted slopes are independent draws around the slope of
+    the expected score. The refined value is the minimum of the mean cubic; the interval is
+    the set of values around it where the mean slope is within ``t`` standard errors of zero
+    (two-sided 95%, Student's t with ``seeds - 1`` degrees of freedom, the standard error from
+    the slopes' spread over seeds), moved out to the nearest evaluated values. Whatever the
+    correlation between one seed's scores at different values, the test at the true optimum
+    is exact when the cubic describes the expected score in the window.
+
+    Falls back to :func:`not_worse` (with a note saying why) when the window cannot be
+    filled, the mean cubic has no minimum inside it, or the interval reaches its edge.
+    """
+    fallback = not_worse(values, seed_scores, scale)
+    if not fallback.bracketed:
+        return fallback
+    x, matrix = _seed_rows(values, seed_scores, scale)
+    run, finite = _noise.tied_run(matrix), np.isfinite(matrix).all(axis=1)
+    reason = "too few evaluated values around the best for a fit"
+    for margin in WINDOW_MARGINS:
+        window = _curve_window(run, finite, margin)
+        if window is None:
+            break
+        outcome = _slope_interval(x[window], matrix[window], scale)
+        if not isinstance(outcome, str):
+            return outcome
+        reason = outcome
+    return _with_reason(fallback, reason)
+
+
+def _slope_interval(x: np.ndarray, matrix: np.ndarray, scale: str) -> Estimate | str:
+    """:func:`seed_curve` on one window: the estimate, or why the window gives none."""
+    seeds = matrix.shape[1]
+    axis = _scale.to_axis(x, scale)
+    center, half = float(axis.mean()), float(axis.max() - axis.min()) / 2
+    u = (axis - center) / half
+    per_seed = np.polyfit(u, matrix, CURVE_DEGREE)  # (degree + 1, seeds)
+    grid = np.linspace(u.min(), u.max(), 2001)
+    vertex = int(np.argmin(np.polyval(per_seed.mean(axis=1), grid)))
+    if vertex in (0, len(grid) - 1):
+        return "the seed-averaged fit has no minimum inside its window"
+    slopes = np.stack([np.polyval(np.polyder(per_seed[:, s]), grid) for s in range(seeds)], 1)
+    between = slopes.var(axis=1, ddof=1) / seeds  # (grid,) variance of the mean slope
+    misfit, misfit_df = _misfit_slope_variance(u, matrix, grid)
+    accepted = np.abs(slopes.mean(axis=1)) <= _t_combined(between, seeds - 1, misfit, misfit_df)
+    low = high = vertex
+    while low > 0 and accepted[low - 1]:
+        low -= 1
+    while high < len(grid) - 1 and accepted[high + 1]:
+        high += 1
+    if low == 0 or high == len(grid) - 1:
+        return "the fit's interval reaches the edge of its window"
+    low_value = _scale.from_axis(center + grid[low] * half, scale)
+    high_value = _scale.from_axis(center + grid[high] * half, scale)
+    mean_coefficients = per_seed.mean(axis=1)
+    residual = matrix.mean(axis=1) - np.polyval(mean_coefficients, u)
+    fit = SeedCurveFit(
+        center=center,
+        scale=half,
+        coefficients=tuple(float(c) for c in mean_coefficients),
+        window=(float(x[0]), float(x[-1])),
+        points=len(x),
+        seeds=seeds,
+        residual_std=math.sqrt(float(residual @ residual) / (len(x) - CURVE_DEGREE - 1)),
+        axis=scale,
+    )
+    note = (
+        f"minimum of a cubic in {'log value' if scale == 'log' else 'the value'} fitted to each "
+        f"of {seeds} seeds over the {len(x)} evaluated values from {_fmt(x[0])} to "
+        f"{_fmt(x[-1])}; 95% interval: the values where the seed-averaged slope is within "
+        f"t({seeds - 1}) standard errors of zero (from the spread of the slopes between seeds "
+        "and the fit's misfit), moved out to the nearest evaluated values"
+    )
+    return Estimate(
+        float(_scale.from_axis(center + grid[vertex] * half, scale)),
+        float(x[x <= low_value].max()),
+        float(x[x >= high_value].min()),
+        "seed_curve",
+        True,
+        note,
+        fit,
+        seeds=seeds,
+    )
+
+
+def _misfit_slope_variance(
+    u: np.ndarray, scores: np.ndarray, grid: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """What the cubic's misfit adds to the variance of the mean slope at ``grid``, and the
+    degrees of freedom of that estimate.
+
+    The seed-averaged scores deviate from the mean cubic by the seeds' noise and by the
+    expected score's own departure from a cubic, a bias every seed shares, so the spread
+    between seeds cannot show it. Its size comes from the residuals beyond what the noise
+    explains (the noise's share estimated from the covariance of the scores between seeds);
+    treated as independent errors of that size, it widens the slope's standard error.
+    """
+    design = np.stack([u**k for k in range(CURVE_DEGREE, -1, -1)], axis=1)  # (points, terms)
+    free = len(u) - design.shape[1]
+    pinv = np.linalg.pinv(design)
+    hat = design @ pinv
+    mean = scores.mean(axis=1)
+    residual = mean - hat @ mean
+    noise = np.cov(scores) / scores.shape[1]  # covariance of the mean over seeds
+    excess = float(residual @ residual - np.trace((np.eye(len(u)) - hat) @ noise)) / free
+    if excess <= 0:
+        return np.zeros_like(grid), free
+    powers = np.arange(CURVE_DEGREE, -1, -1)
+    derivative = np.stack([p * grid ** np.maximum(p - 1, 0) for p in powers], axis=1)
+    gram_inverse = pinv @ pinv.T
+    return excess * np.einsum("gi,ij,gj->g", derivative, gram_inverse, derivative), free
+
+
+def _t_combined(a: np.ndarray, a_df: int, b: np.ndarray, b_df: int) -> np.ndarray:
+    """``t * sqrt(a + b)`` for two independent variance estimates, Student's t (two-sided 95%)
+    at their Welch-Satterthwaite degrees of freedom (rounded down: the wider interval)."""
+    total = a + b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = total**2 / (a**2 / a_df + b**2 / b_df)
+    df = np.where(np.isfinite(df), np.maximum(np.floor(df), 1), max(a_df, b_df))
+    quantiles = np.array([_noise.t_quantile(0.975, int(d)) for d in np.unique(df)])
+    return quantiles[np.searchsorted(np.unique(df), df)] * np.sqrt(total)
+
+
+def _with_reason(estimate: Estimate, reason: str) -> Estimate:
+    note = f"no reliable fit over seeds ({reason}): {estimate.note}"
+    return dataclasses.replace(estimate, note=note)
 
 
 def estimate(
-    lrs: Sequence[float],
+    values: Sequence[float],
     scores: Sequence[float],
     seed_scores: Sequence[Sequence[float]] | None = None,
     scale: str = "log",
 ) -> Confidence:
-    """The interval shown for the best rate and the refined estimate, from a sweep's history.
+    """The interval shown for the best value and the refined estimate, from a sweep's history.
 
-    With two or more seeds the shown interval is :func:`seed_bootstrap`; with one, it is the
-    refined estimate's (:func:`quadratic_refine`, or its :func:`neighbours` fallback).
+    With two or more seeds both come from :func:`seed_curve` (or its :func:`not_worse`
+    fallback): the interval covers the optimum of the *expected* score over seeds. With one
+    seed they come from :func:`quadratic_refine`, which sees only that seed's curve.
     """
     if not np.isfinite(np.asarray(scores, np.float64)).any():
-        smallest = float(np.min(lrs)) if len(lrs) else math.nan
+        smallest = float(np.min(values)) if len(values) else math.nan
         nothing = Estimate(
             smallest, math.nan, math.nan, "none", False, "every evaluation diverged: no interval"
         )
         return Confidence(best=nothing, refined=nothing)
-    refined = quadratic_refine(lrs, scores, scale)
-    if seed_scores is not None and len(seed_scores) and len(seed_scores[0]) >= 2:
-        return Confidence(best=seed_bootstrap(lrs, seed_scores, scale=scale), refined=refined)
+    if _noise.seed_count(seed_scores) >= 2:
+        curve = seed_curve(values, seed_scores, scale)
+        return Confidence(best=curve, refined=curve)
+    refined = quadratic_refine(values, scores, scale)
     return Confidence(best=refined, refined=refined)

@@ -106,6 +106,9 @@ def make_config(
     fraction = _real("validation_fraction", validation_fraction)
     if not 0 < fraction < 1:
         raise ValueError(f"validation_fraction: must be in (0, 1), got {fraction}")
+    count = _integer("seeds", seeds, 1)
+    if min_improvement is None:  # several seeds stop by resolution, not by noisy improvements
+        min_improvement = 0.01 if count == 1 else 0.0
     improvement = _real("min_improvement", min_improvement)
     if improvement < 0:
         raise ValueError(f"min_improvement: must be >= 0, got {improvement}")
@@ -124,7 +127,7 @@ def make_config(
         top_k=_integer("top_k", top_k, 1),
         epochs=_integer("epochs", epochs, 1),
         batch_size=_integer("batch_size", batch_size, 1),
-        seeds=_integer("seeds", seeds, 1),
+        seeds=count,
         seed=_integer("seed", seed, 0),
         min_improvement=improvement,
         validation_fraction=fraction,

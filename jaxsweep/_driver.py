@@ -102,7 +102,9 @@ def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
     history = dataclasses.replace(history, sign=config.sign)  # the metric's direction
     stop_reason, stage = "completed", 0
     for stage in range(0 if resumed is None else resumed.stage, config.stages):
-        plan = _selector.plan_stage(stage, history.points, history.scores, config)
+        plan = _selector.plan_stage(
+            stage, history.points, history.scores, config, history.seed_scores
+        )
         if plan.expansion is not None:  # said before the stage it concerns starts
             history = _warned(history, _expansion_note(stage, plan, config))
         hooks.start_stage(stage, plan.points)
@@ -116,6 +118,10 @@ def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
             previous_best, history.best_objective(), config.min_improvement
         ):
             stop_reason = "min_improvement"
+            hooks.stop_early()
+            break
+        if stage + 1 < config.stages and _resolved(history, config):
+            stop_reason = "resolution"
             hooks.stop_early()
             break
         if stage + 1 < config.stages:
@@ -132,6 +138,17 @@ def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
     )
     hooks.finish(stage, result, history)
     return result
+
+
+def _resolved(history: History, config: SweepConfig) -> bool:
+    """Whether the seeds' noise leaves nothing for another stage to resolve (several seeds)."""
+    return _selector.resolved(
+        history.points,
+        history.scores,
+        history.seed_scores,
+        scale=config.scale,
+        expand=config.expand,
+    )
 
 
 def _train_stage(

@@ -6,6 +6,7 @@ the efficiency figure all read these numbers from here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from . import _scale, _selector
@@ -17,8 +18,10 @@ class Efficiency:
     """This sweep against the grid that would reach the same resolution over the same span.
 
     The equivalent grid spans the lowest to the highest evaluated value, evenly spaced on the
-    sweep's scale, with the spacing the hierarchy reached around its best value: the width of
-    the final best interval (the best value and its better evaluated neighbour). Its time is
+    sweep's scale, with the resolution the sweep actually resolved: the width of its interval
+    for the optimum, or of the final best interval (the best value and its better evaluated
+    neighbour) where that is wider. Values closer together than the interval could not be told
+    apart with the sweep's seeds, so a grid gains nothing from them. Its time is
     the sweep's one-time cost (set-up and compilation) plus its size times the measured seconds
     per evaluation: the wall time of the stages after the first (which reuse the compiled
     program) divided by the values they evaluated. Each value trains all seeds, in lanes of the
@@ -31,6 +34,7 @@ class Efficiency:
     span: tuple[float, float]  # lowest and highest evaluated value
     scale: str  # "log" or "linear"
     spacing: float  # grid step: a ratio (log scale) or a difference (linear scale)
+    spacing_source: str  # "interval" (the reported interval) or "best interval" (neighbours)
     grid_evaluations: int  # values the equivalent grid evaluates
     seconds_per_evaluation: float  # measured, see per_evaluation_source
     per_evaluation_source: str  # how seconds_per_evaluation was measured, in words
@@ -53,11 +57,16 @@ class Efficiency:
     def method(self) -> str:
         """One paragraph saying how the grid was sized and timed, with this run's numbers."""
         spacing = _scale.describe_spacing(self.spacing, self.scale)
+        resolved = (
+            "the width of the interval it reports for the optimum"
+            if self.spacing_source == "interval"
+            else "the width of the final best interval, wider than its reported interval"
+        )
         size = (
             f"The equivalent grid is evenly spaced on a {self.scale} scale from the lowest to the "
             f"highest evaluated {self.name} ({self.span[0]:.4g} to {self.span[1]:.4g}), with the "
-            "spacing the search reached around its best value (the width of the final best "
-            f"interval: {spacing}), so {self.grid_evaluations} values."
+            f"resolution the search resolved around its optimum ({resolved}: {spacing}), so "
+            f"{self.grid_evaluations} values."
         )
         cost = (
             f"Its time is the sweep's one-time cost ({self.one_time_seconds:.2f} s of set-up and "
@@ -71,11 +80,9 @@ def efficiency(result: SweepResult) -> Efficiency:
     """Sizes and times the grid equivalent to ``result`` (see :class:`Efficiency`)."""
     scale = result.scale
     values = [e.value for e in result.evaluations]
-    scores = [e.score for e in result.evaluations]
     span = (min(values), max(values))
-    ranked = _selector.rank_intervals(values, scores) if len(values) > 1 else []
-    if ranked:
-        spacing = _scale.spacing(ranked[0].low, ranked[0].high, scale)
+    spacing, spacing_source = _resolved_spacing(result)
+    if spacing is not None:
         count = _scale.grid_size(*span, spacing, scale)
     else:
         spacing, count = (1.0 if scale == "log" else 0.0), 1
@@ -87,6 +94,7 @@ def efficiency(result: SweepResult) -> Efficiency:
         span=span,
         scale=scale,
         spacing=spacing,
+        spacing_source=spacing_source,
         grid_evaluations=count,
         grid_seconds=one_time + count * per_evaluation,
         seconds_per_evaluation=per_evaluation,
@@ -94,6 +102,23 @@ def efficiency(result: SweepResult) -> Efficiency:
         one_time_seconds=one_time,
         sweep_seconds=result.seconds,
     )
+
+
+def _resolved_spacing(result: SweepResult) -> tuple[float | None, str]:
+    """The grid step the sweep resolved: its interval, or the final best interval if wider."""
+    values = [e.value for e in result.evaluations]
+    scores = [result.objective(e.score) for e in result.evaluations]  # lower is better
+    ranked = _selector.rank_intervals(values, scores) if len(values) > 1 else []
+    if not ranked:
+        return None, "none"
+    neighbours = _scale.spacing(ranked[0].low, ranked[0].high, result.scale)
+    low, high = result.confidence.best.interval
+    valid = math.isfinite(low) and math.isfinite(high) and high > low
+    if valid and (result.scale != "log" or low > 0):
+        interval = _scale.spacing(low, high, result.scale)
+        if interval > neighbours:
+            return interval, "interval"
+    return neighbours, "best interval"
 
 
 def _seconds_per_evaluation(result: SweepResult) -> tuple[float, str]:

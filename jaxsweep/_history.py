@@ -48,6 +48,11 @@ class History:
         """What the selector ranks, lower is better: the scores times :attr:`sign`."""
         return tuple(self.sign * e.score for e in self.evaluations)
 
+    @property
+    def seed_scores(self) -> tuple[tuple[float, ...], ...]:
+        """Per evaluation, its score for each seed, times :attr:`sign` like :attr:`scores`."""
+        return tuple(tuple(self.sign * s for s in e.seed_scores) for e in self.evaluations)
+
     def best(self) -> tuple[float, float]:
         """The best value and its score (the metric itself); ``(nan, worst)`` before any."""
         if not self.evaluations:

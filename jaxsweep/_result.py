@@ -114,7 +114,7 @@ class SweepResult:
     config: dict[str, Any]
     environment: dict[str, Any]
     param_count: int = 0
-    stop_reason: str = "completed"  # "completed" | "min_improvement"
+    stop_reason: str = "completed"  # "completed" | "min_improvement" | "resolution"
     warnings: tuple[str, ...] = ()
     setup_seconds: float = 0.0  # wall time of ``run`` before its first stage (0: not recorded)
 
@@ -167,9 +167,12 @@ class SweepResult:
     def confidence(self) -> _confidence.Confidence:
         """How precisely the optimum is located (computed from the evaluations, not stored).
 
-        ``confidence.best`` is the interval shown for the best value (a bootstrap over seeds
-        when ``seeds >= 2``, else the local quadratic fit); ``confidence.refined`` is the fit.
-        Each says which method produced it (``method``) and why (``note``).
+        ``confidence.best`` is the interval shown for the optimum: with ``seeds >= 2`` it
+        covers the value that optimises the expected score over seeds (``seed_curve``, or
+        ``not_worse`` without a reliable fit); with one seed it is a local quadratic fit to
+        that seed's curve, blind to seed-to-seed variation. ``confidence.refined`` holds the
+        refined value (the fitted curve's minimum). Each says which method produced it
+        (``method``) and why (``note``).
         """
         # the estimates minimise: a metric to maximise enters with its sign flipped
         return _confidence.estimate(
@@ -181,13 +184,13 @@ class SweepResult:
 
     @property
     def refined_value(self) -> float:
-        """The vertex of a parabola fitted to score against the value on the sweep's scale
-        around the best value (the best evaluated value itself when no reliable fit exists)."""
+        """The optimum of the curve fitted around the best value (over the seeds when there
+        are several); the best evaluated value itself when no reliable fit exists."""
         return self.confidence.refined.lr
 
     @property
     def value_interval(self) -> tuple[float, float]:
-        """The 95% interval of the best value; ``confidence.best.method`` says how it was made."""
+        """The interval for the optimum (95% with ``seeds >= 2``); ``confidence.best`` says how."""
         return self.confidence.best.interval
 
     @property

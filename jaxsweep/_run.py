@@ -31,9 +31,9 @@ def run(
     schedule=None,
     metric: str = "val_loss",
     mode: str = "min",
-    seeds: int = 1,
+    seeds: int = 3,
     seed: int = 0,
-    min_improvement: float = 0.01,
+    min_improvement: float | None = None,
     validation_fraction: float = 0.2,
     expand: bool = True,
     checkpoint_dir=None,
@@ -100,9 +100,14 @@ def run(
         loss returning a dict, e.g. ``"val_accuracy"``. The score, the best value, the
         intervals, the early stop, the figures and the report all follow it.
       mode: ``"min"`` (lower is better) or ``"max"`` (e.g. accuracy).
-      seeds: initialisations (and batch orders) per rate; the score is their mean.
+      seeds: initialisations (and batch orders) per rate; the score is their mean. With two
+        or more the search measures the seed-to-seed noise as it goes, refines only
+        differences it can resolve, stops when nothing is left to resolve
+        (``stop_reason == "resolution"``), and the interval covers the optimum of the
+        expected score. One seed is cheaper but cannot show seed-to-seed variation.
       seed: the root of every random choice (split, init, batch order).
-      min_improvement: stop when a stage improves the best score by less than this fraction.
+      min_improvement: stop when a stage improves the best score by less than this fraction
+        (None: 0.01 with one seed, off with several, where the resolution rule stops).
       validation_fraction: share of ``(x, y)`` held out for scoring.
       expand: search beyond the range when the best value sits on its edge.
       checkpoint_dir: a directory for Orbax checkpoints (None: none). A sweep killed at any

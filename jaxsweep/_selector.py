@@ -1,13 +1,19 @@
 """The coarse-to-fine search: which values to evaluate next, and when to stop.
 
-Everything here is a pure function of the evaluated history (values and scores), so the
-same history always yields the same next stage: no I/O, no globals, no randomness.
+Everything here is a pure function of the evaluated history (values, scores and, with
+several seeds, the per-seed scores), so the same history always yields the same next stage:
+no I/O, no globals, no randomness.
 
 Vocabulary:
   * a *point* is a value of the swept hyperparameter (a learning rate by default);
   * an *interval* is the open span between two neighbouring evaluated points;
   * *scale* is ``"log"`` (spacing by ratios, the usual choice for learning rates) or
-    ``"linear"`` (spacing by differences, e.g. for momentum).
+    ``"linear"`` (spacing by differences, e.g. for momentum);
+  * with several seeds, the *tied run* is the run of neighbouring points around the best that
+    are not significantly worse than it, and an interval is *resolvable* when its two ends
+    differ significantly (paired t tests over seeds, see ``_noise``). The search refines only
+    resolvable intervals that touch the tied run, and is *resolved* when none is left: finer
+    values there could not be told apart from their neighbours with this many seeds.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
+import numpy as np
+
+from . import _noise
+from ._confidence import MIN_CURVE_POINTS
 from ._scale import Scale, fill, from_axis, spaced, to_axis
 
 if TYPE_CHECKING:
@@ -120,6 +130,85 @@ def expansion_span(
     return low, edge
 
 
+class _Noisy(NamedTuple):
+    """The per-seed view of a history: sorted points, their score matrix, the tied run."""
+
+    points: tuple[float, ...]  # sorted
+    matrix: np.ndarray  # (points, seeds) per-seed scores, non-finite as +inf
+    run: tuple[int, int]  # first and last index of the tied run around the best
+
+
+def _noisy(points: Sequence[float], seed_scores) -> _Noisy | None:
+    """The per-seed view when every point has >= 2 seeds, else None (no noise estimate)."""
+    if _noise.seed_count(seed_scores) < 2:
+        return None
+    if len(seed_scores) != len(points):
+        raise ValueError(
+            f"seed_scores: expected one row per point, got {len(seed_scores)} for {len(points)}"
+        )
+    order = sorted(range(len(points)), key=lambda i: points[i])
+    matrix = _noise.score_matrix([seed_scores[i] for i in order])
+    return _Noisy(tuple(float(points[i]) for i in order), matrix, _noise.tied_run(matrix))
+
+
+def _noisy_direction(view: _Noisy, points, scores) -> Direction | None:
+    """Expand towards an edge that the tied run reaches: the optimum may lie beyond it."""
+    first, last = view.run
+    top, bottom = last == len(view.points) - 1, first == 0
+    if top and bottom:  # nothing is resolved yet: follow the best, as without seeds
+        return edge_of_best(points, scores)
+    return "up" if top else "down" if bottom else None
+
+
+def _resolvable(view: _Noisy, ranked: list[Interval]) -> list[Interval]:
+    """The ranked intervals worth refining: they touch the tied run and their ends differ
+    significantly. While the fit around the best lacks values, every interval in its window."""
+    first, last = view.run
+    index = {p: i for i, p in enumerate(view.points)}
+    low, high = max(first - 1, 0), min(last + 1, len(view.points) - 1)
+    if high - low + 1 < MIN_CURVE_POINTS:
+        return [iv for iv in ranked if low <= index[iv.low] and index[iv.high] <= high]
+    return [
+        iv
+        for iv in ranked
+        if index[iv.high] >= first
+        and index[iv.low] <= last
+        and _noise.different(view.matrix, index[iv.low], index[iv.high])
+    ]
+
+
+def resolved(
+    points: Sequence[float],
+    scores: Sequence[float],
+    seed_scores: Sequence[Sequence[float]] | None,
+    *,
+    scale: Scale = "log",
+    expand: bool = True,
+) -> bool:
+    """True when, with several seeds, no further stage can resolve anything new.
+
+    That is: the tied run around the best is bracketed by worse values (or ``expand`` is off),
+    the window of a fit around it holds enough values, and no interval touching the run has
+    significantly different ends. Always False with one seed (no estimate of the noise).
+    """
+    view = _noisy(points, seed_scores)
+    if view is None or len(points) < 2:
+        return False
+    if expand and _direction(view, points, scores, scale) is not None:
+        return False
+    return not _resolvable(view, rank_intervals(points, scores))
+
+
+def _direction(view: _Noisy | None, points, scores, scale: Scale) -> Direction | None:
+    if view is None:
+        direction = edge_of_best(points, scores)
+    else:
+        direction = _noisy_direction(view, points, scores)
+    if direction == "down" and scale == "linear" and min(points) <= 0:
+        return None  # a linear sweep that reached zero does not go negative
+    return direction
+
+
 def next_stage(
     points: Sequence[float],
     scores: Sequence[float],
@@ -129,6 +218,7 @@ def next_stage(
     initial_step: float,
     scale: Scale = "log",
     expand: bool = True,
+    seed_scores: Sequence[Sequence[float]] | None = None,
 ) -> StagePlan:
     """Plans the next stage from everything evaluated so far.
 
@@ -141,12 +231,15 @@ def next_stage(
         width of an expansion beyond the evaluated range.
       scale: ``"log"`` or ``"linear"``.
       expand: follow an optimum that sits on the edge of the evaluated range.
+      seed_scores: per point, its score for each seed (optional). With two or more seeds the
+        search is noise-aware: it expands when the tied run reaches an edge, and refines only
+        resolvable intervals touching the run (all of them, ranked, once :func:`resolved`).
 
     Returns:
       A :class:`StagePlan` with exactly ``count`` new, distinct, sorted points. When the best
-      point is on an edge, every point goes into the span beyond that edge (``expansion`` says
-      which way); otherwise the ``top_k`` best intervals share them, the best interval getting
-      any extra point. No point equals one already evaluated.
+      point (with seeds: the tied run) is on an edge, every point goes into the span beyond
+      that edge (``expansion`` says which way); otherwise the ``top_k`` best intervals share
+      them, the best interval getting any extra point. No point equals one already evaluated.
 
     >>> plan = next_stage([1e-3, 1e-2, 1e-1], [0.5, 0.2, 0.9], count=5, top_k=2,
     ...                   initial_step=math.log(10))
@@ -155,15 +248,17 @@ def next_stage(
     """
     if len(points) < 2:
         raise ValueError(f"points: need at least 2 evaluated points, got {len(points)}")
-    direction = edge_of_best(points, scores) if expand else None
-    if direction == "down" and scale == "linear" and min(points) <= 0:
-        direction = None  # a linear sweep that reached zero does not go negative
+    view = _noisy(points, seed_scores)
+    direction = _direction(view, points, scores, scale) if expand else None
     if direction is not None:
         span = expansion_span(points, direction, initial_step, top_k, scale)
         new = fill(span[0], span[1], count, scale)
         return StagePlan(tuple(sorted(new)), (span,), direction)
 
-    ranked = rank_intervals(points, scores)[:top_k]
+    ranked = rank_intervals(points, scores)
+    if view is not None:
+        ranked = _resolvable(view, ranked) or _touching_run(view, ranked)
+    ranked = ranked[:top_k]
     new: list[float] = []
     for interval, share in zip(ranked, _split_count(count, len(ranked)), strict=True):
         new.extend(fill(interval.low, interval.high, share, scale))
@@ -171,10 +266,23 @@ def next_stage(
     return StagePlan(tuple(sorted(new)), kept, None)
 
 
+def _touching_run(view: _Noisy, ranked: list[Interval]) -> list[Interval]:
+    """Once resolved, the intervals touching the tied run (the search goes on if asked to)."""
+    first, last = view.run
+    index = {p: i for i, p in enumerate(view.points)}
+    touching = [iv for iv in ranked if index[iv.high] >= first and index[iv.low] <= last]
+    return touching or ranked
+
+
 def plan_stage(
-    stage: int, points: Sequence[float], scores: Sequence[float], config: SweepConfig
+    stage: int,
+    points: Sequence[float],
+    scores: Sequence[float],
+    config: SweepConfig,
+    seed_scores: Sequence[Sequence[float]] | None = None,
 ) -> StagePlan:
-    """Stage 0 is the grid over the range; later stages come from the scores so far.
+    """Stage 0 is the grid over the range; later stages come from the scores so far (and,
+    with several seeds, from the per-seed scores: see :func:`next_stage`).
 
     >>> from jaxsweep._config import make_config
     >>> config = make_config(
@@ -197,6 +305,7 @@ def plan_stage(
         initial_step=config.initial_step,
         scale=config.scale,
         expand=config.expand,
+        seed_scores=seed_scores,
     )
 
 

@@ -71,6 +71,7 @@ def _demo(args) -> int:
             (x, y),
             epochs=args.epochs,
             stages=args.stages,
+            seeds=args.seeds,
             min_improvement=args.min_improvement,
             progress=not args.quiet,
             checkpoint_dir=args.checkpoint_dir,
@@ -182,10 +183,10 @@ def _best_lines(result: SweepResult, with_best: bool = False) -> str:
     with ``with_best``, first the best value, the evaluations and the sweep's time."""
     best, refined = result.confidence.best, result.confidence.refined
     lines = [
-        f"{best.label} of the best value: [{best.low:.4g}, {best.high:.4g}] "
+        f"{best.label} for the optimum: [{best.low:.4g}, {best.high:.4g}] "
         f"({best.method.replace('_', ' ')})",
-        f"refined by a local quadratic fit: {refined.lr:.4g} in [{refined.low:.4g}, "
-        f"{refined.high:.4g}] ({refined.method.replace('_', ' ')})",
+        f"refined {result.value_name} (optimum of the fitted curve): {refined.lr:.4g} "
+        f"({refined.method.replace('_', ' ')}, {result.config.get('seeds', 1)} seeds)",
     ]
     if with_best:
         score = "diverged" if math.isinf(result.best_score) else f"{result.best_score:.4f}"
@@ -215,13 +216,15 @@ def _show(args) -> int:
     return 0
 
 
-def _add_sweep_options(parser: argparse.ArgumentParser, min_improvement: float) -> None:
+def _add_sweep_options(parser: argparse.ArgumentParser, min_improvement: float | None) -> None:
     """The options every sweeping command shares: early stop, quiet, checkpoints."""
+    default = "0.01 with one seed, off with several" if min_improvement is None else min_improvement
     parser.add_argument(
         "--min-improvement",
         type=float,
         default=min_improvement,
-        help="stop early below this relative gain (0: run every stage)",
+        help=f"stop early below this relative gain (default {default}; 0: never; several "
+        "seeds also stop when nothing is left to resolve)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -238,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=os.path.join("runs", "demo"), help="output folder")
     demo.add_argument("--epochs", type=int, default=3)
     demo.add_argument("--stages", type=int, default=5)
+    demo.add_argument(
+        "--seeds", type=int, default=3, help="initialisations per rate (1: no interval)"
+    )
     _add_sweep_options(demo, min_improvement=0.0)
     demo.set_defaults(handler=_demo)
     _add_run_parser(commands)
@@ -286,9 +292,11 @@ def _add_run_parser(commands) -> None:
     )
     run.add_argument("--mode", default="min", choices=("min", "max"), help="which way is better")
     run.add_argument("--stages", type=int, default=5)
-    run.add_argument("--seeds", type=int, default=1, help="initialisations per value")
+    run.add_argument(
+        "--seeds", type=int, default=3, help="initialisations per value (1: no interval)"
+    )
     run.add_argument("--seed", type=int, default=0)
-    _add_sweep_options(run, min_improvement=0.01)
+    _add_sweep_options(run, min_improvement=None)
     run.set_defaults(handler=_run)
 
 

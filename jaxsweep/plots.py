@@ -278,7 +278,7 @@ def search_path(result: SweepResult):
     axes[0].set_title("The whole search")
     handles = [
         Patch(color=INTERVAL_COLOUR, alpha=0.3, label="kept interval (refined next)"),
-        Patch(color=BEST_COLOUR, alpha=0.15, label=f"{result.confidence.best.label} of the best"),
+        Patch(color=BEST_COLOUR, alpha=0.15, label=f"{result.confidence.best.label}, optimum"),
         Line2D(
             [],
             [],
@@ -301,10 +301,10 @@ def search_path(result: SweepResult):
 
 
 class _FitQuality(NamedTuple):
-    """How well the local parabola describes the scores it was fitted to."""
+    """How well the fitted curve describes the scores it was fitted to."""
 
     band: float  # half-width of the band holding 95% of scores if the residuals are normal
-    explained: float  # R^2: share of the scores' variance in the window the parabola explains
+    explained: float  # R^2: share of the scores' variance in the window the curve explains
     best_residual: float  # best evaluated score minus the fit at its value (the metric's sign)
     poor: bool  # the fit explains under half the variance, or the best score lies off the band
 
@@ -322,17 +322,17 @@ def _fit_quality(result: SweepResult) -> _FitQuality | None:
     residuals = scores - fit.predict([e.value for e in inside])
     spread = float(np.sum((scores - scores.mean()) ** 2))
     explained = 1.0 - float(np.sum(residuals**2)) / spread if spread > 0 else 1.0
-    band = t_quantile_975(max(fit.points - 3, 1)) * fit.residual_std
+    band = t_quantile_975(max(fit.points - fit.terms, 1)) * fit.residual_std
     best_residual = float(result.best_score - result.objective(fit.predict(result.best_value)))
     return _FitQuality(band, explained, best_residual, explained < 0.5 or abs(best_residual) > band)
 
 
 def _draw_fit(ax, result: SweepResult, quality: _FitQuality | None) -> None:
-    """The parabola and the refined value; with ``quality``, the band of its residuals."""
+    """The fitted curve and the refined value; with ``quality``, the band of its residuals."""
     refined = result.confidence.refined
     grid = np.asarray(_scale.spaced(*refined.fit.window, 200, result.scale))
     curve = result.objective(refined.fit.predict(grid))  # back in the metric's own sign
-    ax.plot(grid, curve, color="black", lw=1.2, label="local quadratic fit")
+    ax.plot(grid, curve, color="black", lw=1.2, label="fitted curve")
     if quality is not None:
         for sign in (-1, 1):
             ax.plot(
@@ -359,7 +359,7 @@ def _fit_note(result: SweepResult, quality: _FitQuality) -> str:
     fit = result.confidence.refined.fit
     side = "below" if quality.best_residual < 0 else "above"
     return (
-        f"Poor fit: the parabola explains {100 * max(quality.explained, 0):.0f}% of the variance "
+        f"Poor fit: the curve explains {100 * max(quality.explained, 0):.0f}% of the variance "
         f"of the {fit.points} scores it was fitted to, and the best evaluated score lies "
         f"{abs(quality.best_residual):.3g} {side} it. Treat the refined value and the fitted "
         "curve as rough."
@@ -367,8 +367,8 @@ def _fit_note(result: SweepResult, quality: _FitQuality) -> str:
 
 
 def lr_curve(result: SweepResult):
-    """Score against the swept value, coloured by stage; best value, interval and the quadratic
-    fit with its residual band (and a note when the fit and the points disagree)."""
+    """Score against the swept value, coloured by stage; best value, interval and the fitted
+    curve with its residual band (and a note when the fit and the points disagree)."""
     import matplotlib
 
     best = result.confidence.best
@@ -411,7 +411,7 @@ def lr_curve(result: SweepResult):
                 color=BEST_COLOUR,
                 alpha=0.12,
                 lw=0,
-                label=f"{best.label} of the best value ({best.method.replace('_', ' ')})",
+                label=f"{best.label} for the optimum ({best.method.replace('_', ' ')})",
             )
         ax.scatter(
             [result.best_value],

@@ -44,11 +44,41 @@ def _axis_words(result: SweepResult) -> str:
 def method_name(method: str, result: SweepResult) -> str:
     """An interval method in words, for ``result``'s hyperparameter and scale."""
     return {
-        "quadratic_fit": f"quadratic fit of score against {_axis_words(result)} (Fieller interval)",
-        "seed_bootstrap": "bootstrap over seeds of the best value",
+        "seed_curve": f"cubic in {_axis_words(result)} fitted to each seed's scores, the values "
+        "where the seed-averaged slope is not significantly different from zero",
+        "not_worse": "values not significantly worse than the best over seeds (paired t test)",
+        "quadratic_fit": f"quadratic fit of one seed's score against {_axis_words(result)} "
+        "(Fieller interval)",
         "neighbours": "evaluated neighbours of the best value",
         "none": "none (every evaluation diverged)",
     }[method]
+
+
+def covers(result: SweepResult) -> str:
+    """What the interval shown covers, in one sentence, with the number of seeds."""
+    seeds = int(result.config.get("seeds", 1))
+    target, name = metric_name(result.metric), result.value_name
+    if result.confidence.best.method == "none":
+        return "Every evaluation diverged, so there is no interval."
+    if seeds < 2:
+        return (
+            "One seed: the interval describes how this one initialisation and batch order "
+            f"scores neighbouring values; it cannot include seed-to-seed variation, so it is not "
+            f"a 95% interval for the {name} that optimises the expected {target} (run with "
+            "seeds >= 2 for one)."
+        )
+    return (
+        f"The 95% interval is for the {name} that optimises the expected {target} over the "
+        f"training randomness (initialisation and batch order), estimated from {seeds} seeds "
+        "trained at every value: its width includes the seed-to-seed variation."
+    )
+
+
+def _saved(fraction: float) -> str:
+    """'80.0% fewer' or, when the grid would have been smaller, '25.0% more'."""
+    if fraction >= 0:
+        return f"{100 * fraction:.1f}% fewer"
+    return f"{-100 * fraction:.1f}% more"
 
 
 def _md_escape(text: str) -> str:
@@ -133,21 +163,21 @@ def _best_lines(result: SweepResult) -> list[str]:
         f"- best evaluated {name}: **{_g(result.best_value)}**, score {_g(result.best_score)}",
         f"- {best.label}: **{_interval(best.low, best.high)}**, method: "
         f"{method_name(best.method, result)} (`{best.method}`): {best.note}.",
-        f"- refined {name} (local quadratic fit): **{_g(refined.lr)}**, {refined.label} "
-        f"{_interval(refined.low, refined.high)}, method `{refined.method}`: {refined.note}.",
+        f"- {covers(result)}",
+        f"- refined {name} (optimum of the fitted curve): **{_g(refined.lr)}**.",
     ]
-    if refined.fit is not None:
-        fit = refined.fit
+    fit = refined.fit
+    if fit is not None and hasattr(fit, "curvature_t"):
         lines.append(
             f"- fit: {fit.points} points from {_g(fit.window[0])} to {_g(fit.window[1])}, "
             f"curvature {fit.curvature_t:.1f} standard errors above zero, residual standard "
             f"deviation {fit.residual_std:.3g}."
         )
-    if int(result.config.get("seeds", 1)) < 2:
+    elif fit is not None:
         lines.append(
-            "- one seed: the intervals reflect how the score varies between neighbouring "
-            "values for this initialisation and batch order, not the variation between seeds "
-            "(run with `seeds >= 2` for a bootstrap over seeds)."
+            f"- fit: a cubic per seed over {fit.points} values from {_g(fit.window[0])} to "
+            f"{_g(fit.window[1])}, residual standard deviation of the seed-averaged scores "
+            f"{fit.residual_std:.3g}."
         )
     return lines
 
@@ -158,7 +188,7 @@ def _efficiency_lines(result: SweepResult) -> list[str]:
         "| | this sweep | equivalent grid | saved |",
         "|---|---:|---:|---:|",
         f"| evaluations | {eff.evaluations} | {eff.grid_evaluations} "
-        f"| {100 * eff.evaluations_saved:.1f}% |",
+        f"| {_saved(eff.evaluations_saved)} |",
         f"| wall time (s) | {eff.sweep_seconds:.2f} (measured) | {eff.grid_seconds:.2f} "
         f"(estimated) | {100 * eff.seconds_saved:.1f}% |",
         "",
@@ -181,16 +211,17 @@ def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(F
     best, refined = result.confidence.best, result.confidence.refined
     eff = efficiency(result)
     name = result.value_name
+    seeds = int(result.config.get("seeds", 1))
     lines = [
         "# jaxsweep report",
         "",
         f"Best {name} **{_g(result.best_value)}** ({metric_name(result.metric)} "
-        f"{_g(result.best_score)}), "
+        f"{_g(result.best_score)}, mean over {seeds} seed{'s' if seeds != 1 else ''}), "
         f"{best.label} {_interval(best.low, best.high)} from the "
         f"{method_name(best.method, result)}; refined {name} {_g(refined.lr)}. "
         f"{eff.evaluations} evaluations in {len(result.stages)} stages and "
-        f"{result.seconds:.2f} s ({TIME_COVERS}), where an equivalent grid needs "
-        f"{eff.grid_evaluations} ({100 * eff.evaluations_saved:.1f}% fewer).",
+        f"{result.seconds:.2f} s ({TIME_COVERS}), where an equivalent grid at the resolution "
+        f"reached needs {eff.grid_evaluations} ({_saved(eff.evaluations_saved)}).",
         "",
         "## Configuration",
         "",
@@ -302,9 +333,15 @@ def _tex_interval_method(result: SweepResult, method: str) -> str:
         else f"the {result.value_name}"
     )
     widened = "widened where needed to the evaluated values next to the best one"
+    metric = tex_escape(metric_name(result.metric))
     return {
-        "seed_bootstrap": f"a percentile bootstrap over the {seeds} seeds of the value with the "
-        f"{'lowest' if result.mode == 'min' else 'highest'} mean score, {widened}",
+        "seed_curve": f"fitting a cubic in {against} to each of the {seeds} seeds' {metric} "
+        "around the best value and keeping the values where the seed-averaged slope is within "
+        "Student's $t$ standard errors of zero (the standard error from the spread of the "
+        "slopes between seeds and the fit's misfit), moved out to the nearest evaluated values",
+        "not_worse": f"taking the evaluated values whose mean score over the {seeds} seeds is "
+        "not significantly worse than the best one's (paired one-sided $t$ test at 95\\%) and "
+        "the evaluated values just beyond them",
         "quadratic_fit": "Fieller's interval for the vertex of a parabola fitted by least squares "
         f"to the {tex_escape(metric_name(result.metric))} against {against} around the best "
         f"evaluated value, {widened}",
@@ -317,12 +354,15 @@ def _tex_interval_method(result: SweepResult, method: str) -> str:
 def _tex_outcome(result: SweepResult) -> str:
     """The second paragraph: how the search ended and what it found."""
     best, refined = result.confidence.best, result.confidence.refined
-    stop = (
-        "ran every stage"
-        if result.stop_reason == "completed"
-        else "stopped early because a stage improved the best score by less than "
-        f"{100 * float(result.config.get('min_improvement', 0)):.3g}\\%"
-    )
+    seeds = int(result.config.get("seeds", 1))
+    stop = {
+        "completed": "ran every stage",
+        "min_improvement": "stopped early because a stage improved the best score by less than "
+        f"{100 * float(result.config.get('min_improvement', 0)):.3g}\\%",
+        "resolution": "stopped early because no interval next to the values tied with the best "
+        f"had significantly different ends with {seeds} seeds (finer values could not be told "
+        "apart)",
+    }.get(result.stop_reason, f"stopped ({tex_escape(result.stop_reason)})")
     return (
         f"The search {stop}: {len(result.stages)} stages, {len(result.evaluations)} evaluations "
         f"in {result.seconds:.1f}~s of wall time ({TIME_COVERS}). The best evaluated "
@@ -330,10 +370,8 @@ def _tex_outcome(result: SweepResult) -> str:
         f"({tex_escape(metric_name(result.metric))} {tex_number(result.best_score, 4)}), "
         f"with a {tex_escape(best.label)} from "
         f"{tex_number(best.low)} to {tex_number(best.high)}, obtained by "
-        f"{_tex_interval_method(result, best.method)}. A local quadratic fit refines the "
-        f"optimum to {tex_number(refined.lr)} ({tex_escape(refined.label)} "
-        f"{tex_number(refined.low)} to {tex_number(refined.high)}, method: "
-        f"{tex_escape(method_name(refined.method, result))})."
+        f"{_tex_interval_method(result, best.method)}. {tex_escape(covers(result))} The "
+        f"refined optimum is {tex_number(refined.lr)}."
     )
 
 
@@ -348,9 +386,9 @@ def _tex_efficiency(result: SweepResult) -> str:
         apart = f"{tex_number(eff.spacing, 4)} apart"
     return (
         f"A grid {grid} over the same span ({tex_number(eff.span[0])} to "
-        f"{tex_number(eff.span[1])}) with the resolution the search reached around its "
+        f"{tex_number(eff.span[1])}) with the resolution the search resolved around its "
         f"optimum (neighbouring values {apart}) would need {eff.grid_evaluations} evaluations; "
-        f"the search used {eff.evaluations}, {100 * eff.evaluations_saved:.1f}\\% fewer. At the "
+        f"the search used {eff.evaluations}, {tex_escape(_saved(eff.evaluations_saved))}. At the "
         f"measured {tex_number(eff.seconds_per_evaluation)}~s per evaluation plus the one-time "
         f"{eff.one_time_seconds:.1f}~s of set-up and compilation, that grid would take an "
         f"estimated {eff.grid_seconds:.1f}~s against {eff.sweep_seconds:.1f}~s measured "

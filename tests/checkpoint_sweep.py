@@ -30,6 +30,7 @@ SWEEP = dict(
     stages=3,
     points_per_stage=3,
     batch_size=32,
+    seeds=1,  # every stage runs: no stop on resolution
     min_improvement=0.0,
     lr_range=(1e-2, 1.0),
     progress=False,

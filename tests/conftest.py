@@ -93,5 +93,5 @@ def train_alone(tx, data, *, epochs, batch_size, seed=0):
     return history
 
 
-# Small defaults shared by engine tests: 2 epochs of 6 batches, no early stop.
-SMALL = dict(epochs=2, batch_size=32, progress=False, min_improvement=0.0)
+# Small defaults shared by engine tests: 2 epochs of 6 batches, one seed, no early stop.
+SMALL = dict(epochs=2, batch_size=32, progress=False, min_improvement=0.0, seeds=1)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import (  # noqa: E402
     _common,
     cost_growth,
+    coverage,
     engine_costs,
     precision,
     stage_throughput,
@@ -229,3 +230,85 @@ def test_a_failing_benchmark_is_recorded_and_the_next_one_runs(tmp_path, monkeyp
     assert [r["name"] for r in records] == ["broken", "fine"]
     assert records[0]["notes"] == ["failed: RuntimeError: an API that moved"]
     assert records[1]["notes"] == ["dry"]
+
+
+def test_digits_cnn_is_the_convolution_it_claims_to_be():
+    import flax.linen as nn
+    import jax
+
+    class ConvCNN(nn.Module):  # the same network written with flax's convolutions
+        @nn.compact
+        def __call__(self, x):
+            x = x.reshape((x.shape[0], 8, 8, 1))
+            x = nn.relu(nn.Conv(8, (3, 3))(x))
+            x = nn.relu(nn.Conv(16, (3, 3), strides=2)(x))
+            return nn.Dense(10)(x.reshape((x.shape[0], -1)))
+
+    x = np.random.default_rng(0).uniform(size=(5, 64)).astype(np.float32)
+    conv = ConvCNN().init(jax.random.key(0), x)["params"]
+    dense = {
+        f"Dense_{i}": {
+            "kernel": conv[f"Conv_{i}"]["kernel"].reshape(
+                -1, conv[f"Conv_{i}"]["kernel"].shape[-1]
+            ),
+            "bias": conv[f"Conv_{i}"]["bias"],
+        }
+        for i in range(2)
+    }
+    dense["Dense_2"] = conv["Dense_0"]
+    np.testing.assert_allclose(
+        coverage.DigitsCNN().apply({"params": dense}, x),
+        ConvCNN().apply({"params": conv}, x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_smooth_minimum_finds_a_known_asymmetric_minimum():
+    rates = np.geomspace(1e-3, 1e-1, 41)
+    d = np.log(rates / 0.02)
+    curve = 0.3 * (np.exp(1.5 * d) - 1.5 * d - 1) + 0.15  # minimum at 0.02, steeper above
+    losses = curve[:, None] + np.zeros((1, 4))
+    fit = coverage.smooth_minimum(rates, losses, band=0.05)
+    assert fit["optimum"] == pytest.approx(0.02, rel=0.02)
+    assert fit["window"][0] < 0.02 < fit["window"][1]
+
+
+def test_coverage_structure_and_the_truth_is_plain_training(tmp_path):
+    import jax
+    import optax
+
+    record = coverage.run(mode="dry", truth_dir=str(tmp_path))
+    _check_record(record, "coverage")
+    data = record["data"]["tiny"]
+    assert set(data["configs"]) == set(coverage.SETTINGS["dry"]["configs"])
+    one = data["configs"]["one seed (the previous defaults)"]["runs"][0]
+    default = data["configs"]["defaults"]["runs"][0]
+    assert one["lanes"] == one["evaluations"] and default["lanes"] == 3 * default["evaluations"]
+    stored = json.loads(Path(coverage.truth_path("tiny", str(tmp_path))).read_text())
+    assert np.shape(stored["losses"]) == (5, 2)
+    # the cache is reused as long as its settings match
+    assert coverage.cached_truth("tiny", 2, 0.03, str(tmp_path)) == stored
+    # one lane of the truth, trained again by a Python loop over optax steps
+    rate, seed = 1, 1
+    key = coverage.seed_keys(coverage.TRUTH_KEY_BASE, 2)[seed]
+    init_key, order_key = jax.random.split(key)
+    split = coverage.digits_split(0)
+    module = coverage.PROBLEMS["tiny"].model_fn()
+    params = module.init(init_key, split.x_train[:1])["params"]
+    tx = optax.adam(np.float32(stored["rates"][rate]))
+    opt_state = tx.init(params)
+
+    def loss(p, x, y):
+        logits = module.apply({"params": p}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    n = len(split.x_train)
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, 0), n))
+    for step in range(n // 128):
+        batch = order[step * 128 : (step + 1) * 128]
+        grads = jax.grad(loss)(params, split.x_train[batch], split.y_train[batch])
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    expected = float(loss(params, split.x_val, split.y_val))
+    assert stored["losses"][rate][seed] == pytest.approx(expected, rel=1e-4)

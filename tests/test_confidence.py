@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxsweep import _confidence, _selector
+from jaxsweep import _confidence, _noise, _selector
 
 
 def _hierarchical_points(score_fn, value_range=(1e-5, 1e-2), stages=5):
@@ -25,8 +25,11 @@ def test_t_quantiles_match_an_independent_implementation():
     stats = pytest.importorskip("scipy.stats")
     for df in [1, 2, 3, 5, 10, 29, 30, 31, 50, 200, 10_000]:
         assert _confidence.t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-4)
+        assert _noise.t_quantile(0.95, df) == pytest.approx(stats.t.ppf(0.95, df), abs=2e-4)
     with pytest.raises(ValueError, match="df"):
         _confidence.t_quantile_975(0)
+    with pytest.raises(ValueError, match="probability"):
+        _noise.t_quantile(0.9, 3)
 
 
 def test_exact_parabola_is_recovered_to_rounding():
@@ -55,6 +58,7 @@ def test_interval_contains_the_optimum_of_a_non_parabolic_score(optimum, score_f
     confidence = _confidence.estimate(lrs, scores)
     assert confidence.best is confidence.refined  # one seed: the fit's interval is shown
     estimate = confidence.refined
+    assert estimate.label == "one-seed interval" and estimate.seeds == 1
     assert estimate.bracketed
     assert estimate.low <= optimum <= estimate.high, estimate
     # and it is a real refinement, not the whole searched span
@@ -108,39 +112,13 @@ def test_diverged_evaluations_are_ignored_and_all_diverged_gives_no_interval():
     assert nothing.method == "none" and math.isnan(nothing.low)
 
 
-def test_seed_bootstrap_spans_the_spread_of_per_seed_optima():
-    lrs = np.geomspace(1e-4, 1e-2, 21)
-    centres = [8e-4, 1e-3, 1.3e-3, 1.6e-3]  # each seed prefers a different rate
-    per_seed = np.stack([np.log(lrs / c) ** 2 for c in centres], axis=1)
-    estimate = _confidence.seed_bootstrap(lrs, per_seed)
-    mean_best = lrs[np.argmin(per_seed.mean(axis=1))]
-    assert estimate.method == "seed_bootstrap"
-    assert estimate.lr == mean_best
-    assert estimate.low <= mean_best <= estimate.high
-    assert estimate.low <= 1e-3 and estimate.high >= 1.3e-3
-    assert estimate == _confidence.seed_bootstrap(lrs, per_seed)  # deterministic
-    # identical seeds: no spread, only the evaluated neighbours remain
-    same = np.stack([per_seed[:, 1]] * 3, axis=1)
-    tight = _confidence.seed_bootstrap(lrs, same)
-    best = int(np.argmin(same[:, 0]))
-    assert (tight.low, tight.high) == (lrs[best - 1], lrs[best + 1])
-    assert "widened to the evaluated neighbours" in tight.note
-
-
-def test_estimate_uses_the_bootstrap_only_with_several_seeds():
-    lrs = np.geomspace(1e-4, 1e-2, 9)
-    scores = np.log(lrs / 1e-3) ** 2
-    one = _confidence.estimate(lrs, scores, [[s] for s in scores])
-    two = _confidence.estimate(lrs, scores, [[s, s + 0.01] for s in scores])
-    assert one.best.method == "quadratic_fit"
-    assert two.best.method == "seed_bootstrap" and two.refined.method == "quadratic_fit"
-
-
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="seed_scores"):
-        _confidence.seed_bootstrap([1e-3, 1e-2], [[1.0], [2.0]])
+        _confidence.seed_curve([1e-3, 1e-2], [[1.0], [2.0]])  # one seed: no test between seeds
     with pytest.raises(ValueError, match="seed_scores"):
-        _confidence.seed_bootstrap([1e-3, 1e-2], [[1.0, 2.0]])
+        _confidence.seed_curve([1e-3, 1e-2], [[1.0, 2.0]])  # one row for two values
+    with pytest.raises(ValueError, match="seed_scores"):
+        _confidence.not_worse([1e-3, 1e-2], [[1.0, 2.0], [1.0]])  # ragged
     with pytest.raises(ValueError, match="scores"):
         _confidence.quadratic_refine([1e-3, 1e-2], [1.0])
 
@@ -155,3 +133,132 @@ def test_linear_scale_fits_against_the_value_itself_zero_included():
     assert estimate.fit.predict([0.62])[0] == pytest.approx(0.5, abs=1e-9)
     with pytest.raises(ValueError, match="scale"):
         _confidence.quadratic_refine(values, scores, scale="cubic")
+
+
+# ----------------------------------------------------------------------------- several seeds
+
+OPTIMUM = 3e-3
+
+
+def _valley(value: float) -> float:
+    """An expected score with its minimum at OPTIMUM: steep above, shallow below (in log)."""
+    d = math.log(value / OPTIMUM)
+    return 0.3 * (math.exp(1.5 * d) - 1.5 * d - 1) + 0.15
+
+
+def _noisy_scores(values, trial: int, seeds: int) -> list[tuple[float, ...]]:
+    """Per-seed scores whose expectation over seeds is ``_valley``.
+
+    A seed shifts and tilts the whole curve (its own optimum moves) and adds noise that is
+    a fixed function of (seed, value): a seed rerun at a value scores the same, as training
+    does. The tilt averages out, so the expected optimum is OPTIMUM exactly.
+    """
+    rows = []
+    for value in values:
+        d = math.log(value / OPTIMUM)
+        row = []
+        for s in range(seeds):
+            shift, tilt = np.random.default_rng([trial, s]).normal(0, [0.03, 0.1])
+            jitter = np.random.default_rng([trial, s, round(abs(math.log(value)) * 1e9)])
+            row.append(_valley(value) + shift + tilt * d + jitter.normal(0, 0.02))
+        rows.append(tuple(row))
+    return rows
+
+
+def _noise_aware_sweep(trial: int, seeds: int, stages: int = 5):
+    """The real selector on the synthetic scores, stopping on resolution as the driver does."""
+    step = math.log(1e-2 / 1e-5) / 4
+    points = list(_selector.initial_points((1e-5, 1e-2), 5))
+    seed_scores = _noisy_scores(points, trial, seeds)
+    stop = "completed"
+    for _ in range(stages - 1):
+        means = [float(np.mean(row)) for row in seed_scores]
+        if _selector.resolved(points, means, seed_scores):
+            stop = "resolution"
+            break
+        plan = _selector.next_stage(
+            points, means, count=5, top_k=2, initial_step=step, seed_scores=seed_scores
+        )
+        points += plan.points
+        seed_scores += _noisy_scores(plan.points, trial, seeds)
+    means = [float(np.mean(row)) for row in seed_scores]
+    return _confidence.estimate(points, means, seed_scores).best, stop
+
+
+def test_intervals_cover_the_expected_optimum_of_a_noisy_objective():
+    trials = 100
+    runs = [_noise_aware_sweep(trial, seeds=3) for trial in range(trials)]
+    covered = np.mean([estimate.contains(OPTIMUM) for estimate, _ in runs])
+    widths = [estimate.high / estimate.low for estimate, _ in runs]
+    assert covered >= 0.9, covered  # a 95% interval, up to the cubic's misfit and sampling
+    assert np.median(widths) < 4.0  # and informative: the search spanned a factor of 1000+
+    assert any(stop == "resolution" for _, stop in runs)
+    assert {e.method for e, _ in runs} <= {"seed_curve", "not_worse"}
+    # one seed of the same objective: the fit sees only that seed's tilted curve
+    one = [_noise_aware_sweep(trial, seeds=1) for trial in range(trials)]
+    assert np.mean([estimate.contains(OPTIMUM) for estimate, _ in one]) < 0.75
+    assert all(estimate.seeds == 1 for estimate, _ in one)
+
+
+def test_seed_curve_finds_a_cubic_optimum_shared_by_every_seed():
+    values = np.geomspace(1e-4, 1e-1, 15)
+    u = np.log(values / 2e-3)
+    expected = 0.2 * u**2 + 0.05 * u**3 + 1.0  # minimum at u = 0 (and a maximum far below)
+    offsets = np.array([0.0, 0.3, -0.2])  # seeds differ by a constant: slopes agree exactly
+    estimate = _confidence.seed_curve(values, expected[:, None] + offsets)
+    assert estimate.method == "seed_curve" and estimate.bracketed
+    assert estimate.lr == pytest.approx(2e-3, rel=5e-3)
+    assert estimate.fit is not None and estimate.fit.seeds == 3
+    assert estimate.fit.predict([2e-3])[0] == pytest.approx(1.0 + offsets.mean(), abs=1e-4)
+    # no spread between seeds: the interval is the evaluated values around the optimum
+    below, above = values[values <= 2e-3].max(), values[values >= 2e-3].min()
+    assert (estimate.low, estimate.high) == (below, above)
+
+
+def test_not_worse_keeps_the_tied_run_around_the_best_and_its_neighbours():
+    values = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    seed_scores = [
+        [2.0, 2.1, 2.2],  # clearly worse
+        [1.0, 1.3, 1.1],  # tied with the best (paired differences too noisy)
+        [1.05, 1.0, 1.08],  # the best mean
+        [3.0, 3.1, 2.9],  # clearly worse
+        [1.5, 0.7, 1.1],  # tied again, but beyond a worse value: not part of the run
+    ]
+    estimate = _confidence.not_worse(values, seed_scores)
+    assert estimate.method == "not_worse" and estimate.bracketed
+    assert (estimate.low, estimate.high) == (1e-4, 1e-1)
+    assert estimate.lr == 1e-2
+    assert estimate.note.startswith("2 evaluated values around the best")
+    diverged = [row[:] for row in seed_scores]
+    diverged[3] = [3.0, math.inf, 2.9]  # a value that diverged in one seed is worse
+    assert _confidence.not_worse(values, diverged).high == 1e-1
+    edge = _confidence.not_worse(values[1:], seed_scores[1:])  # tied run reaches the edge
+    assert not edge.bracketed and "beyond the evaluated range" in edge.note
+    assert edge.label.startswith("open")
+
+
+def test_seed_curve_falls_back_and_says_why():
+    values = np.geomspace(1e-4, 1e-1, 4)  # too few values for a cubic per seed
+    seed_scores = [[2.0, 2.2], [1.0, 1.1], [1.1, 1.0], [2.0, 2.1]]
+    estimate = _confidence.seed_curve(values, seed_scores)
+    assert estimate.method == "not_worse"
+    assert estimate.note.startswith("no reliable fit over seeds (too few evaluated values")
+
+
+def test_paired_comparisons_use_the_shared_seeds_and_a_pooled_floor():
+    quiet = _noise.score_matrix([[1.0, 2.0, 3.0], [1.1, 2.1, 3.1], [1.3, 2.3, 3.3]])
+    # a constant 0.1 worse in every seed: significant although the seeds differ by 1.0
+    assert _noise.pooled_error(quiet) == pytest.approx(0.0, abs=1e-12)
+    assert _noise.worse(quiet, 1, 0) and not _noise.worse(quiet, 0, 1)
+    assert _noise.different(quiet, 0, 1)
+    assert _noise.tied_with_best(quiet).tolist() == [True, False, False]
+    assert _noise.tied_run(quiet) == (0, 0)  # the run stops at the worse neighbour
+    # one noisy value: the same paired differences of 0.1 no longer stand out, because two
+    # or three seeds agreeing closely is what chance gives when values scatter this much
+    noisy = _noise.score_matrix([[1.0, 2.0, 3.0], [1.1, 2.1, 3.1], [1.6, 1.7, 3.2]])
+    residual = noisy - noisy.mean(1, keepdims=True) - noisy.mean(0) + noisy.mean()
+    expected = math.sqrt(2 * np.median(residual.var(axis=1, ddof=1)) / 3)
+    assert _noise.pooled_error(noisy) == pytest.approx(expected) and expected > 0.05
+    assert _noise.worse(noisy, 1, 0)  # without the floor
+    assert not _noise.worse(noisy, 1, 0, floor=_noise.pooled_error(noisy))
+    assert not _noise.different(noisy, 0, 1)

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import math
+import warnings
 
 import chex
 import flax.linen as nn
@@ -16,7 +17,7 @@ from conftest import SMALL, TinyMLP, make_classification, train_alone
 from flax import nnx
 
 import jaxsweep
-from jaxsweep import _data, _driver, _model, _optim
+from jaxsweep import _data, _driver, _model, _optim, _selector
 from jaxsweep._progress import BarProgress, SilentProgress
 from jaxsweep._warnings import warn
 
@@ -71,8 +72,14 @@ def test_metrics_are_recorded_per_epoch_and_module(one_stage):
 
 @pytest.fixture(scope="module")
 def full_sweep(split_blobs):
-    return jaxsweep.run(
-        lambda: TinyMLP(), split_blobs, epochs=1, batch_size=64, progress=False, min_improvement=0.0
+    return jaxsweep.run(  # one seed: every stage runs (several would stop on resolution)
+        lambda: TinyMLP(),
+        split_blobs,
+        epochs=1,
+        batch_size=64,
+        progress=False,
+        seeds=1,
+        min_improvement=0.0,
     )
 
 
@@ -277,9 +284,8 @@ def test_seeds_average_and_differ(split_blobs):
         split_blobs,
         stages=1,
         points_per_stage=2,
-        seeds=2,
         lr_range=(1e-3, 1e-2),
-        **SMALL,
+        **{**SMALL, "seeds": 2},
     )
     e = result.evaluations[0]
     assert len(e.seed_scores) == 2 and e.seed_scores[0] != e.seed_scores[1]
@@ -338,3 +344,32 @@ def test_validation_split_is_deterministic_and_disjoint():
     chex.assert_trees_all_equal(first, again)
     rows = {tuple(r) for r in first.x_train} | {tuple(r) for r in first.x_val}
     assert len(rows) == 100  # every example used once, none in both parts
+
+
+def test_several_seeds_stop_when_nothing_is_left_to_resolve(split_blobs):
+    arguments = {**SMALL, "seeds": 3}
+    del arguments["min_improvement"]  # the default with seeds: no stop on small gains
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jaxsweep.SearchRangeWarning)
+        result = jaxsweep.run(
+            lambda: TinyMLP(),
+            split_blobs,
+            stages=6,
+            points_per_stage=4,
+            lr_range=(1e-3, 1.0),
+            **arguments,
+        )
+    assert result.config["min_improvement"] == 0.0
+    assert result.stop_reason == "resolution" and len(result.stages) < 6
+    evaluations = result.evaluations
+
+    def resolved(upto):
+        kept = [e for e in evaluations if e.stage <= upto]
+        return _selector.resolved(
+            [e.value for e in kept], [e.score for e in kept], [e.seed_scores for e in kept]
+        )
+
+    last = result.stages[-1].index
+    assert resolved(last) and not resolved(last - 1)  # it stopped at the first chance
+    assert all(len(e.seed_scores) == 3 for e in evaluations)
+    assert result.confidence.best.method in ("seed_curve", "not_worse")

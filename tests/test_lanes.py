@@ -24,7 +24,7 @@ class TinyCNN(nn.Module):
         return nn.Dense(3)(x.reshape((x.shape[0], -1)))
 
 
-STAGE = dict(stages=1, points_per_stage=3, seeds=2, lr_range=(1e-3, 1e-1), **SMALL)
+STAGE = {**SMALL, **dict(stages=1, points_per_stage=3, seeds=2, lr_range=(1e-3, 1e-1))}
 
 
 @pytest.fixture(scope="module")

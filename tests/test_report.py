@@ -70,8 +70,7 @@ def problem():
     return x, y, known_optimum(x, y)
 
 
-@pytest.fixture(scope="module")
-def timed(problem):
+def _sweep(problem, seeds: int):
     """The sweep, and the wall time of the ``run`` call measured around it."""
     x, y, _ = problem
     data = (x.astype(np.float32), y.astype(np.float32))
@@ -84,11 +83,16 @@ def timed(problem):
         lr_range=LR_RANGE,
         epochs=EPOCHS,
         batch_size=len(x),
-        seeds=2,
+        seeds=seeds,
         min_improvement=0.0,
         progress=False,
     )
     return result, time.perf_counter() - started
+
+
+@pytest.fixture(scope="module")
+def timed(problem):
+    return _sweep(problem, seeds=2)
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +123,12 @@ def test_sweep_scores_match_the_closed_form(result, problem):
 def test_intervals_contain_the_known_optimum(result, problem):
     *_, optimum = problem
     low, high = result.value_interval
-    assert result.confidence.best.method == "seed_bootstrap"
+    # full batches from zero weights: the seeds agree exactly, so the search never stops
+    # on resolution and the interval rests on the fit's misfit alone
+    assert result.stop_reason == "completed"
+    assert result.confidence.best.method == "seed_curve"
     assert low <= optimum <= high
-    refined = result.confidence.refined
-    assert refined.method == "quadratic_fit"
-    assert refined.low <= optimum <= refined.high
+    assert result.confidence.refined is result.confidence.best
     assert result.refined_value == pytest.approx(optimum, rel=0.02)
     assert high / low < 1.1  # and the interval is precise, not the whole range
 
@@ -177,7 +182,8 @@ def test_report_states_the_best_rate_of_result_json(out):
     loaded = jaxsweep.load(out / "result.json")
     low, high = loaded.value_interval
     assert f"[{low:.4g}, {high:.4g}]" in text
-    assert "bootstrap over seeds" in text  # the method that produced the interval shown
+    assert "seed-averaged slope" in text  # the method that produced the interval shown
+    assert "mean over 2 seeds" in text and "its width includes the seed-to-seed" in text
     for stage in raw["stages"]:
         assert re.search(rf"^\| {stage['index']} \| ", text, flags=re.MULTILINE)
     for name in FIGURES:
@@ -190,10 +196,16 @@ def test_efficiency_is_computed_from_the_run(result, out):
     scores = {e.value: e.score for e in result.evaluations}
     i = int(np.argmin([scores[v] for v in lrs]))
     neighbour = min((lrs[i - 1], lrs[i + 1]), key=lambda v: scores[v])  # the better one
-    step = abs(math.log(neighbour / lrs[i]))
+    low, high = result.value_interval
+    # the grid needs no finer step than the interval the sweep resolved
+    step = max(abs(math.log(neighbour / lrs[i])), math.log(high / low))
     expected = math.ceil(math.log(lrs[-1] / lrs[0]) / step - 1e-9) + 1
     eff = efficiency(result)
     assert eff.grid_evaluations == expected
+    assert eff.spacing == pytest.approx(math.exp(step))
+    by_interval = math.log(high / low) - abs(math.log(neighbour / lrs[i]))
+    if abs(by_interval) > 1e-9:  # (equal when the interval is the best one)
+        assert eff.spacing_source == ("interval" if by_interval > 0 else "best interval")
     assert eff.evaluations == len(result.evaluations) == 25
     later = result.stages[1:]
     per_evaluation = sum(s.seconds for s in later) / sum(len(s.values) for s in later)
@@ -229,6 +241,16 @@ def test_methods_tex_is_a_subsection_with_this_runs_numbers(result, out):
     assert "25 evaluations" in text
     assert "$0.196$" in text  # the best rate, 3 significant digits
     _assert_latex_subsection(methods_tex(result))
+
+
+def test_a_one_seed_sweep_says_its_interval_cannot_show_seed_to_seed_variation(problem):
+    one, _ = _sweep(problem, seeds=1)
+    assert one.confidence.best.seeds == 1
+    assert one.confidence.best.label == "one-seed interval"
+    for text in (markdown(one, ()), methods_tex(one)):
+        assert "cannot include seed-to-seed variation" in text
+        assert "not a 95\\% interval" in text or "not a 95% interval" in text
+    assert "1 seed)" in methods_tex(one) and "mean over 1 seed)" in markdown(one, ())
 
 
 # ----------------------------------------------------------------------------- CLI
