@@ -162,7 +162,7 @@ class EngineStage:
 
     def compile(self, lanes: int):
         """Compiles the lane-start and epoch programs for ``lanes`` lanes; returns the epoch one."""
-        return self.stage.compiled_epoch(self._start([1e-3] * lanes, self.workload.seed))
+        return self.stage.compiled_call(self._start([1e-3] * lanes, self.workload.seed))
 
     def run(self, lrs: Sequence[float], seed: int | None = None) -> np.ndarray:
         """Trains every rate as one stage; the validation loss per (rate, epoch).
@@ -172,9 +172,9 @@ class EngineStage:
         lanes = self._start(lrs, self.workload.seed if seed is None else seed)
         state, val_losses = lanes.state, []
         for epoch in range(self.workload.epochs):
-            state, metrics = self.stage.run_epoch(lanes, state, epoch)
-            # the sweep fetches every metric after each epoch (progress, divergence, results)
-            val_losses.append(lanes.layout.gather(metrics).val_loss)
+            # the sweep fetches every metric after each call and epoch (progress, results)
+            state, metrics = self.stage.run_segment(lanes, state, epoch)
+            val_losses.append(metrics.val_loss)
         return np.stack(val_losses, axis=1)
 
     def memory_bytes(self, lanes: int) -> dict[str, int]:

@@ -93,18 +93,18 @@ SETTINGS = {
 def _first_epoch_clock():
     """Records when the sweep first calls its epoch program (the first training step)."""
     seen: list[float] = []
-    original = _stage.StagePrograms.run_epoch
+    original = _stage.StagePrograms.run_segment
 
     def watched(self, *args, **kwargs):
         if not seen:
             seen.append(time.perf_counter())
         return original(self, *args, **kwargs)
 
-    _stage.StagePrograms.run_epoch = watched
+    _stage.StagePrograms.run_segment = watched
     try:
         yield seen
     finally:
-        _stage.StagePrograms.run_epoch = original
+        _stage.StagePrograms.run_segment = original
 
 
 def sweep(model_fn: Callable, settings: Mapping, cache=False) -> tuple[jaxsweep.SweepResult, dict]:

@@ -16,11 +16,27 @@ import time
 import traceback
 
 from . import _common as c
-from . import cost_growth, coverage, engine_costs, precision, stage_throughput, whole_sweep
+from . import (
+    cost_growth,
+    coverage,
+    data_sources,
+    engine_costs,
+    precision,
+    stage_throughput,
+    whole_sweep,
+)
 
 BENCHMARKS = {
     module.NAME: module
-    for module in (stage_throughput, whole_sweep, precision, cost_growth, engine_costs, coverage)
+    for module in (
+        stage_throughput,
+        whole_sweep,
+        precision,
+        cost_growth,
+        engine_costs,
+        data_sources,
+        coverage,
+    )
 }
 # the coverage benchmark trains hundreds of sweeps: asked for by name, into its own file
 DEFAULT = tuple(name for name in BENCHMARKS if name != "coverage")

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._hosts import ProcessMismatchError as ProcessMismatchError
     from ._run import run as run
     from ._sharding import is_writer as is_writer
+    from ._sources import columns as columns
 
 # Names whose modules import JAX, Flax and Orbax load on first use: reading a saved result
 # (``jaxsweep.load``, ``jaxsweep report DIR``, ``jaxsweep show DIR``) then costs no JAX import.
@@ -32,6 +33,7 @@ _FROM_JAX_MODULES = {
     "ProcessMismatchError": "._hosts",
     "run": "._run",
     "is_writer": "._sharding",
+    "columns": "._sources",
 }
 
 
@@ -61,6 +63,7 @@ __all__ = [
     "SearchRangeWarning",
     "Stage",
     "SweepResult",
+    "columns",
     "is_writer",
     "load",
     "plot",

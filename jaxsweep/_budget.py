@@ -25,6 +25,7 @@ class Budget(NamedTuple):
     eval_every: int  # steps between validations (the last one comes after step ``total``)
     steps_per_epoch: int  # full batches in one pass over the training examples
     chunk: int  # steps per compiled call (<= eval_every and <= steps_per_epoch)
+    batch_size: int = 1  # examples per step
 
     @property
     def validations(self) -> int:
@@ -44,6 +45,25 @@ class Budget(NamedTuple):
         start = segment * self.eval_every
         end = min(start + self.eval_every, self.total)
         return tuple((s, min(self.chunk, end - s)) for s in range(start, end, self.chunk))
+
+    @property
+    def full_calls(self) -> bool:
+        """Every call trains exactly ``chunk`` steps (no call ends a segment early)."""
+        return self.eval_every % self.chunk == 0 and self.total % self.chunk == 0
+
+    @property
+    def one_call_per_segment(self) -> bool:
+        """Every segment is trained by one call (which therefore always validates)."""
+        return self.chunk >= self.eval_every
+
+    @property
+    def crosses_epochs(self) -> bool:
+        """Some call runs from the end of one epoch into the next (needs both orders)."""
+        return any(
+            start % self.steps_per_epoch + steps > self.steps_per_epoch
+            for segment in range(self.validations)
+            for start, steps in self.calls(segment)
+        )
 
     def epochs_touched(self) -> float:
         return self.total / self.steps_per_epoch
@@ -84,4 +104,4 @@ def make_budget(
         raise ValueError(f"eval_every: {every} is more than the {total} training steps")
     # calls of equal length: 100 steps train as 50 + 50, not 64 + 36
     chunk = math.ceil(every / math.ceil(every / max_chunk))
-    return Budget(total, every, steps_per_epoch, min(chunk, steps_per_epoch))
+    return Budget(total, every, steps_per_epoch, min(chunk, steps_per_epoch), batch_size)

@@ -22,7 +22,7 @@ class SweepConfig:
     points_per_stage: int
     stages: int
     top_k: int
-    epochs: int
+    epochs: int | None  # passes over the training data (None when ``steps`` is given)
     batch_size: int
     seeds: int
     seed: int
@@ -32,6 +32,8 @@ class SweepConfig:
     metric: str = "val_loss"  # what ranks the values: the validation loss or an aux entry
     mode: str = "min"  # "min" or "max": whether a lower or a higher metric is better
     eval_batch_size: int | None = None  # validation examples per batch (set by the setup)
+    steps: int | None = None  # training steps per lane, instead of epochs
+    eval_every: int | None = None  # steps between validations (None: once per epoch)
 
     @property
     def sign(self) -> float:
@@ -55,6 +57,10 @@ def _integer(name: str, value, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name}: must be >= {minimum}, got {value}")
     return int(value)
+
+
+def _optional(name: str, value) -> int | None:
+    return None if value is None else _integer(name, value, 1)
 
 
 def _real(name: str, value) -> float:
@@ -95,6 +101,8 @@ def make_config(
     metric="val_loss",
     mode="min",
     eval_batch_size=None,
+    steps=None,
+    eval_every=None,
 ) -> SweepConfig:
     """Checks every scalar argument of ``run`` and returns them as a :class:`SweepConfig`.
 
@@ -118,6 +126,10 @@ def make_config(
         raise TypeError(f"metric: expected a name such as 'val_loss', got {metric!r}")
     if mode not in MODES:
         raise ValueError(f"mode: expected 'min' or 'max', got {mode!r}")
+    if epochs is not None and steps is not None:
+        raise ValueError("steps: give the budget once, as epochs or as steps, not both")
+    if epochs is None and steps is None:
+        epochs = 3
     return SweepConfig(
         hyperparam=hyperparam,
         value_range=_range(range_name, value_range, scale),
@@ -125,7 +137,7 @@ def make_config(
         points_per_stage=_integer("points_per_stage", points_per_stage, 2),
         stages=_integer("stages", stages, 1),
         top_k=_integer("top_k", top_k, 1),
-        epochs=_integer("epochs", epochs, 1),
+        epochs=_optional("epochs", epochs),
         batch_size=_integer("batch_size", batch_size, 1),
         seeds=count,
         seed=_integer("seed", seed, 0),
@@ -134,7 +146,7 @@ def make_config(
         expand=expand,
         metric=metric,
         mode=mode,
-        eval_batch_size=None
-        if eval_batch_size is None
-        else _integer("eval_batch_size", eval_batch_size, 1),
+        eval_batch_size=_optional("eval_batch_size", eval_batch_size),
+        steps=_optional("steps", steps),
+        eval_every=_optional("eval_every", eval_every),
     )

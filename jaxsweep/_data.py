@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _sources
+
 
 class Split(NamedTuple):
     """Training and validation data (numpy on the host, or jax arrays on a device).
@@ -121,14 +123,22 @@ def prepare(data, validation_fraction: float, seed: int) -> Split:
       validation_fraction: share of ``(x, y)`` held out when no ``"val"`` is given.
       seed: the split is a permutation drawn from this seed, so it is reproducible.
     """
+    if _sources.is_source(data):
+        return _split_source(data, validation_fraction, seed)
     if isinstance(data, dict):
         unknown = set(data) - {"train", "val"}
         if unknown or "train" not in data or "val" not in data:
             raise ValueError(
                 f'data: a dict needs exactly the keys "train" and "val", got {sorted(data)}'
             )
-        x_train, y_train = _check_pair(data["train"], "train")
-        x_val, y_val = _check_pair(data["val"], "val")
+        if _sources.is_source(data["train"]):
+            x_train, y_train = _sources.training_columns(data["train"])
+        else:
+            x_train, y_train = _check_pair(data["train"], "train")
+        val = data["val"]
+        if _sources.is_source(val):  # validated many times: read once, kept as arrays
+            val = _sources.read_all(val, "val")
+        x_val, y_val = _check_pair(val, "val")
         if shapes(x_train) != shapes(x_val) or y_train.shape[1:] != y_val.shape[1:]:
             raise ValueError(
                 f"data: train and val shapes differ: x {shapes(x_train)} vs "
@@ -151,6 +161,23 @@ def prepare(data, validation_fraction: float, seed: int) -> Split:
     order = np.random.default_rng(seed).permutation(n)
     val, train = order[:n_val], order[n_val:]
     return Split(take(x, train), y[train], take(x, val), y[val])
+
+
+def _split_source(source, validation_fraction: float, seed: int) -> Split:
+    """A source split like arrays: the same permutation of indices; the validation part read."""
+    n = len(source)
+    n_val = int(round(n * validation_fraction))
+    if n_val < 1 or n_val >= n:
+        raise ValueError(
+            f"validation_fraction: {validation_fraction} of {n} examples leaves "
+            f"{n_val} for validation and {n - n_val} for training; both need at least 1"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    x_val, y_val = _check_pair(
+        _sources.read_all(_sources.Subset(source, order[:n_val]), "val"), "val"
+    )
+    x_train, y_train = _sources.training_columns(_sources.Subset(source, order[n_val:]))
+    return Split(x_train, y_train, x_val, y_val)
 
 
 def to_device(split: Split) -> Split:

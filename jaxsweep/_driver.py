@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from . import _cache, _lanes, _selector, _sharding, _train
+from ._budget import Budget
 from ._checkpoint import LaneTemplate, ResumePoint, SweepCheckpoints
 from ._config import SweepConfig
 from ._data import take
@@ -48,10 +49,12 @@ def drive(setup: Setup) -> SweepResult:
         config = setup.config
         reporter = SilentProgress()
         if show:
-            reporter = BarProgress(config.stages, config.epochs, config.hyperparam, config.scale)
+            reporter = BarProgress(
+                config.stages, setup.budget.total, config.hyperparam, config.scale
+            )
         with reporter, _cache.compilation_cache(setup.compilation_cache) as cache:
             with _cache.CompileLog() as compiles:
-                hooks = _Hooks(reporter, checkpoints, config)
+                hooks = _Hooks(reporter, checkpoints, config, setup.budget)
                 hooks.programs = lambda: {
                     "lanes": {"strategy": str(engine.strategy), "reason": engine.reason},
                     "compilation_cache": {**cache.describe(), **compiles.describe()},
@@ -74,12 +77,15 @@ def build_stage_programs(setup: Setup) -> StagePrograms:
         len(split.y_train),
         len(split.y_val),
         config.eval_batch_size,
+        setup.budget,
     )
     strategy, reason = _lanes.choose(
         setup.lanes, jax.default_backend(), len(setup.devices), _model_traits(setup)
     )
     # host arrays, placed once
-    return StagePrograms(programs, split, setup.devices, strategy, reason, setup.start)
+    return StagePrograms(
+        programs, split, setup.devices, setup.budget, strategy, reason, setup.start
+    )
 
 
 def _model_traits(setup: Setup) -> _lanes.ModelTraits:
@@ -160,7 +166,8 @@ def _train_stage(
     resumed: ResumePoint | None,
     history: History,
 ) -> tuple[StageLanes, Running]:
-    """Trains a stage's lanes through its epochs, continuing a resumed part of it."""
+    """Trains a stage's lanes segment by segment (a validation after each), continuing a
+    resumed part of it."""
     started = time.perf_counter()
     lanes = engine.start(plan.points, config.seed, config.seeds)
     running = Running(tuple(plan.points), compile_seconds=engine.compile(lanes))
@@ -173,13 +180,12 @@ def _train_stage(
             resumed.running,
             compile_seconds=resumed.running.compile_seconds + running.compile_seconds,
         )
-    for epoch in range(len(running.epoch_metrics), config.epochs):
-        epoch_started = time.perf_counter()
-        state, metrics = engine.run_epoch(lanes, state, epoch)
-        metrics = lanes.layout.gather(metrics)  # padding dropped
+    for segment in range(len(running.epoch_metrics), engine.budget.validations):
+        segment_started = time.perf_counter()
+        state, metrics = engine.run_segment(lanes, state, segment, hooks.steps_done)
         now = time.perf_counter()
-        running = running.after_epoch(metrics, now - epoch_started, now - started)
-        hooks.epoch_done(stage, epoch + 1, state, lanes, running, history)
+        running = running.after_epoch(metrics, now - segment_started, now - started)
+        hooks.epoch_done(stage, segment + 1, state, lanes, running, history)
     return lanes, running
 
 
@@ -188,8 +194,16 @@ def _with_stage(history, stage, plan, config, running: Running, memory) -> Histo
     evaluations = collect_evaluations(
         stage, plan.points, config.seeds, running.epoch_metrics, config.metric, config.sign
     )
+    steps = _validation_steps(config)
+    evaluations = [dataclasses.replace(e, steps=steps) for e in evaluations]
     seconds = (running.seconds, running.seconds_per_epoch, running.compile_seconds)
     return history.with_stage(plan, evaluations, StageCost(*seconds, *memory))
+
+
+def _validation_steps(config: SweepConfig) -> tuple[int, ...]:
+    """The step count after which each validation of a lane happens (the last: every step)."""
+    every, total = config.eval_every, config.steps
+    return tuple(min(k, total) for k in range(every, total + every, every))
 
 
 def _warned(history: History, note: str) -> History:
@@ -214,9 +228,10 @@ def _lane_template(engine: StagePrograms, config: SweepConfig) -> LaneTemplate:
 class _Hooks:
     """The edges the loop reports to: the progress bar, and the checkpoints when there are."""
 
-    def __init__(self, reporter, checkpoints: SweepCheckpoints | None, config: SweepConfig):
+    def __init__(self, reporter, checkpoints: SweepCheckpoints | None, config, budget: Budget):
         self.reporter, self.checkpoints, self.config = reporter, checkpoints, config
-        self.epochs_trained = 0  # in this process (a resumed sweep trains fewer)
+        self.budget = budget
+        self.epochs_trained = 0  # validation segments trained in this process
         self.programs = dict  # () -> how the programs ran: lane strategy, compilations
 
     def resume(self, engine: StagePrograms) -> ResumePoint | None:
@@ -229,17 +244,21 @@ class _Hooks:
             return None
         for note in point.history.notes:  # the same call warns the same, interrupted or not
             warn(note, SearchRangeWarning)
+        budget = self.budget
         self.reporter.message(
             f"resumed from {self.checkpoints.directory}: stage {point.stage}, "
-            f"{point.epoch} of {self.config.epochs} epochs done"
+            f"{point.epoch} of {budget.validations} validations done"
         )
-        best_score = point.history.best()[1]
-        for _ in range(point.stage * self.config.epochs + point.epoch):  # the bar counts them
-            self.reporter.epoch_done(best_score)
+        done = budget.validation_steps()[point.epoch - 1] if point.epoch else 0
+        self.reporter.steps_done(point.stage * budget.total + done)  # the bar counts them
+        self.reporter.epoch_done(point.history.best()[1])
         return point
 
     def start_stage(self, stage: int, values) -> None:
-        self.reporter.start_stage(stage, self.config.stages, values, self.config.epochs)
+        self.reporter.start_stage(stage, self.config.stages, values, self.budget.total)
+
+    def steps_done(self, steps: int) -> None:
+        self.reporter.steps_done(steps)
 
     def epoch_done(self, stage, epoch, state, lanes: StageLanes, running, history) -> None:
         self.epochs_trained += 1
@@ -280,7 +299,7 @@ def _open_checkpoints(setup: Setup) -> SweepCheckpoints | None:
         setup.fingerprint,
         args.resume,
         args.every_seconds,
-        setup.config.epochs,
+        setup.budget.validations,
         setup.record,
         setup.hosts,
     )

@@ -1,7 +1,8 @@
 """How a stage's lanes execute: one batched program, a loop inside one program, or one call each.
 
-A lane is one (value, seed) pair; every lane runs the same one-lane epoch function
-(``Programs.lane_epoch``). A *strategy* decides how the lanes of a stage share the hardware:
+A lane is one (value, seed) pair; every lane runs the same one-lane call
+(``Programs.lane_call``: some training steps, and a validation where a segment ends). A
+*strategy* decides how the lanes of a stage share the hardware:
 
 * ``"vmap"``: one program over every lane at once (``jax.vmap``). Best where one lane leaves
   the device idle (a GPU, a TPU, a tiny model on a CPU): the lanes share each kernel call.
@@ -17,7 +18,7 @@ A lane is one (value, seed) pair; every lane runs the same one-lane epoch functi
 
 Every strategy computes the same arithmetic per lane: results agree to float rounding.
 
-:func:`compile_epoch` builds a stage's epoch program for a strategy; ``_stage.StagePrograms``
+:func:`compile_call` builds a stage's training call for a strategy; ``_stage.StagePrograms``
 runs it.
 """
 
@@ -29,7 +30,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from . import _sharding
@@ -145,27 +145,21 @@ def choose(
     return Strategy("separate"), f"cpu, {why}"
 
 
-# ----------------------------------------------------------------------------- batched epochs
-
-_EPOCH_AXES = (0, 0, None, None, None, None, None)  # state, data key | epoch, data (shared)
+# ----------------------------------------------------------------------------- lane calls
 
 
-def batched_epoch(lane_epoch: Callable, strategy: Strategy) -> Callable:
-    """``lane_epoch`` over a leading lane axis of (state, data key), the way ``strategy`` says.
-
-    ``lane_epoch(state, data_key, epoch, x_train, y_train, x_val, y_val) -> (state, metrics)``.
-    """
+def _batched(lane_fn: Callable, strategy: Strategy, lane_args: int, shared_args: int):
+    """``lane_fn`` over a leading lane axis of its first ``lane_args`` arguments (the other
+    ``shared_args`` are the same for every lane: one copy), the way ``strategy`` says."""
     if strategy.kind == "vmap":
-        return jax.vmap(lane_epoch, in_axes=_EPOCH_AXES)
+        return jax.vmap(lane_fn, in_axes=(0,) * lane_args + (None,) * shared_args)
     if strategy.kind not in ("map", "chunks"):
         raise ValueError(f"{strategy} is not a batched strategy")
     chunk = strategy.chunk if strategy.kind == "chunks" else None
 
-    def mapped(state, data_keys, epoch, *data):
-        def one(lane):
-            return lane_epoch(lane[0], lane[1], epoch, *data)
-
-        return jax.lax.map(one, (state, data_keys), batch_size=chunk)
+    def mapped(*args):
+        per_lane, shared = args[:lane_args], args[lane_args:]
+        return jax.lax.map(lambda lane: lane_fn(*lane, *shared), per_lane, batch_size=chunk)
 
     return mapped
 
@@ -178,40 +172,40 @@ def _over_devices(fn: Callable, mesh, lane_args: int, shared_args: int) -> Calla
     return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P(_sharding.LANE_AXIS))
 
 
-def compile_epoch(lane_epoch: Callable, strategy: Strategy, mesh, state, data_keys, data):
-    """Compiles the epoch program of a stage for ``strategy``; nothing runs.
+def compile_call(lane_fn: Callable, strategy: Strategy, mesh, lane_args: tuple, shared: tuple):
+    """Compiles a stage's call of ``lane_fn`` for ``strategy``; nothing runs.
 
     Args:
-      lane_epoch: one lane's epoch (``Programs.lane_epoch``).
+      lane_fn: one lane's call (``Programs.lane_call``): ``(*lane_args, *shared) -> outputs``.
       strategy: how the lanes execute.
-      mesh: the lane mesh; the lane axis of ``state`` and ``data_keys`` is split over it.
-      state, data_keys, data: arrays or shapes (``jax.ShapeDtypeStruct`` with shardings).
+      mesh: the lane mesh; the lane axis of every ``lane_args`` entry is split over it.
+      lane_args, shared: arrays or shapes (``jax.ShapeDtypeStruct`` with shardings).
 
     Returns:
-      ``(run_epoch, compiled)``: ``run_epoch(state, data_keys, epoch, *data)`` returns the new
-      stacked lane state and the metrics; ``compiled`` is the main XLA program (for its memory
-      account; one lane's for ``separate``).
+      ``(run, compiled)``: ``run(*lane_args, *shared)`` returns the outputs stacked over the
+      lanes; ``compiled`` is the main XLA program (for its memory account; one lane's for
+      ``separate``).
     """
-    epoch = np.int32(0)
     if strategy.kind == "separate":
-        return _separate_epoch(lane_epoch, state, data_keys, epoch, data)
-    fn = _over_devices(batched_epoch(lane_epoch, strategy), mesh, lane_args=2, shared_args=5)
+        return _separate_call(lane_fn, lane_args, shared)
+    fn = _over_devices(
+        _batched(lane_fn, strategy, len(lane_args), len(shared)),
+        mesh,
+        lane_args=len(lane_args),
+        shared_args=len(shared),
+    )
     sharding = _sharding.lane_sharding(mesh)
-    compiled = jax.jit(fn, out_shardings=sharding).lower(state, data_keys, epoch, *data).compile()
+    compiled = jax.jit(fn, out_shardings=sharding).lower(*lane_args, *shared).compile()
     return compiled, compiled
 
 
-def _separate_epoch(lane_epoch: Callable, state, data_keys, epoch, data):
+def _separate_call(lane_fn: Callable, lane_args: tuple, shared: tuple):
     """The "separate" strategy: one compiled one-lane program, called once per lane.
 
-    The stacked lane state is split into its lanes by one program and stacked back by another,
-    so the caller sees the same stacked state as with the batched strategies. The metrics come
-    back as host arrays (the lanes' results fetched together).
+    The stacked lane arguments are split into lanes by one program and the outputs stacked
+    back by another, so the caller sees the same stacked values as with the batched ones.
     """
-    lanes = jax.tree.leaves(data_keys)[0].shape[0]
-
-    def one_lane(lane_state, data_keys, lane, epoch, *data):
-        return lane_epoch(lane_state, data_keys[lane], epoch, *data)
+    lanes = jax.tree.leaves(lane_args)[0].shape[0]
 
     def unstack(tree):
         return tuple(jax.tree.map(lambda a, i=i: a[i], tree) for i in range(lanes))
@@ -219,20 +213,18 @@ def _separate_epoch(lane_epoch: Callable, state, data_keys, epoch, data):
     def stack(lane_trees):
         return jax.tree.map(lambda *a: jnp.stack(a), *lane_trees)
 
-    unstack_compiled = jax.jit(unstack).lower(state).compile()
-    lane_state = jax.eval_shape(unstack, state)[0]
-    index = np.int32(0)
-    one_compiled = jax.jit(one_lane).lower(lane_state, data_keys, index, epoch, *data).compile()
-    outputs = jax.eval_shape(one_lane, lane_state, data_keys, index, epoch, *data)
-    stack_compiled = jax.jit(stack).lower((outputs[0],) * lanes).compile()
+    def one_lane(per_lane, *shared):
+        return lane_fn(*per_lane, *shared)
 
-    def run_epoch(state, data_keys, epoch, *data):
-        results = [
-            one_compiled(lane_state, data_keys, np.int32(i), epoch, *data)
-            for i, lane_state in enumerate(unstack_compiled(state))
-        ]
-        new_state = stack_compiled(tuple(r[0] for r in results))
-        metrics = jax.tree.map(lambda *m: np.stack(m), *jax.device_get([r[1] for r in results]))
-        return new_state, metrics
+    unstack_compiled = jax.jit(unstack).lower(lane_args).compile()
+    one = jax.eval_shape(unstack, lane_args)[0]
+    one_compiled = jax.jit(one_lane).lower(one, *shared).compile()
+    outputs = jax.eval_shape(one_lane, one, *shared)
+    stack_compiled = jax.jit(stack).lower((outputs,) * lanes).compile()
 
-    return run_epoch, one_compiled
+    def run(*args):
+        per_lane, shared_now = args[: len(lane_args)], args[len(lane_args) :]
+        results = [one_compiled(lane, *shared_now) for lane in unstack_compiled(per_lane)]
+        return stack_compiled(tuple(results))
+
+    return run, one_compiled

@@ -18,7 +18,10 @@ class SilentProgress:
     def __exit__(self, *exc) -> None:
         return None
 
-    def start_stage(self, stage: int, stages: int, values, epochs: int) -> None:
+    def start_stage(self, stage: int, stages: int, values, steps: int) -> None:
+        pass
+
+    def steps_done(self, steps: int) -> None:
         pass
 
     def epoch_done(self, best_score: float) -> None:
@@ -35,10 +38,11 @@ class SilentProgress:
 
 
 class BarProgress(SilentProgress):
-    """One bar over all epochs of the sweep, labelled with the stage and the best so far."""
+    """One bar over every training step of the sweep (all stages), advancing within an epoch:
+    steps done, steps per second, time elapsed and left, the stage and the best score so far."""
 
     def __init__(
-        self, total_stages: int, epochs: int, hyperparam: str = "learning_rate", scale: str = "log"
+        self, total_stages: int, steps: int, hyperparam: str = "learning_rate", scale: str = "log"
     ):
         from rich.console import Console
         from rich.progress import (
@@ -47,6 +51,7 @@ class BarProgress(SilentProgress):
             Progress,
             TextColumn,
             TimeElapsedColumn,
+            TimeRemainingColumn,
         )
 
         self._console = Console(stderr=True)
@@ -56,12 +61,16 @@ class BarProgress(SilentProgress):
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("epochs"),
+            TextColumn("steps"),
+            _rate_column(),
             TextColumn("{task.fields[best]}"),
             TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
             console=self._console,
         )
-        self._task = self._bar.add_task("sweep", total=total_stages * epochs, best="best: -")
+        # every lane of a stage trains the same steps at once: a stage's steps are one lane's
+        self._task = self._bar.add_task("sweep", total=total_stages * steps, best="best: -")
 
     def __enter__(self):
         self._bar.start()
@@ -70,15 +79,18 @@ class BarProgress(SilentProgress):
     def __exit__(self, *exc) -> None:
         self._bar.stop()
 
-    def start_stage(self, stage: int, stages: int, values, epochs: int) -> None:
+    def start_stage(self, stage: int, stages: int, values, steps: int) -> None:
         # stages count from 0, as in the result and the report: the last is ``stages - 1``
         shown = ", ".join(f"{v:.3g}" for v in values)
         self._bar.update(self._task, description=f"stage {stage}/{stages - 1}")
         self._bar.console.print(f"stage {stage}/{stages - 1}: {self._label} = {shown}")
 
+    def steps_done(self, steps: int) -> None:
+        self._bar.update(self._task, advance=steps)
+
     def epoch_done(self, best_score: float) -> None:
         best = "best: -" if math.isinf(best_score) else f"best: {best_score:.4g}"
-        self._bar.update(self._task, advance=1, best=best)
+        self._bar.update(self._task, best=best)
 
     def stage_done(self, stage: int, best_value: float, best_score: float) -> None:
         self._bar.console.print(
@@ -91,3 +103,16 @@ class BarProgress(SilentProgress):
 
     def message(self, text: str) -> None:
         self._bar.console.print(text)
+
+
+def _rate_column():
+    """Training steps per second of every lane together (``-`` until measured)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("- steps/s" if speed is None else f"{speed:.3g} steps/s")
+
+    return RateColumn()

@@ -28,7 +28,9 @@ _LEGACY_KEYS = {"lr": "value", "lrs": "values", "best_lr": "best_value"}  # vers
 class Evaluation:
     """One value of the swept hyperparameter, trained for every seed, in one stage.
 
-    Per-epoch sequences have one entry per epoch, averaged over seeds unless named per-seed.
+    Per-epoch sequences have one entry per validation (once per epoch unless ``eval_every``
+    says otherwise; ``steps`` holds the step of each), averaged over seeds unless named
+    per-seed.
     """
 
     value: float  # the evaluated value (a learning rate unless ``config["hyperparam"]`` says else)
@@ -49,6 +51,8 @@ class Evaluation:
     update_ratio: dict[str, tuple[float, ...]] = field(default_factory=dict)  # |Δθ|/|θ|
     train_aux: dict[str, tuple[float, ...]] = field(default_factory=dict)
     val_aux: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # training steps done at each validation (per-validation sequences have one entry each)
+    steps: tuple[int, ...] = ()
 
     @property
     def lr(self) -> float:
@@ -254,6 +258,7 @@ def _evaluation(d) -> Evaluation:
         update_ratio=_series(d["update_ratio"]),
         train_aux=_series(d["train_aux"]),
         val_aux=_series(d["val_aux"]),
+        steps=tuple(int(v) for v in d.get("steps", ())),  # absent before steps were recorded
     )
 
 

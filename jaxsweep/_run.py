@@ -25,7 +25,9 @@ def run(
     points_per_stage: int = 5,
     stages: int = 5,
     top_k: int = 2,
-    epochs: int = 3,
+    epochs: int | None = None,
+    steps: int | None = None,
+    eval_every: int | None = None,
     batch_size: int = 128,
     eval_batch_size: int | None = None,
     schedule=None,
@@ -82,7 +84,14 @@ def run(
       points_per_stage: rates trained together in each stage.
       stages: the most stages to run.
       top_k: intervals refined in each later stage.
-      epochs: epochs each rate is trained for.
+      epochs: passes over the training data each value is trained for (3 when neither
+        ``epochs`` nor ``steps`` is given). Batches are full: the remainder of an epoch's
+        permutation is dropped.
+      steps: training steps per value instead of epochs; step ``s`` takes its batch from the
+        permutation of epoch ``s // steps_per_epoch``, exactly as an epoch budget does.
+      eval_every: steps between validations (None: once per epoch); the last validation
+        comes after the last step. Per-epoch records become per-validation records, and
+        ``Evaluation.steps`` holds the step of each.
       batch_size: examples per step.
       eval_batch_size: validation examples per batch through the model (None: the larger of
         ``batch_size`` and 512, at most the validation set). Validation memory depends on it,

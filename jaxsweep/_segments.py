@@ -30,7 +30,6 @@ class ChunkStats(NamedTuple):
     finite: jax.Array  # bool: every step loss finite
     aux_sum: dict  # name -> sum of an auxiliary loss entry
     module_grad_sum: dict  # module -> sum of its gradient norms
-    update_ratio_sum: dict  # module -> sum of |update| / |params|
 
 
 def _zeros(step_shapes) -> ChunkStats:
@@ -46,7 +45,6 @@ def _zeros(step_shapes) -> ChunkStats:
         finite=jnp.ones((), jnp.bool_),
         aux_sum=like(step_shapes["aux"]),
         module_grad_sum=like(step_shapes["module_grad_norm"]),
-        update_ratio_sum=like(step_shapes["update_ratio"]),
     )
 
 
@@ -68,31 +66,33 @@ def _add_step(acc: ChunkStats, step: dict) -> ChunkStats:
         finite=acc.finite & jnp.isfinite(loss),
         aux_sum=jax.tree.map(add, acc.aux_sum, step["aux"]),
         module_grad_sum=jax.tree.map(add, acc.module_grad_sum, step["module_grad_norm"]),
-        update_ratio_sum=jax.tree.map(add, acc.update_ratio_sum, step["update_ratio"]),
     )
 
 
-def make_chunk(train_step: Callable, chunk: int) -> Callable:
-    """``run(state, batch_at, n_active) -> (state, ChunkStats)`` for one lane.
+def make_chunk(train_step: Callable, chunk: int, always_full: bool = False) -> Callable:
+    """``run(state, n_active) -> (state, ChunkStats)`` for one lane.
 
     Args:
-      train_step: ``(state, batch) -> (state, step)`` where ``step`` holds ``loss``, ``aux``,
-        ``grad_norm``, ``module_grad_norm`` and ``update_ratio``.
+      train_step: ``(state, i) -> (state, step)`` trains the call's ``i``-th step (``i``
+        traced); ``step`` holds ``loss``, ``aux``, ``grad_norm`` and ``module_grad_norm``.
       chunk: steps in the compiled scan; ``n_active`` (a traced int, the same for every lane)
         of them train, the rest are skipped.
+      always_full: every call trains all ``chunk`` steps (the budget says so): no
+        ``lax.cond`` around the step, the plain scan of a hand-written loop.
 
-    ``batch_at(i)`` gives the batch of the call's ``i``-th step (``i`` traced).
     """
 
-    def run(state, batch_at: Callable, n_active):
-        step_shapes = jax.eval_shape(lambda s: train_step(s, batch_at(0))[1], state)
+    def run(state, n_active):
+        step_shapes = jax.eval_shape(lambda s: train_step(s, jnp.int32(0))[1], state)
 
         def body(carry, i):
             def active(carry):
                 state, acc = carry
-                state, step = train_step(state, batch_at(i))
+                state, step = train_step(state, i)
                 return state, _add_step(acc, step)
 
+            if always_full:
+                return active(carry), None
             return jax.lax.cond(i < n_active, active, lambda carry: carry, carry), None
 
         (state, acc), _ = jax.lax.scan(body, (state, _zeros(step_shapes)), jnp.arange(chunk))
@@ -113,7 +113,7 @@ def merge(chunks: Sequence[ChunkStats]) -> dict[str, Any]:
 
     Returns ``train_loss`` (mean step loss), ``first_step_loss``, ``grad_norm_mean``,
     ``grad_norm_max``, ``stability`` (std / |mean| of the step losses), ``finite``,
-    ``train_aux``, ``module_grad_norm`` and ``update_ratio`` (means over the steps).
+    ``train_aux`` and ``module_grad_norm`` (means over the steps).
     """
     counts = [np.asarray(c.count, np.float64) for c in chunks]
     n = sum(counts)
@@ -138,5 +138,4 @@ def merge(chunks: Sequence[ChunkStats]) -> dict[str, Any]:
         "finite": np.all([np.asarray(c.finite) for c in chunks], axis=0),
         "train_aux": total("aux_sum"),
         "module_grad_norm": total("module_grad_sum"),
-        "update_ratio": total("update_ratio_sum"),
     }

@@ -12,15 +12,18 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 from . import _cache, _checkpoint, _hosts, _lanes, _schedules, _sharding
+from ._budget import Budget, make_budget
 from ._config import SweepConfig, make_config
 from ._data import Split, prepare, shapes, take
 from ._environment import versions
 from ._losses import TARGET_NAMES, resolve_loss, resolve_metric, split_loss
 from ._model import ModelFunctions, Start, adapt, count_parameters, module_names, output_shape
 from ._optim import describe_optimizer, resolve_optimizer
+from ._sources import is_source_column
 from ._validation import default_eval_batch_size
 
 DEFAULT_LR_RANGE = (1e-5, 1e-2)
@@ -52,6 +55,7 @@ class Setup:
     record: dict[str, Any]  # the result's ``config``: every argument that shapes the sweep
     hosts: _hosts.Hosts  # this process among the sweep's processes (one in most runs)
     fingerprint: dict | None  # what a checkpoint must match; None without checkpoints
+    budget: Budget  # steps per lane, validation points, steps per call
     started: float  # time.perf_counter() when the checks began: the sweep's clock starts here
     start: Start | None = None  # given (pretrained) values every lane starts from; None: fresh
     lanes: _lanes.Strategy | None = None  # a forced lane strategy; None: chosen by the rule
@@ -131,14 +135,14 @@ def _with_data(
         raise ValueError(
             f"batch_size: {config.batch_size} is larger than the {n_train} training examples"
         )
-    total_steps = config.epochs * (n_train // config.batch_size)
-    scheduled = _schedules.resolve(schedule, total_steps)
+    budget = make_budget(config.epochs, config.steps, config.eval_every, n_train, config.batch_size)
+    scheduled = _schedules.resolve(schedule, budget.total)
     tx = resolve_optimizer(optimizer, config.hyperparam, scheduled and scheduled.fn)
     example = take(split.x_train, slice(0, min(2, n_train)))  # 2: batch statistics need it
     model = adapt(model_fn, example)
     outputs = output_shape(model, example)
     loss_fn, loss_name, targets = resolve_loss(
-        loss, split.y_train, tuple(outputs.shape) if hasattr(outputs, "shape") else None
+        loss, _targets_at_hand(split), tuple(outputs.shape) if hasattr(outputs, "shape") else None
     )
     abstract_params, aux_names = _probe(
         model, loss_fn, tx, config.hyperparam, split, config.batch_size
@@ -150,6 +154,8 @@ def _with_data(
         config,
         metric=resolve_metric(config.metric, aux_names),
         eval_batch_size=min(eval_batch, n_val),  # never more than the examples there are
+        steps=budget.total,
+        eval_every=budget.eval_every,
     )
     record = {
         **_record(config, split, model, abstract_params, loss_name, optimizer),
@@ -179,6 +185,7 @@ def _with_data(
         hosts=hosts,
         fingerprint=fingerprint,
         started=started,
+        budget=budget,
     )
 
 
@@ -226,6 +233,14 @@ def resolve_range(hyperparam: str, hyperparam_range, lr_range) -> tuple[Any, str
             'scale="log", or (0.0, 0.99) with scale="linear")'
         )
     return hyperparam_range, "hyperparam_range"
+
+
+def _targets_at_hand(split: Split) -> np.ndarray:
+    """The targets the loss checks read: all of them for arrays; for a training source (never
+    read whole) its first examples and the whole validation part."""
+    if not is_source_column(split.y_train):
+        return split.y_train
+    return np.concatenate([split.y_train.sample, np.asarray(split.y_val)])
 
 
 def _probe(model: ModelFunctions, loss_fn, optimizer, hyperparam: str, split: Split, batch: int):

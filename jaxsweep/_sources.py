@@ -188,3 +188,54 @@ def prefetch(produce: Callable[[Any], Any], jobs: Iterable, depth: int = PREFETC
                 results.get_nowait()
             except queue.Empty:
                 worker.join(timeout=0.01)
+
+
+# ----------------------------------------------------------------------------- training part
+
+
+class SourceColumn:
+    """One side (inputs or targets) of a training source, seen as far as the set-up needs an
+    array: its length, the shape and dtype of its examples, and leading slices, read on
+    demand. The training loop never reads it whole: it asks :func:`read_batch` per call."""
+
+    def __init__(self, source, column: int, sample):
+        self.source, self.column = source, column
+        self._sample = sample  # the first examples, read once, as an array
+        self.shape = (len(source), *np.shape(sample)[1:])
+        self.dtype = np.asarray(sample).dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def sample(self) -> np.ndarray:
+        """The first examples, read at set-up (the checks look at these)."""
+        return self._sample
+
+    def __getitem__(self, index):
+        if isinstance(index, slice) and index.start in (None, 0) and index.step in (None, 1):
+            stop = len(self) if index.stop is None else min(index.stop, len(self))
+            if stop <= len(self._sample):
+                return self._sample[:stop]
+            return read_batch(self.source, range(stop))[self.column]
+        raise TypeError("a training source is read batch by batch, not indexed as an array")
+
+    def digest(self) -> bytes:
+        """What a checkpoint fingerprint hashes: the type, the length, the first examples."""
+        head = np.ascontiguousarray(self._sample).reshape(-1).view(np.uint8)
+        return f"{type(self.source).__name__}{self.shape}{self.dtype}".encode() + head.tobytes()
+
+
+SAMPLE = 256  # examples read at set-up to check shapes, the model and the loss
+
+
+def training_columns(source, part: str = "train") -> tuple[SourceColumn, SourceColumn]:
+    """``(x, y)`` stand-ins for a training source; reads its first examples to check them."""
+    if len(source) == 0:
+        raise ValueError(f"data: {part} is empty (0 examples)")
+    x, y = read_batch(source, range(min(SAMPLE, len(source))), part)
+    return SourceColumn(source, 0, x), SourceColumn(source, 1, y)
+
+
+def is_source_column(value) -> bool:
+    return isinstance(value, SourceColumn)

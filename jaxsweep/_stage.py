@@ -2,25 +2,27 @@
 
 This is the one place that turns the pure programs of :mod:`jaxsweep._train` into running
 code: lanes are laid out value-major over a one-axis device mesh, each seed's parameters are
-initialised once per sweep, and the epoch program is compiled once per lane count (a sweep
+initialised once per sweep, and the training call is compiled once per lane count (a sweep
 has one), for the sweep's lane strategy (:mod:`jaxsweep._lanes`).
 
 A sweep compiles three programs: ``init`` (every seed's keys, derived from the seed inside the
 program, and parameters), ``start`` (a stage's lanes: each lane's seed gathered, a fresh
-optimizer state holding its value, its keys) and the epoch program. Per-lane inputs are made
-and padded with numpy on the host, so no tiny programs are compiled in between, and the epoch
-program compiles in a thread while the other two compile and run.
+optimizer state holding its value, its keys) and the training call (``budget.chunk`` steps,
+and the validation where a segment ends); a sweep reading a data source compiles a fourth, its
+epochs' batch orders. Per-lane inputs are made and padded with numpy on the host, so no tiny
+programs are compiled in between, and the training call compiles in a thread while the other
+two compile and run. A segment's next call is dispatched before the previous one's metrics
+are fetched, and a source's next batches are read on a thread while the devices train.
 
 The benchmarks build their "jaxsweep stage" here too, so they time exactly what a
 sweep runs::
 
-    stage = StagePrograms(make_programs(...), split, jax.devices()[:1])
+    stage = StagePrograms(make_programs(...), split, jax.devices()[:1], budget)
     lanes = stage.start([1e-3, 1e-2], seed=0, seeds=1)
     stage.compile(lanes)
     state = lanes.state
-    for epoch in range(3):
-        state, metrics = stage.run_epoch(lanes, state, epoch)
-        host_metrics = lanes.layout.gather(metrics)
+    for segment in range(budget.validations):
+        state, host_metrics = stage.run_segment(lanes, state, segment)
 
 Randomness depends on (seed, seed index, epoch, step) only (:func:`seed_keys`,
 :func:`derive_rng_keys`): every stage and every rerun of a sweep sees the same initial
@@ -40,10 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _lanes, _sharding
+from ._budget import Budget
 from ._data import Split
 from ._model import Start
 from ._sharding import LaneLayout
-from ._train import LaneState, Programs
+from ._sources import SourceColumn, prefetch, read_batch
+from ._train import EpochMetrics, LaneState, Programs, segment_metrics
 
 # Initialisation runs once per sweep, for milliseconds, but its random-number code is long:
 # on CPU, skipping LLVM's optimisation passes compiles it ~3x faster (~2 s less per sweep).
@@ -65,6 +69,8 @@ class StageLanes(NamedTuple):
     inputs: LaneInputs  # placed like the state
     layout: LaneLayout  # real and padded lane counts, the mesh
     state: LaneState  # fresh: the seeds' parameters, a new optimizer state per lane
+    seed: int = 0  # the sweep's root seed
+    seeds: int = 1  # seeds per value (``inputs.seed_index`` counts them)
 
 
 class SeedStart(NamedTuple):
@@ -167,6 +173,7 @@ class StagePrograms:
       programs: the pure programs (:func:`jaxsweep._train.make_programs`).
       data: the host arrays of the split: placed whole on every device, once.
       devices: the devices the lanes are split over (:func:`_sharding.resolve_devices`).
+      budget: the steps, validations and calls of every stage (:mod:`jaxsweep._budget`).
       strategy: how the lanes execute (:mod:`jaxsweep._lanes`); ``vmap`` by default.
       reason: why this strategy, for ``result.environment["lanes"]``.
       start: given (pretrained) values every lane starts from; None: a fresh initialisation.
@@ -177,14 +184,22 @@ class StagePrograms:
         programs: Programs,
         data: Split,
         devices: Sequence,
+        budget: Budget,
         strategy: _lanes.Strategy = _lanes.VMAP,
         reason: str = "given",
         start: Start | None = None,
     ):
         # lanes split over a one-axis mesh, data copied to every device; every output keeps
-        # the lane axis split the same way
+        # the lane axis split the same way. A training source stays on the host, read per call.
         self.mesh = _sharding.lane_mesh(devices)
-        self.data = _sharding.place_replicated(data, self.mesh)
+        source = data.x_train.source if isinstance(data.x_train, SourceColumn) else None
+        if source is None:
+            self.data = _sharding.place_replicated(data, self.mesh)
+        else:
+            placed = _sharding.place_replicated((data.x_val, data.y_val), self.mesh)
+            self.data = data._replace(x_val=placed[0], y_val=placed[1])
+        self.source, self._sample = source, data
+        self.budget = budget
         self.strategy, self.reason = strategy, reason
         self._lane_sharding = _sharding.lane_sharding(self.mesh)
         self._programs = programs
@@ -213,7 +228,9 @@ class StagePrograms:
         self._start = jax.jit(start, out_shardings=self._lane_sharding)
         self._compiled_init: dict[int, Any] = {}  # seeds -> compiled init program
         self._seed_starts: dict[tuple[int, int], SeedStart] = {}
-        self._compiled: dict[int, tuple[Any, Any]] = {}  # padded lanes -> (epoch, compiled)
+        self._orders = jax.jit(programs.epoch_orders)  # a source's batch orders (host side)
+        self._epoch_orders: dict[tuple[int, int, int], np.ndarray] = {}
+        self._compiled: dict[int, tuple[Any, Any]] = {}  # padded lanes -> (call, compiled)
         self._compiling: dict[int, tuple[threading.Thread, list]] = {}
         self._setup_started: float | None = None  # when the one-time work began
 
@@ -250,7 +267,7 @@ class StagePrograms:
         placed_index, placed_values = layout.place((seed_index, lane_values))
         state, init_keys, data_keys = self._start(seed_start, placed_index, placed_values)
         inputs = LaneInputs(placed_values, init_keys, data_keys, placed_index)
-        return StageLanes(inputs, layout, state)
+        return StageLanes(inputs, layout, state, seed, seeds)
 
     def abstract_state(self, lanes: int, seed: int, seeds: int):
         """The lane state of ``lanes`` real lanes as shapes (traced, never run or compiled)."""
@@ -265,33 +282,59 @@ class StagePrograms:
         return jax.eval_shape(self._start_fn, seed_start, index, values)
 
     def _compile_in_thread(self, layout: LaneLayout, seed: int, seeds: int) -> None:
-        """Compiles the epoch program from shapes alone while the caller initialises.
+        """Compiles the training call from shapes alone while the caller initialises.
 
         XLA compiles without holding Python's lock: the init and start programs compile and
         run meanwhile (on a GPU or a many-core CPU, side by side).
         """
         state, _, data_keys = self._abstract_start(layout.padded, seed, seeds)
         state, data_keys = _placed_shapes((state, data_keys), self._lane_sharding)
-        data = _placed_shapes(self.data, None)
+        seed_index = jax.ShapeDtypeStruct((layout.padded,), np.int32, sharding=self._lane_sharding)
+        lane_input = data_keys if self.source is None else seed_index
+        lane_args = (state, state.params, lane_input)
+        shared = _placed_shapes(
+            self._shared(0, self.budget.chunk, True, self._train_shapes(seeds)), None
+        )
         outcome: list = []
 
-        def compile_epoch():
+        def compile_call():
             try:
-                outcome.append(self._compile_epoch(state, data_keys, data))
+                outcome.append(self._compile_call(lane_args, shared))
             except BaseException as error:  # handed to the caller's thread in compile()
                 outcome.append(error)
 
-        thread = threading.Thread(target=compile_epoch, name="jaxsweep-compile", daemon=True)
+        thread = threading.Thread(target=compile_call, name="jaxsweep-compile", daemon=True)
         self._compiling[layout.padded] = (thread, outcome)
         thread.start()
 
-    def _compile_epoch(self, state, data_keys, data):
-        return _lanes.compile_epoch(
-            self._programs.lane_epoch, self.strategy, self.mesh, state, data_keys, data
+    def _compile_call(self, lane_args, shared):
+        lane_fn = (
+            self._programs.lane_call if self.source is None else self._programs.lane_call_batches
         )
+        return _lanes.compile_call(lane_fn, self.strategy, self.mesh, lane_args, shared)
+
+    def _train_shapes(self, seeds: int):
+        """What a call trains from: the placed arrays, or the shapes of a source's batches
+        ``(seeds, chunk, batch, ...)`` (replicated)."""
+        if self.source is None:
+            return self.data.x_train, self.data.y_train
+        replicated = _sharding.replicated(self.mesh)
+        lead = (seeds, self.budget.chunk, self.budget.batch_size)
+
+        def batch(column: SourceColumn):
+            return jax.ShapeDtypeStruct(lead + column.shape[1:], column.dtype, sharding=replicated)
+
+        return batch(self._sample.x_train), batch(self._sample.y_train)
+
+    def _shared(self, start: int, steps: int, validate: bool, train) -> tuple:
+        """The arguments every lane of a call shares: where it starts, how many steps it
+        trains, whether it validates, what it trains on and the validation set."""
+        epoch, offset = divmod(start, self.budget.steps_per_epoch)
+        flags = (np.int32(epoch), np.int32(offset), np.int32(steps), np.bool_(validate))
+        return (*flags, *train, self.data.x_val, self.data.y_val)
 
     def compile(self, lanes: StageLanes) -> float:
-        """Compiles the epoch program for this stage's lane count; seconds spent (0: reused).
+        """Compiles the training call for this stage's lane count; seconds spent (0: reused).
 
         The first compilation reports the wall time from the sweep's first start to a ready
         program: initialisation, lane start and compiling, its one-time set-up.
@@ -300,39 +343,105 @@ class StagePrograms:
         if padded in self._compiled:
             return 0.0
         started = time.perf_counter()
-        if padded in self._compiling:
-            thread, outcome = self._compiling.pop(padded)
-            thread.join()
-            if isinstance(outcome[0], BaseException):
-                raise outcome[0]
-            self._compiled[padded] = outcome[0]
-        else:
-            self._compiled[padded] = self._compile_epoch(
-                lanes.state, lanes.inputs.data_keys, self.data
-            )
+        if padded not in self._compiling:
+            self._compile_in_thread(lanes.layout, lanes.seed, lanes.seeds)
+        thread, outcome = self._compiling.pop(padded)
+        thread.join()
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        self._compiled[padded] = outcome[0]
         if self._setup_started is not None:
             started, self._setup_started = min(started, self._setup_started), None
         return time.perf_counter() - started
 
+    # ------------------------------------------------------------------------- training
+
+    def orders(self, lanes: StageLanes, epoch: int) -> np.ndarray:
+        """Every seed's batch order of ``epoch`` on the host, ``(seeds, steps, batch)``: the
+        rows a source is read in (the same permutations the arrays path draws on device).
+        Kept for the epoch in progress and the next: a call needs at most two."""
+        key = (lanes.seed, lanes.seeds, epoch)
+        if key not in self._epoch_orders:
+            for old in [k for k in self._epoch_orders if k[:2] != key[:2] or k[2] < epoch - 1]:
+                del self._epoch_orders[old]
+            data_keys = self.seed_start(lanes.seed, lanes.seeds).data_keys
+            self._epoch_orders[key] = np.asarray(self._orders(data_keys, np.int32(epoch)))
+        return self._epoch_orders[key]
+
+    def _read_call(self, lanes: StageLanes, start: int, steps: int):
+        """The batches of one call, read from the source on the host: ``(x, y)`` shaped
+        ``(seeds, chunk, batch, ...)``; rows past ``steps`` repeat the first (never trained)."""
+        per_epoch = self.budget.steps_per_epoch
+        rows = [
+            self.orders(lanes, step // per_epoch)[:, step % per_epoch]
+            for step in range(start, start + steps)
+        ]
+        rows += rows[:1] * (self.budget.chunk - steps)
+        indices = np.stack(rows, axis=1)  # (seeds, chunk, batch)
+        x, y = read_batch(self.source, indices.reshape(-1))
+        return jax.tree.map(lambda a: a.reshape(*indices.shape, *a.shape[1:]), (x, y))
+
+    def _calls(self, lanes: StageLanes, segment: int):
+        """``(start, steps, what the call trains on)`` for every call of ``segment``."""
+        calls = self.budget.calls(segment)
+        if self.source is None:
+            train = (self.data.x_train, self.data.y_train)
+            return [(start, steps, train) for start, steps in calls]
+        # the next call's batches are read on a worker thread while this one trains
+        batches = prefetch(lambda call: self._read_call(lanes, *call), calls)
+        placed = (_sharding.place_replicated(b, self.mesh) for b in batches)
+        return ((start, steps, b) for (start, steps), b in zip(calls, placed, strict=True))
+
+    def run_segment(
+        self, lanes: StageLanes, state: LaneState, segment: int, on_steps=None
+    ) -> tuple[LaneState, EpochMetrics]:
+        """Trains validation segment ``segment`` of every lane and validates it:
+        ``(state, metrics)``, the metrics on the host (padding dropped).
+
+        Each call is dispatched before the previous one's statistics are fetched, so the
+        devices never wait for the host; ``on_steps(n)`` is told after each call's ``n`` steps
+        (the progress bar).
+        """
+        run = self._compiled[lanes.layout.padded][0]
+        last = len(self.budget.calls(segment)) - 1
+        lane_input = lanes.inputs.data_keys if self.source is None else lanes.inputs.seed_index
+        before, stats, pending = state.params, [], None
+        for index, (start, steps, train) in enumerate(self._calls(lanes, segment)):
+            shared = self._shared(start, steps, index == last, train)
+            state, output = run(state, before, lane_input, *shared)
+            if pending is not None:
+                stats.append(self._fetched(lanes, pending[0].stats, pending[1], on_steps))
+            pending = (output, steps)
+        output = lanes.layout.gather(pending[0])
+        stats.append(output.stats)
+        if on_steps is not None:
+            on_steps(pending[1])
+        return state, segment_metrics(stats, output.evaluation)
+
+    @staticmethod
+    def _fetched(lanes: StageLanes, stats, steps: int, on_steps):
+        host = lanes.layout.gather(stats)
+        if on_steps is not None:
+            on_steps(steps)
+        return host
+
     def run_epoch(self, lanes: StageLanes, state: LaneState, epoch: int):
-        """One epoch of every lane: ``(state, metrics)``; the metrics go through
-        ``lanes.layout.gather`` (they may already be host arrays: ``separate``)."""
-        program = self._compiled[lanes.layout.padded][0]
-        return program(state, lanes.inputs.data_keys, np.int32(epoch), *self.data)
+        """One validation segment (an epoch when validating once per epoch)."""
+        return self.run_segment(lanes, state, epoch)
 
     def memory(self, lanes: StageLanes, device) -> tuple[int, str]:
         """Peak device memory when the backend reports it, else the compiled estimate."""
         stats = device.memory_stats() if hasattr(device, "memory_stats") else None
         if stats and "peak_bytes_in_use" in stats:
             return int(stats["peak_bytes_in_use"]), "device_peak"
-        estimate = compiled_memory(self.compiled_epoch(lanes))
+        estimate = compiled_memory(self.compiled_call(lanes))
         if not estimate:
             return 0, "unavailable"
         return estimate["total"], "compiled_estimate"
 
-    def compiled_epoch(self, lanes: StageLanes):
-        """The main compiled program of this stage's epoch (after :meth:`compile`): for
-        ``separate``, the one-lane program."""
+    def compiled_call(self, lanes: StageLanes):
+        """The main compiled program of this stage's training call (after :meth:`compile`):
+        for ``separate``, the one-lane program."""
         return self._compiled[lanes.layout.padded][1]
 
 
@@ -340,8 +449,7 @@ def _placed_shapes(tree, sharding):
     """Shapes of ``tree`` with ``sharding`` (None: each array's own), for lowering ahead."""
 
     def shape(a):
-        return jax.ShapeDtypeStruct(
-            a.shape, a.dtype, sharding=sharding if sharding is not None else a.sharding
-        )
+        own = getattr(a, "sharding", None)  # host scalars have none: placed when called
+        return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding or own)
 
     return jax.tree.map(shape, tree)

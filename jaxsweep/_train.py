@@ -1,9 +1,17 @@
-"""The vmapped training program: one epoch of every lane of a stage in a single call.
+"""The training programs: a run of steps of one lane, then (at a validation) its metrics.
 
 A *lane* is one (hyperparameter value, seed) pair. ``make_programs`` closes over the static
-configuration (model, loss, optimizer, batch size) and returns pure functions whose arguments
-are arrays only: the swept value lives in each lane's optax state
-(``optax.inject_hyperparams``), so every stage of a sweep reuses one compiled program.
+configuration (model, loss, optimizer, batch size, steps per call) and returns pure functions
+whose arguments are arrays only: the swept value lives in each lane's optax state
+(``optax.inject_hyperparams``), so every stage of a sweep reuses one compiled program. A lane
+strategy (:mod:`jaxsweep._lanes`) decides how the lanes of a stage run the one-lane call.
+
+Training runs in calls of ``budget.chunk`` steps (:mod:`jaxsweep._segments`); step ``s`` of a
+lane takes its batch from row ``s % steps_per_epoch`` of its seed's permutation of epoch
+``s // steps_per_epoch`` (:func:`jaxsweep._data.epoch_batches`) and its random key from
+(seed, epoch, step in the epoch), so any chunking trains the same batches with the same keys.
+The call that ends a validation segment also validates (a ``lax.cond`` on a flag shared by
+every lane): by default one call per epoch, one dispatch and one fetch.
 """
 
 from __future__ import annotations
@@ -13,12 +21,15 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from ._budget import Budget
 from ._data import epoch_batches, take
 from ._losses import float32, split_loss
 from ._model import ModelFunctions, Start
 from ._optim import set_hyperparam
+from ._segments import ChunkStats, make_chunk, merge
 from ._validation import make_validate
 
 LossFn = Callable[[Any, Any], Any]
@@ -34,27 +45,52 @@ class LaneState(NamedTuple):
 
 
 class EpochMetrics(NamedTuple):
-    """One epoch of one lane; every field is a scalar (``(lanes,)`` when stacked)."""
+    """One validation segment of one lane (an epoch unless ``eval_every`` says otherwise);
+    every field is a scalar (``(lanes,)`` when stacked)."""
 
     train_loss: jax.Array  # mean of the step losses
-    val_loss: jax.Array  # loss on the whole validation set after the epoch
-    first_step_loss: jax.Array  # loss of the epoch's first batch, before its update
+    val_loss: jax.Array  # loss on the whole validation set after the segment
+    first_step_loss: jax.Array  # loss of the segment's first batch, before its update
     grad_norm_mean: jax.Array  # global gradient norm, mean over steps
     grad_norm_max: jax.Array  # global gradient norm, max over steps
     stability: jax.Array  # std / |mean| of the step losses (0 = perfectly steady)
-    diverged: jax.Array  # any NaN/inf loss so far in this epoch or on validation
+    diverged: jax.Array  # any NaN/inf loss in this segment or on validation
     train_aux: dict  # name -> mean of an auxiliary loss entry over the steps
     val_aux: dict  # name -> auxiliary entry on the validation set
     module_grad_norm: dict  # top-level module -> gradient norm, mean over steps
-    update_ratio: dict  # top-level module -> |params after - before| / |before|, over the epoch
+    update_ratio: dict  # top-level module -> |params after - before| / |before|, over the segment
+
+
+class Evaluation(NamedTuple):
+    """What a call that ends a segment measures (zeros from the other calls: never read)."""
+
+    val_loss: jax.Array  # example-weighted mean over the whole validation set
+    val_aux: dict  # name -> auxiliary loss entry on the validation set
+    update_ratio: dict  # module -> |params after the segment - before| / |before|
+
+
+class CallOutput(NamedTuple):
+    stats: ChunkStats  # running sums over the call's steps
+    evaluation: Evaluation
+
+
+# The arguments of a one-lane call: the first three have a lane axis when stacked, the rest
+# are shared by every lane of the stage (one copy on each device).
+LANE_ARGUMENTS = 3  # state, the parameters at the segment's start, the lane's data input
+SHARED_ARGUMENTS = 8  # epoch, offset, active steps, validate?, train a, train b, x_val, y_val
 
 
 class Programs(NamedTuple):
     """The pure functions a sweep jit-compiles once and calls for every stage."""
 
-    run_epoch: Callable  # (state, data_keys (L,), epoch, x_tr, y_tr, x_val, y_val) -> ...
-    # One lane's epoch, unbatched: a lane strategy (``_lanes``) decides how lanes run it.
-    lane_epoch: Callable  # (state, data_key, epoch, x_tr, y_tr, x_val, y_val) -> ...
+    # One lane's call, unbatched: a lane strategy (``_lanes``) decides how lanes run it.
+    # (state, params at the segment's start, data key, epoch, offset in the epoch, active
+    # steps, validate?, x_train, y_train, x_val, y_val) -> (state, CallOutput)
+    lane_call: Callable
+    # The same for batches read from a source on the host: the data input is the lane's seed
+    # index, and x_train, y_train are the call's batches, ``(seeds, chunk, batch, ...)``.
+    lane_call_batches: Callable
+    epoch_orders: Callable  # (seed data keys (S,), epoch) -> (S, steps_per_epoch, batch) int32
     # Parameters depend on the seed alone: a sweep initialises each seed once, then every
     # stage gathers them into its lanes and starts fresh optimizers.
     init_seeds: Callable  # (init_keys (S,), start: Start | None) -> (params, model_state) (S,)
@@ -100,24 +136,27 @@ def _update_ratios(before, after) -> dict:
     return {k: _norm(change[k]) / (_norm(start[k]) + 1e-12) for k in change}
 
 
-def _epoch_metrics(steps: dict, val_loss, val_aux, before, after) -> EpochMetrics:
-    """One lane's epoch from its stacked step records, its validation loss, and its
-    parameters before and after the epoch."""
-    losses = steps["loss"]
-    mean_loss = jnp.mean(losses)
-    finite = jnp.all(jnp.isfinite(losses)) & jnp.isfinite(val_loss)
+def _as64(tree):
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def segment_metrics(calls: list[ChunkStats], evaluation: Evaluation) -> EpochMetrics:
+    """One segment's metrics (host arrays, ``(lanes,)``) from its calls' stats and the
+    evaluation of its last call."""
+    train = merge(calls)
+    val_loss = np.asarray(evaluation.val_loss, np.float64)
     return EpochMetrics(
-        train_loss=mean_loss,
+        train_loss=train["train_loss"],
         val_loss=val_loss,
-        first_step_loss=losses[0],
-        grad_norm_mean=jnp.mean(steps["grad_norm"]),
-        grad_norm_max=jnp.max(steps["grad_norm"]),
-        stability=jnp.std(losses) / (jnp.abs(mean_loss) + 1e-12),
-        diverged=~finite,
-        train_aux=jax.tree_util.tree_map(jnp.mean, steps["aux"]),
-        val_aux=val_aux,
-        module_grad_norm=jax.tree_util.tree_map(jnp.mean, steps["module_grad_norm"]),
-        update_ratio=_update_ratios(before, after),
+        first_step_loss=train["first_step_loss"],
+        grad_norm_mean=train["grad_norm_mean"],
+        grad_norm_max=train["grad_norm_max"],
+        stability=train["stability"],
+        diverged=~(train["finite"] & np.isfinite(val_loss)),
+        train_aux=train["train_aux"],
+        val_aux=_as64(evaluation.val_aux),
+        module_grad_norm=train["module_grad_norm"],
+        update_ratio=_as64(evaluation.update_ratio),
     )
 
 
@@ -146,8 +185,9 @@ def make_programs(
     n_train: int,
     n_val: int,
     eval_batch_size: int,
+    budget: Budget,
 ) -> Programs:
-    """Builds the pure, vmapped programs of a sweep.
+    """Builds the pure programs of a sweep.
 
     Args:
       model: the model's pure functions (init, train-apply, eval-apply).
@@ -159,10 +199,11 @@ def make_programs(
       n_val: number of validation examples.
       eval_batch_size: validation examples per batch through the model; the validation
         loss is the exact example-weighted mean over all of them.
+      budget: steps per call (``budget.chunk``), steps per epoch, whether calls cross epochs.
 
     Returns:
-      :class:`Programs` whose functions take a leading lane axis on their per-lane arguments;
-      wrap them in ``jax.jit`` (the sweep compiles each once).
+      :class:`Programs`: ``init_seeds`` and ``start_lanes`` work on stacked seeds and lanes;
+      the lane calls are one lane's (see :mod:`jaxsweep._lanes`).
     """
 
     def loss_terms(outputs, y):
@@ -202,26 +243,63 @@ def make_programs(
         step = {"loss": float32(loss), "aux": jax.tree.map(float32, aux), **_step_norms(grads)}
         return LaneState(params, opt_state, model_state, carry.rng_key), step
 
-    def run_lane_epoch(state: LaneState, data_key, epoch, x_train, y_train, x_val, y_val):
+    steps_per_epoch, crosses = budget.steps_per_epoch, budget.crosses_epochs
+
+    def train_call(state: LaneState, epoch, offset, n_active, batch_of):
+        """``n_active`` steps of one lane from step ``offset`` of ``epoch`` (a call may run
+        into the next epoch); ``batch_of(i, in_next_epoch, row)`` is the call's ``i``-th batch."""
+        rng = jax.random.wrap_key_data(state.rng_key)
+
+        def step(carry: LaneState, i):
+            position = offset + i
+            next_epoch = position >= steps_per_epoch
+            row = jnp.where(next_epoch, position - steps_per_epoch, position)
+            # a new key at every step, from (seed, epoch, step) alone: a resumed sweep draws
+            # the same dropout masks, and every value of a seed the same ones
+            key = jax.random.fold_in(jax.random.fold_in(rng, epoch + next_epoch), row)
+            x, y = batch_of(i, next_epoch, row)
+            return train_step(carry, (x, y, key))
+
+        return make_chunk(step, budget.chunk, budget.full_calls)(state, n_active)
+
+    def evaluate(state: LaneState, before, validate_now, x_val, y_val) -> Evaluation:
+        def measure(_):
+            val_loss, val_aux = validate(state.params, state.model_state, x_val, y_val)
+            return Evaluation(val_loss, val_aux, _update_ratios(before, state.params))
+
+        if budget.one_call_per_segment:  # every call validates: no branch
+            return measure(None)
+        shapes = jax.eval_shape(measure, None)
+        skip = lambda _: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+        # the flag is the same for every lane: a real branch under vmap, skipped for free
+        return jax.lax.cond(validate_now, measure, skip, None)
+
+    def lane_call(state, before, data_key, epoch, offset, n, validate_now, x_tr, y_tr, x_v, y_v):
         order = epoch_batches(data_key, epoch, n_train, batch_size)
-        # a new key at every step, from (seed, epoch, step) alone: a resumed sweep draws the
-        # same dropout masks, and every rate of a seed the same ones
-        epoch_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng_key), epoch)
-        step_keys = jax.vmap(lambda s: jax.random.fold_in(epoch_key, s))(jnp.arange(order.shape[0]))
+        # the next epoch's permutation only where a call can reach it (the budget knows)
+        after = epoch_batches(data_key, epoch + 1, n_train, batch_size) if crosses else order
 
-        def step(carry, inputs):
-            indices, key = inputs
-            return train_step(carry, (take(x_train, indices), y_train[indices], key))
+        def batch_of(i, next_epoch, row):
+            indices = jnp.where(next_epoch, after[row], order[row])
+            return take(x_tr, indices), y_tr[indices]
 
-        before = state.params
-        state, steps = jax.lax.scan(step, state, (order, step_keys))
-        val_loss, val_aux = validate(state.params, state.model_state, x_val, y_val)
-        return state, _epoch_metrics(steps, val_loss, val_aux, before, state.params)
+        state, stats = train_call(state, epoch, offset, n, batch_of)
+        return state, CallOutput(stats, evaluate(state, before, validate_now, x_v, y_v))
+
+    def lane_call_batches(state, before, seed, epoch, offset, n, validate_now, xb, yb, x_v, y_v):
+        def batch_of(i, next_epoch, row):  # read on the host in the call's order
+            return take(xb, (seed, i)), yb[seed, i]
+
+        state, stats = train_call(state, epoch, offset, n, batch_of)
+        return state, CallOutput(stats, evaluate(state, before, validate_now, x_v, y_v))
+
+    def epoch_orders(seed_data_keys, epoch):
+        return jax.vmap(lambda key: epoch_batches(key, epoch, n_train, batch_size))(seed_data_keys)
 
     return Programs(
         init_seeds=init_seeds,
         start_lanes=start_lanes,
-        # data and epoch are shared by all lanes: in_axes None keeps one copy on the device
-        run_epoch=jax.vmap(run_lane_epoch, in_axes=(0, 0, None, None, None, None, None)),
-        lane_epoch=run_lane_epoch,
+        lane_call=lane_call,
+        lane_call_batches=lane_call_batches,
+        epoch_orders=epoch_orders,
     )

@@ -103,6 +103,8 @@ def _run(args) -> int:
             metric=args.metric,
             mode=args.mode,
             epochs=args.epochs,
+            steps=args.steps,
+            eval_every=args.eval_every,
             batch_size=args.batch_size,
             stages=args.stages,
             seeds=args.seeds,
@@ -269,7 +271,10 @@ def _add_run_parser(commands) -> None:
     run.add_argument("model", metavar="FILE.py:FACTORY", help="file and name of the model factory")
     run.add_argument("--data", required=True, metavar="FILE.npz", help="the training data")
     run.add_argument("--out", default=os.path.join("runs", "sweep"), help="output folder")
-    run.add_argument("--epochs", type=int, default=3)
+    budget = run.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=None, help="passes over the data (3)")
+    budget.add_argument("--steps", type=int, default=None, help="training steps per value")
+    run.add_argument("--eval-every", type=int, default=None, help="steps between validations")
     run.add_argument("--batch-size", type=int, default=128)
     run.add_argument(
         "--lr-range", type=float, nargs=2, metavar=("LO", "HI"), help="stage-0 learning rates"

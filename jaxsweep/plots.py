@@ -546,12 +546,22 @@ def loss_curves(result: SweepResult):
     # plasma without its palest yellows, which vanish on white
     cmap = ListedColormap(matplotlib.colormaps["plasma"](np.linspace(0.0, 0.85, 256)))
     styles = [(BEST_COLOUR, "o", "-"), ("black", "s", "--"), ("#2ca02c", "^", ":")]
-    top = sorted(result.evaluations, key=lambda e: (result.objective(e.score), e.value))[:3]
-    epochs = np.arange(1, len(result.evaluations[0].val_loss) + 1)
+    ranked = sorted(result.evaluations, key=lambda e: (result.objective(e.score), e.value))
+    top = ranked[:3]
+    # one point per validation: at its training step when recorded, else by epoch
+    recorded = result.evaluations[0].steps
+    epochs = (
+        np.asarray(recorded) if recorded else np.arange(1, len(result.evaluations[0].val_loss) + 1)
+    )
     for ax, field, title in zip(
         axes,
         ("train_loss", "val_loss"),
-        ("training loss (mean over the epoch)", "validation loss"),
+        (
+            "training loss (mean since the previous validation)"
+            if recorded and result.config.get("epochs") is None
+            else "training loss (mean over the epoch)",
+            "validation loss",
+        ),
         strict=True,
     ):
         for evaluation in result.evaluations:
@@ -573,8 +583,9 @@ def loss_curves(result: SweepResult):
                 zorder=4,
             )
         ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_xticks(epochs)
+        ax.set_xlabel("training step" if recorded else "epoch")
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
         ax.set_title(title)
         ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel("loss (log scale)")

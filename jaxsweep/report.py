@@ -112,6 +112,14 @@ def _config_rows(result: SweepResult) -> list[str]:
     return rows
 
 
+def budget_phrase(config: dict) -> str:
+    """``3 epochs`` for an epoch budget, ``2000 training steps`` for a step budget."""
+    epochs = config.get("epochs")
+    if epochs is not None:
+        return f"{int(epochs)} epoch{'s' if int(epochs) != 1 else ''}"
+    return f"{int(config.get('steps', 0))} training steps"
+
+
 REPORTED_VALUES = 5  # rows of the report's validation-metrics table
 
 
@@ -309,7 +317,7 @@ def _tex_search(result: SweepResult) -> str:
     return (
         f"We selected the {name} of the {tex_escape(cfg.get('model', 'model'))} model "
         f"(optimizer {tex_escape(cfg.get('optimizer', ''))}, loss "
-        f"{tex_escape(cfg.get('loss', ''))}, {int(cfg.get('epochs', 0))} epochs, batch size "
+        f"{tex_escape(cfg.get('loss', ''))}, {budget_phrase(cfg)}, batch size "
         f"{int(cfg.get('batch_size', 0))}, {seeds} seed{'s' if seeds != 1 else ''}) with a "
         f"hierarchical coarse-to-fine search. The score of a {name} is its "
         f"{tex_escape(metric_name(result.metric))} after the last epoch"

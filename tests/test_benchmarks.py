@@ -23,6 +23,7 @@ from benchmarks import (  # noqa: E402
     _common,
     cost_growth,
     coverage,
+    data_sources,
     engine_costs,
     precision,
     stage_throughput,
@@ -312,3 +313,15 @@ def test_coverage_structure_and_the_truth_is_plain_training(tmp_path):
         params = optax.apply_updates(params, updates)
     expected = float(loss(params, split.x_val, split.y_val))
     assert stored["losses"][rate][seed] == pytest.approx(expected, rel=1e-4)
+
+
+def test_data_sources_structure_same_work_and_bounded_validation():
+    record = data_sources.run(mode="quick", steps=4, repeats=1, val_sizes=(600, 2400))
+    _check_record(record, "data_sources")
+    throughput = record["data"]["throughput"]
+    assert "Python map dataset" in throughput["final_val_loss"]
+    assert max(throughput["max_relative_diff"].values()) < 1e-5  # sources train the same
+    memory = record["data"]["validation_memory"]
+    batched = [memory[n]["batched (default)"]["temporaries"] for n in (600, 2400)]
+    whole = [memory[n]["one batch"]["temporaries"] for n in (600, 2400)]
+    assert batched[1] < 1.5 * batched[0] < whole[1]  # batched stays flat, one batch grows

@@ -40,7 +40,8 @@ def files(tmp_path):
 def test_run_writes_result_report_and_figures_with_the_options_given(files, capsys):
     out = files / "out"
     argv = ["run", f"{files / 'model.py'}:make_model", "--data", str(files / "split.npz")]
-    argv += ["--out", str(out), "--epochs", "1", "--batch-size", "32", "--stages", "2"]
+    argv += ["--out", str(out), "--steps", "5", "--eval-every", "2", "--batch-size", "32"]
+    argv += ["--stages", "2"]
     argv += ["--lr-range", "1e-3", "1e-1", "--optimizer", "sgd(momentum=0.9)", "--seeds", "2"]
     argv += ["--min-improvement", "0", "--quiet", "--schedule", "warmup_cosine"]
     argv += ["--metric", "loss", "--mode", "min"]
@@ -48,7 +49,9 @@ def test_run_writes_result_report_and_figures_with_the_options_given(files, caps
     result = jaxsweep.load(out / "result.json")
     assert result.config["optimizer"] == "sgd(momentum=0.9)"
     assert result.config["lr_range"] == [1e-3, 1e-1]
-    assert (result.config["seeds"], result.config["epochs"], result.config["stages"]) == (2, 1, 2)
+    assert (result.config["seeds"], result.config["steps"], result.config["stages"]) == (2, 5, 2)
+    assert result.config["epochs"] is None and result.evaluations[0].steps == (2, 4, 5)
+    assert "5 training steps" in (out / "methods.tex").read_text()
     assert (result.config["n_train"], result.config["n_val"]) == (96, 24)
     assert result.config["model"] == "Small"
     assert (result.config["metric"], result.config["mode"]) == ("val_loss", "min")

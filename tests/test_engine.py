@@ -225,7 +225,7 @@ def test_search_beyond_warning_comes_before_the_stage_it_names(split_blobs, monk
 
 
 def test_progress_counts_stages_from_zero(capsys):
-    bar = BarProgress(total_stages=2, epochs=1)
+    bar = BarProgress(total_stages=2, steps=1)
     with bar:
         bar.start_stage(0, 2, [1e-3], 1)
         bar.stage_done(0, 1e-3, 0.5)

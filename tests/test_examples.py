@@ -32,6 +32,7 @@ SCRIPTS = (
     "char_transformer",
     "resnet_batchnorm",
     "cnn_nnx",
+    "schedule_accuracy",
     "digits_mlp",
     "regression_multiloss",
 )
@@ -50,6 +51,7 @@ NEEDS = {
     "test_multi_part_loss_entries_add_up": ("regression_multiloss",),
     "test_resumed_sweep_skips_the_finished_stage": ("resumed_sweep",),
     "test_notebook_runs_top_to_bottom": ("notebook",),
+    "test_schedule_example_selects_by_accuracy": ("schedule_accuracy",),
 }
 BEST_LINE = re.compile(r"best learning rate: (\S+)")
 
@@ -186,6 +188,14 @@ def test_multi_part_loss_entries_add_up(launched):
     penalty = _number(stdout, r"\n\s+l1_penalty: ([\d.eE+-]+)")
     assert 0 < penalty < mse
     assert mse + penalty == pytest.approx(total, abs=1e-4 + 1e-3 * total)
+
+
+def test_schedule_example_selects_by_accuracy(launched):
+    """The peak of a warmup-cosine schedule, ranked by validation accuracy, from a source."""
+    stdout, _ = _finished(launched, "schedule_accuracy")
+    assert "warmup_cosine (linear warmup over 10% of the steps (4 of 40)" in stdout
+    assert "validations after steps (20, 40)" in stdout
+    assert _number(stdout, r"validation accuracy at the best peak: ([\d.]+)") > 0.5
 
 
 def test_resumed_sweep_skips_the_finished_stage(launched):

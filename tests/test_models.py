@@ -22,7 +22,7 @@ from conftest import SMALL, TinyMLP, make_classification
 from flax import nnx
 
 import jaxsweep
-from jaxsweep import _checkpoint, _data, _losses, _model, _optim, _stage, _train
+from jaxsweep import _budget, _checkpoint, _data, _losses, _model, _optim, _stage, _train
 from jaxsweep.report import markdown
 
 pytestmark = pytest.mark.filterwarnings("ignore::jaxsweep.SearchRangeWarning")
@@ -213,12 +213,22 @@ class MaskRecorder(nn.Module):
 
 
 def run_lanes(model_fn, data, *, epochs, batch_size, values, seeds):
-    """The sweep's own programs on (value x seed) lanes; returns the final lanes and metrics."""
+    """The sweep's own programs on (value x seed) lanes; returns the final lanes and what each
+    epoch's validation measured."""
     (x, y), (xv, yv) = data["train"], data["val"]
     model = _model.adapt(model_fn, x[:2])
     tx = _optim.resolve_optimizer(optax.sgd, "learning_rate")
+    budget = _budget.make_budget(epochs, None, None, len(x), batch_size)
     programs = _train.make_programs(
-        model, _losses.cross_entropy, tx, "learning_rate", batch_size, len(x), len(yv), len(yv)
+        model,
+        _losses.cross_entropy,
+        tx,
+        "learning_rate",
+        batch_size,
+        len(x),
+        len(yv),
+        len(yv),
+        budget,
     )
     init_keys, _ = _stage.seed_keys(0, seeds)
     rng_keys = _stage.derive_rng_keys(_stage.seed_argument(0), seeds)
@@ -227,11 +237,25 @@ def run_lanes(model_fn, data, *, epochs, batch_size, values, seeds):
     lane_state = jax.jit(programs.start_lanes)(
         params, state, rng_keys, lanes.seed_index, lanes.values
     )
-    run_epoch = jax.jit(programs.run_epoch)
+    shared = (None,) * _train.SHARED_ARGUMENTS
+    call = jax.jit(jax.vmap(programs.lane_call, in_axes=(0,) * _train.LANE_ARGUMENTS + shared))
     metrics = []
-    for epoch in range(epochs):
-        lane_state, m = run_epoch(lane_state, lanes.data_keys, np.int32(epoch), x, y, xv, yv)
-        metrics.append(m)
+    for epoch in range(epochs):  # one call per epoch: it trains the epoch and validates
+        steps = np.int32(budget.steps_per_epoch)
+        lane_state, output = call(
+            lane_state,
+            lane_state.params,
+            lanes.data_keys,
+            np.int32(epoch),
+            np.int32(0),
+            steps,
+            True,
+            x,
+            y,
+            xv,
+            yv,
+        )
+        metrics.append(output.evaluation)
     return model, lane_state, metrics
 
 

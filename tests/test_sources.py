@@ -2,10 +2,13 @@
 
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
+from conftest import SMALL, TinyMLP, make_classification
 
+import jaxsweep
 from jaxsweep import _sources
 
 
@@ -123,3 +126,118 @@ def test_prefetch_raises_the_worker_error_where_the_batch_is_wanted():
     assert [next(stream) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(IndexError, match="no item 3"):
         next(stream)
+
+
+# ----------------------------------------------------------------------------- in a sweep
+
+
+class Pairs:
+    """A user's map dataset over arrays: item i is (x[i], y[i]), counting its reads."""
+
+    def __init__(self, x, y):
+        self.x, self.y, self.reads = x, y, 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.x[i], self.y[i]
+
+
+def _sweep(data, **kwargs):
+    with warnings.catch_warnings():  # 2-point ranges leave the best on an edge
+        warnings.simplefilter("ignore", jaxsweep.SearchRangeWarning)
+        return jaxsweep.run(
+            lambda: TinyMLP(),
+            data,
+            stages=1,
+            points_per_stage=2,
+            lr_range=(1e-3, 3e-2),
+            **{**SMALL, **kwargs},
+        )
+
+
+def _same(a, b):
+    for left, right in zip(a.evaluations, b.evaluations, strict=True):
+        np.testing.assert_allclose(left.val_loss, right.val_loss, rtol=1e-6)
+        np.testing.assert_allclose(left.train_loss, right.train_loss, rtol=1e-6)
+        np.testing.assert_allclose(left.grad_norm, right.grad_norm, rtol=1e-6)
+
+
+def test_a_source_of_the_same_examples_trains_like_the_arrays(split_blobs):
+    """The engine owns the order: the same examples in the same order give the same sweep,
+    across an epoch boundary inside a call (steps=10 of 6 per epoch, validation every 4)."""
+    (x, y), val = split_blobs["train"], split_blobs["val"]
+    budget = dict(steps=10, eval_every=4, epochs=None)
+    arrays = _sweep(split_blobs, **budget)
+    source = Pairs(x, y)
+    streamed = _sweep({"train": source, "val": Pairs(*val)}, **budget)
+    _same(arrays, streamed)
+    assert streamed.evaluations[0].steps == (4, 8, 10)
+    assert streamed.config["n_train"] == len(x) and streamed.config["x_shape"] == [6]
+
+
+def test_a_single_source_is_split_like_arrays(blobs):
+    _same(_sweep(blobs), _sweep(Pairs(*blobs)))
+
+
+def test_a_grain_map_dataset_trains_like_the_arrays(split_blobs):
+    grain = pytest.importorskip("grain")
+    (x, y) = split_blobs["train"]
+    dataset = grain.MapDataset.range(len(x)).map(lambda i: (x[i], y[i]))
+    _same(_sweep(split_blobs), _sweep({"train": dataset, "val": split_blobs["val"]}))
+
+
+def test_dict_columns_by_name(split_blobs):
+    (x, y) = split_blobs["train"]
+
+    class Rows:
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return {"features": x[i], "label": y[i]}
+
+    named = jaxsweep.columns(Rows(), x="features", y="label")
+    _same(_sweep(split_blobs), _sweep({"train": named, "val": split_blobs["val"]}))
+
+
+def test_a_million_generated_examples_train_with_a_step_budget_reading_few():
+    """Nothing is materialised: only the set-up sample and the batches trained are read."""
+
+    class Generated:
+        def __init__(self, n):
+            self.n, self.reads = n, 0
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            self.reads += 1
+            rng = np.random.default_rng(i)
+            label = i % 3
+            return (rng.normal(size=6) + label).astype(np.float32), np.int32(label)
+
+    source = Generated(1_000_000)
+    xv, yv = make_classification(n=48, seed=5)
+    result = _sweep({"train": source, "val": (xv, yv)}, steps=8, epochs=None, eval_every=4)
+    assert result.config["n_train"] == 1_000_000
+    # the set-up sample, the compile's first call, and 8 steps of 32 examples
+    assert source.reads <= _sources.SAMPLE + 2 * 8 * 32
+    assert all(np.isfinite(e.score) for e in result.evaluations)
+
+
+def test_checkpoints_of_a_source_sweep_are_fingerprinted_without_reading_it(split_blobs, tmp_path):
+    (x, y), val = split_blobs["train"], split_blobs["val"]
+    source = Pairs(x, y)
+    first = _sweep({"train": source, "val": val}, checkpoint_dir=str(tmp_path / "ckpt"))
+    reads = source.reads
+    again = _sweep({"train": source, "val": val}, checkpoint_dir=str(tmp_path / "ckpt"))
+    assert again.environment["checkpoint"]["resumed_from"] == "finished"
+    assert again.best_lr == first.best_lr
+    assert source.reads - reads <= _sources.SAMPLE  # only the set-up sample, no training
+    with pytest.raises(jaxsweep.ConfigurationMismatchError, match="data"):
+        _sweep(
+            {"train": Pairs(x[:-32], y[:-32]), "val": val}, checkpoint_dir=str(tmp_path / "ckpt")
+        )
