@@ -180,12 +180,13 @@ def _train_stage(
             resumed.running,
             compile_seconds=resumed.running.compile_seconds + running.compile_seconds,
         )
-    for segment in range(len(running.epoch_metrics), engine.budget.validations):
-        segment_started = time.perf_counter()
-        state, metrics = engine.run_segment(lanes, state, segment, hooks.steps_done)
+    first = len(running.epoch_metrics)
+    segment_started = time.perf_counter()
+    for segment, trained, metrics in engine.train(lanes, state, first, on_steps=hooks.steps_done):
         now = time.perf_counter()
         running = running.after_epoch(metrics, now - segment_started, now - started)
-        hooks.epoch_done(stage, segment + 1, state, lanes, running, history)
+        hooks.epoch_done(stage, segment + 1, trained, lanes, running, history)
+        segment_started = time.perf_counter()  # the next segment trained meanwhile
     return lanes, running
 
 

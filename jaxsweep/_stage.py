@@ -32,9 +32,10 @@ parameters, batch orders and random streams (dropout masks).
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -47,7 +48,7 @@ from ._data import Split
 from ._model import Start
 from ._sharding import LaneLayout
 from ._sources import SourceColumn, prefetch, read_batch
-from ._train import EpochMetrics, LaneState, Programs, segment_metrics
+from ._train import EpochMetrics, LaneState, Programs, packed_call, segment_metrics
 
 # Initialisation runs once per sweep, for milliseconds, but its random-number code is long:
 # on CPU, skipping LLVM's optimisation passes compiles it ~3x faster (~2 s less per sweep).
@@ -308,10 +309,13 @@ class StagePrograms:
         thread.start()
 
     def _compile_call(self, lane_args, shared):
+        """``(run, compiled, packing)``: the call for the sweep's lane strategy."""
         lane_fn = (
             self._programs.lane_call if self.source is None else self._programs.lane_call_batches
         )
-        return _lanes.compile_call(lane_fn, self.strategy, self.mesh, lane_args, shared)
+        lane_fn, packing = packed_call(lane_fn, lane_args, shared)
+        run, compiled = _lanes.compile_call(lane_fn, self.strategy, self.mesh, lane_args, shared)
+        return run, compiled, packing
 
     def _train_shapes(self, seeds: int):
         """What a call trains from: the placed arrays, or the shapes of a source's batches
@@ -381,53 +385,69 @@ class StagePrograms:
         x, y = read_batch(self.source, indices.reshape(-1))
         return jax.tree.map(lambda a: a.reshape(*indices.shape, *a.shape[1:]), (x, y))
 
-    def _calls(self, lanes: StageLanes, segment: int):
-        """``(start, steps, what the call trains on)`` for every call of ``segment``."""
-        calls = self.budget.calls(segment)
+    def _calls(self, segments: range) -> list[tuple[int, int, int, bool]]:
+        """``(segment, first step, steps, ends the segment?)`` of every call of ``segments``."""
+        calls = []
+        for segment in segments:
+            parts = self.budget.calls(segment)
+            calls += [(segment, *part, i == len(parts) - 1) for i, part in enumerate(parts)]
+        return calls
+
+    def _training_data(self, lanes: StageLanes, calls):
+        """What each call trains on: the placed arrays, or a source's batches, read on a worker
+        thread while the devices train the calls before."""
         if self.source is None:
-            train = (self.data.x_train, self.data.y_train)
-            return [(start, steps, train) for start, steps in calls]
-        # the next call's batches are read on a worker thread while this one trains
-        batches = prefetch(lambda call: self._read_call(lanes, *call), calls)
-        placed = (_sharding.place_replicated(b, self.mesh) for b in batches)
-        return ((start, steps, b) for (start, steps), b in zip(calls, placed, strict=True))
+            return itertools.repeat((self.data.x_train, self.data.y_train))
+        batches = prefetch(lambda call: self._read_call(lanes, call[1], call[2]), calls)
+        return (_sharding.place_replicated(b, self.mesh) for b in batches)
 
-    def run_segment(
-        self, lanes: StageLanes, state: LaneState, segment: int, on_steps=None
-    ) -> tuple[LaneState, EpochMetrics]:
-        """Trains validation segment ``segment`` of every lane and validates it:
-        ``(state, metrics)``, the metrics on the host (padding dropped).
+    def train(
+        self, lanes: StageLanes, state: LaneState, first: int = 0, stop=None, on_steps=None
+    ) -> Iterator[tuple[int, LaneState, EpochMetrics]]:
+        """Trains validation segments ``first`` to ``stop`` (default: the last) of every lane:
+        yields ``(segment, state, metrics)`` after each, the metrics on the host.
 
-        Each call is dispatched before the previous one's statistics are fetched, so the
-        devices never wait for the host; ``on_steps(n)`` is told after each call's ``n`` steps
-        (the progress bar).
+        One call is always in flight ahead of the host: a call is dispatched before the
+        previous one's statistics are fetched, and before a finished segment is handed to the
+        caller (who updates the progress bar and saves checkpoints meanwhile), so the devices
+        never wait for the host. ``on_steps(n)`` is told after each call's ``n`` steps.
         """
-        run = self._compiled[lanes.layout.padded][0]
-        last = len(self.budget.calls(segment)) - 1
+        run, _, packing = self._compiled[lanes.layout.padded]
         lane_input = lanes.inputs.data_keys if self.source is None else lanes.inputs.seed_index
+        calls = self._calls(range(first, self.budget.validations if stop is None else stop))
         before, stats, pending = state.params, [], None
-        for index, (start, steps, train) in enumerate(self._calls(lanes, segment)):
-            shared = self._shared(start, steps, index == last, train)
-            state, output = run(state, before, lane_input, *shared)
+        # arrays: the same data repeated without end, so zip stops with the calls
+        for call, train in zip(calls, self._training_data(lanes, calls), strict=False):
+            segment, start, steps, ends = call
+            state, output = run(state, before, lane_input, *self._shared(start, steps, ends, train))
+            if ends:  # the next segment's update ratios are measured from here
+                before = state.params
             if pending is not None:
-                stats.append(self._fetched(lanes, pending[0].stats, pending[1], on_steps))
-            pending = (output, steps)
-        output = lanes.layout.gather(pending[0])
-        stats.append(output.stats)
-        if on_steps is not None:
-            on_steps(pending[1])
-        return state, segment_metrics(stats, output.evaluation)
+                finished = self._receive(lanes, packing, pending, stats, on_steps)
+                if finished is not None:
+                    yield finished
+            pending = (call, state, output)
+        if pending is not None:
+            yield self._receive(lanes, packing, pending, stats, on_steps)
 
     @staticmethod
-    def _fetched(lanes: StageLanes, stats, steps: int, on_steps):
-        host = lanes.layout.gather(stats)
+    def _receive(lanes: StageLanes, packing, pending, stats: list, on_steps):
+        """Fetches a dispatched call's statistics; at the end of a segment, its metrics."""
+        (segment, _, steps, ends), state, output = pending
+        host = packing.unpack(lanes.layout.gather(output))  # one fetch per call
+        stats.append(host.stats)
         if on_steps is not None:
             on_steps(steps)
-        return host
+        if not ends:
+            return None
+        metrics = segment_metrics(list(stats), host.evaluation)
+        stats.clear()
+        return segment, state, metrics
 
-    def run_epoch(self, lanes: StageLanes, state: LaneState, epoch: int):
-        """One validation segment (an epoch when validating once per epoch)."""
-        return self.run_segment(lanes, state, epoch)
+    def run_segment(self, lanes: StageLanes, state: LaneState, segment: int, on_steps=None):
+        """Trains and validates one segment: ``(state, metrics)`` (see :meth:`train`)."""
+        _, state, metrics = next(self.train(lanes, state, segment, segment + 1, on_steps))
+        return state, metrics
 
     def memory(self, lanes: StageLanes, device) -> tuple[int, str]:
         """Peak device memory when the backend reports it, else the compiled estimate."""

@@ -74,6 +74,46 @@ class CallOutput(NamedTuple):
     evaluation: Evaluation
 
 
+class Packing(NamedTuple):
+    """A call's per-lane metrics packed into one float32 vector: one transfer per call,
+    however many metrics and modules (on an accelerator each fetched array costs a round
+    trip). Every metric is a per-lane scalar; counts and flags survive float32 exactly."""
+
+    treedef: Any
+    dtypes: tuple
+
+    @staticmethod
+    def of(output_shapes) -> Packing:
+        leaves, treedef = jax.tree.flatten(output_shapes)
+        if any(leaf.shape != () for leaf in leaves):
+            raise ValueError("a lane's call must return scalar metrics")
+        return Packing(treedef, tuple(leaf.dtype for leaf in leaves))
+
+    def pack(self, output) -> jax.Array:
+        return jnp.stack([jnp.asarray(leaf, jnp.float32) for leaf in jax.tree.leaves(output)])
+
+    def unpack(self, packed: np.ndarray):
+        """``(lanes, metrics)`` on the host -> the call's output with ``(lanes,)`` leaves."""
+        columns = [packed[:, k].astype(dtype) for k, dtype in enumerate(self.dtypes)]
+        return jax.tree.unflatten(self.treedef, columns)
+
+
+def packed_call(lane_call: Callable, lane_args: tuple, shared: tuple) -> tuple[Callable, Packing]:
+    """``lane_call`` returning ``(state, packed metrics)``, and how to unpack them.
+
+    ``lane_args`` and ``shared`` are shapes: the lane arguments with their lane axis.
+    """
+    one_lane = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), lane_args)
+    plain = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), shared)
+    packing = Packing.of(jax.eval_shape(lane_call, *one_lane, *plain)[1])
+
+    def call(*args):
+        state, output = lane_call(*args)
+        return state, packing.pack(output)
+
+    return call, packing
+
+
 # The arguments of a one-lane call: the first three have a lane axis when stacked, the rest
 # are shared by every lane of the stage (one copy on each device).
 LANE_ARGUMENTS = 3  # state, the parameters at the segment's start, the lane's data input
