@@ -2,6 +2,7 @@
 
 import warnings
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
@@ -89,6 +90,28 @@ def test_validations_mid_epoch_and_calls_across_epochs_equal_a_plain_loop(split_
             optax.adam(evaluation.lr), split_blobs, steps=150, eval_at=(100, 150), batch_size=2
         )
         np.testing.assert_allclose(evaluation.val_loss, alone, rtol=2e-4)
+
+
+class NormDrop(nn.Module):
+    """Batch statistics and dropout: both advance per step with the step's own key."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.8)(nn.Dense(8)(x))
+        return nn.Dense(3)(nn.Dropout(0.3, deterministic=not train)(nn.relu(x)))
+
+
+@pytest.mark.filterwarnings("ignore::jaxsweep.SearchRangeWarning")
+def test_dropout_and_batch_statistics_follow_the_steps_across_calls(split_blobs):
+    """96 steps per epoch (batch 2): validating every 64 steps trains in calls of 64 that
+    cross the epoch boundary, yet after step 192 the lanes equal two epochs' calls of 48."""
+    kwargs = dict(QUIET, stages=1, points_per_stage=2, lr_range=(1e-3, 3e-2), batch_size=2)
+    by_epochs = jaxsweep.run(lambda: NormDrop(), split_blobs, epochs=2, **kwargs)
+    by_steps = jaxsweep.run(lambda: NormDrop(), split_blobs, steps=192, eval_every=64, **kwargs)
+    for a, b in zip(by_epochs.evaluations, by_steps.evaluations, strict=True):
+        assert (a.steps, b.steps) == ((96, 192), (64, 128, 192))
+        np.testing.assert_allclose(a.val_loss[-1], b.val_loss[-1], rtol=1e-5)
+    assert by_epochs.evaluations[0].val_loss[-1] != by_epochs.evaluations[1].val_loss[-1]
 
 
 def test_a_schedule_stretches_over_a_step_budget(split_blobs):

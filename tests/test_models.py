@@ -163,8 +163,11 @@ def assert_lanes_match(result, loop, rtol=2e-5):
 # ----------------------------------------------------------------------------- equal to the loop
 
 
-def test_linen_batchnorm_and_dropout_lanes_equal_the_canonical_loop(split_blobs):
-    result = sweep(lambda: BatchNormNet(), split_blobs)
+# every lane strategy carries the batch statistics and draws the masks as vmap does
+@pytest.mark.parametrize("lanes", ["vmap", "map", "chunks:1", "separate"])
+def test_linen_batchnorm_and_dropout_lanes_equal_the_canonical_loop(split_blobs, lanes):
+    result = sweep(lambda: BatchNormNet(), split_blobs, lanes=lanes)
+    assert result.environment["lanes"]["strategy"] == lanes
     assert result.config["model_state"] == ["batch_stats"]
     assert result.config["rng_streams"] == ["dropout"]
     assert result.config["model_mode_flag"] == "train"
@@ -174,8 +177,9 @@ def test_linen_batchnorm_and_dropout_lanes_equal_the_canonical_loop(split_blobs)
     )
 
 
-def test_nnx_batchnorm_and_dropout_lanes_equal_the_canonical_loop(split_blobs):
-    result = sweep(NNXBatchNormNet, split_blobs)
+@pytest.mark.parametrize("lanes", ["vmap", "separate"])
+def test_nnx_batchnorm_and_dropout_lanes_equal_the_canonical_loop(split_blobs, lanes):
+    result = sweep(NNXBatchNormNet, split_blobs, lanes=lanes)
     assert "BatchStat" in result.config["model_state"]
     init_key = contract_keys()[0]
     assert_lanes_match(
