@@ -145,12 +145,12 @@ class EngineStage:
     full compile cost (as a new ``jaxsweep.run`` does); later calls reuse the compiled programs.
     """
 
-    def __init__(self, workload: Workload, lanes: str = "auto"):
+    def __init__(self, workload: Workload, lanes: str = "auto", diagnostics: bool = True):
         self.workload = workload
         checked = setup(
             workload.model_fn,
             {"train": workload.split[:2], "val": workload.split[2:]},
-            **{**_run_arguments(workload), "lanes": lanes},
+            **{**_run_arguments(workload), "lanes": lanes, "diagnostics": diagnostics},
         )
         self.stage = build_stage_programs(checked)
         self.data = self.stage.data

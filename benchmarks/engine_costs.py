@@ -29,11 +29,10 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 
-import jax
 import numpy as np
 
 import jaxsweep
-from jaxsweep import _stage, _train
+from jaxsweep import _stage
 
 from . import _common as c
 from ._workloads import (
@@ -175,31 +174,11 @@ def _root_path() -> str:
     return os.pathsep.join(p for p in (_root(), os.environ.get("PYTHONPATH", "")) if p)
 
 
-# ----------------------------------------------------------------------------- diagnostics
+# ----------------------------------------------------------------------------- stages
 
 
-@contextlib.contextmanager
-def _without_diagnostics():
-    """Programs traced meanwhile compute no gradient norms and no update ratios."""
-    step_norms, update_ratios = _train._step_norms, _train._update_ratios
-
-    def no_norms(grads):
-        names = _train._per_module(grads)
-        zero = jax.numpy.zeros(())
-        return {"grad_norm": zero, "module_grad_norm": dict.fromkeys(names, zero)}
-
-    def no_ratios(before, after):
-        return dict.fromkeys(_train._per_module(before), jax.numpy.zeros(()))
-
-    _train._step_norms, _train._update_ratios = no_norms, no_ratios
-    try:
-        yield
-    finally:
-        _train._step_norms, _train._update_ratios = step_norms, update_ratios
-
-
-def _compiled_stage(workload: Workload, lanes: str, rates) -> EngineStage:
-    stage = EngineStage(workload, lanes=lanes)
+def _compiled_stage(workload: Workload, lanes: str, rates, diagnostics=True) -> EngineStage:
+    stage = EngineStage(workload, lanes=lanes, diagnostics=diagnostics)
     stage.run(rates)  # compiles, and warms up
     return stage
 
@@ -261,8 +240,7 @@ def measure_model(name: str, model_fn: Callable, settings: Mapping, mode: str) -
     }
 
     # diagnostics: the same stage (the sweep's strategy) with and without them
-    with _without_diagnostics():
-        bare = _compiled_stage(workload, auto, first)
+    bare = _compiled_stage(workload, auto, first, diagnostics=False)
     diagnostics = c.interleaved(
         {"with": lambda: stage.run(first), "without": lambda: bare.run(first)},
         settings["repeats"] * 2,
@@ -448,8 +426,8 @@ def _record(results: Mapping, settings: Mapping, load_start, started: float) -> 
         "program (checks, tracing, initialisation, lane start, compiling).",
         "Lane strategies train the same numbers: the largest relative difference of a final "
         "validation loss to vmap's is in the last column (float32 summation order).",
-        "Diagnostics overhead: the same stage compiled with the per-step norms and the "
-        "per-epoch update ratios replaced by constants.",
+        "Diagnostics overhead: the same stage with run(diagnostics=False): no per-step "
+        "gradient norms, no per-segment update ratios.",
     ]
     return c.benchmark_record(
         NAME,

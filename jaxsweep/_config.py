@@ -34,6 +34,7 @@ class SweepConfig:
     eval_batch_size: int | None = None  # validation examples per batch (set by the setup)
     steps: int | None = None  # training steps per lane, instead of epochs
     eval_every: int | None = None  # steps between validations (None: once per epoch)
+    diagnostics: bool = True  # per-step gradient norms and per-segment update ratios
 
     @property
     def sign(self) -> float:
@@ -103,6 +104,7 @@ def make_config(
     eval_batch_size=None,
     steps=None,
     eval_every=None,
+    diagnostics=True,
 ) -> SweepConfig:
     """Checks every scalar argument of ``run`` and returns them as a :class:`SweepConfig`.
 
@@ -122,6 +124,8 @@ def make_config(
         raise ValueError(f"min_improvement: must be >= 0, got {improvement}")
     if not isinstance(expand, bool):
         raise TypeError(f"expand: expected True or False, got {expand!r}")
+    if not isinstance(diagnostics, bool):
+        raise TypeError(f"diagnostics: expected True or False, got {diagnostics!r}")
     if not isinstance(metric, str) or not metric:
         raise TypeError(f"metric: expected a name such as 'val_loss', got {metric!r}")
     if mode not in MODES:
@@ -144,6 +148,7 @@ def make_config(
         min_improvement=improvement,
         validation_fraction=fraction,
         expand=expand,
+        diagnostics=diagnostics,
         metric=metric,
         mode=mode,
         eval_batch_size=_optional("eval_batch_size", eval_batch_size),

@@ -78,6 +78,7 @@ def build_stage_programs(setup: Setup) -> StagePrograms:
         len(split.y_val),
         config.eval_batch_size,
         setup.budget,
+        diagnostics=config.diagnostics,
     )
     strategy, reason = _lanes.choose(
         setup.lanes, jax.default_backend(), len(setup.devices), _model_traits(setup)

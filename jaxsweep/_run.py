@@ -46,6 +46,7 @@ def run(
     lanes: str = "auto",
     compilation_cache=None,
     init=None,
+    diagnostics: bool = True,
 ) -> SweepResult:
     """Finds the best learning rate of a Flax model with a coarse-to-fine sweep.
 
@@ -153,6 +154,12 @@ def run(
         ...}``, every collection the model has), or an NNX model, its ``nnx.state`` or
         ``nnx.to_pure_dict``; shapes must match the model's, dtypes become the model's. NNX
         random streams stay each seed's own, so seeds still draw different dropout masks.
+      diagnostics: measure the global and per-module gradient norms at every step and the
+        per-module update ratios of every segment (``Evaluation.grad_norm``,
+        ``module_grad_norm``, ``update_ratio``). ``False`` trains the same lanes without them
+        (the norms read NaN, the per-module records are empty, and
+        ``result.config["diagnostics"]`` says so): for tiny models, where the extra
+        reductions are a noticeable share of a step.
 
     Returns:
       A :class:`SweepResult`; ``result.best_value`` is the value (a rate unless

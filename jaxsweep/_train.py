@@ -169,6 +169,10 @@ def _step_norms(grads) -> dict:
     }
 
 
+# diagnostics=False: no norm is computed; NaN says "not measured", never a real value
+_NOT_MEASURED = {"grad_norm": jnp.float32(jnp.nan), "module_grad_norm": {}}
+
+
 def _update_ratios(before, after) -> dict:
     """Per module, |parameters after an epoch - before| / |before|: one pass per epoch."""
     change = _per_module(jax.tree_util.tree_map(jnp.subtract, after, before))
@@ -226,6 +230,7 @@ def make_programs(
     n_val: int,
     eval_batch_size: int,
     budget: Budget,
+    diagnostics: bool = True,
 ) -> Programs:
     """Builds the pure programs of a sweep.
 
@@ -240,6 +245,8 @@ def make_programs(
       eval_batch_size: validation examples per batch through the model; the validation
         loss is the exact example-weighted mean over all of them.
       budget: steps per call (``budget.chunk``), steps per epoch, whether calls cross epochs.
+      diagnostics: compute gradient norms (every step) and update ratios (every segment);
+        without them the norms are NaN and the per-module records empty.
 
     Returns:
       :class:`Programs`: ``init_seeds`` and ``start_lanes`` work on stacked seeds and lanes;
@@ -280,7 +287,8 @@ def make_programs(
         updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params)
         opt_state = _keep_dtypes(opt_state, carry.opt_state)
         params = optax.apply_updates(carry.params, updates)
-        step = {"loss": float32(loss), "aux": jax.tree.map(float32, aux), **_step_norms(grads)}
+        norms = _step_norms(grads) if diagnostics else _NOT_MEASURED
+        step = {"loss": float32(loss), "aux": jax.tree.map(float32, aux), **norms}
         return LaneState(params, opt_state, model_state, carry.rng_key), step
 
     steps_per_epoch, crosses = budget.steps_per_epoch, budget.crosses_epochs
@@ -305,7 +313,8 @@ def make_programs(
     def evaluate(state: LaneState, before, validate_now, x_val, y_val) -> Evaluation:
         def measure(_):
             val_loss, val_aux = validate(state.params, state.model_state, x_val, y_val)
-            return Evaluation(val_loss, val_aux, _update_ratios(before, state.params))
+            ratios = _update_ratios(before, state.params) if diagnostics else {}
+            return Evaluation(val_loss, val_aux, ratios)
 
         if budget.one_call_per_segment:  # every call validates: no branch
             return measure(None)

@@ -181,3 +181,15 @@ def test_host_lanes_are_value_major_and_padded_on_the_host_with_the_last_lane():
     padded = _sharding.pad_lanes(seed_index, 8)
     assert isinstance(padded, np.ndarray)  # no device round trip, nothing compiled
     np.testing.assert_array_equal(padded, [0, 1, 0, 1, 0, 1, 1, 1])
+
+
+def test_diagnostics_off_trains_the_same_lanes_and_says_what_was_skipped(split_blobs):
+    settings = {**STAGE, "seeds": 1}
+    measured = jaxsweep.run(lambda: TinyMLP(), split_blobs, **settings)
+    skipped = jaxsweep.run(lambda: TinyMLP(), split_blobs, diagnostics=False, **settings)
+    assert measured.config["diagnostics"] is True and skipped.config["diagnostics"] is False
+    for on, off in zip(measured.evaluations, skipped.evaluations, strict=True):
+        np.testing.assert_allclose(off.val_loss, on.val_loss, rtol=1e-6)
+        assert np.all(np.isfinite(on.grad_norm)) and on.module_grad_norm and on.update_ratio
+        assert np.all(np.isnan(off.grad_norm)) and not off.module_grad_norm
+        assert not off.update_ratio
