@@ -118,7 +118,7 @@ def _finite_sorted(
     x = np.asarray(lrs, np.float64)
     y = np.asarray(scores, np.float64)
     if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"scores: expected one score per rate, got {y.shape} for {x.shape}")
+        raise ValueError(f"scores: expected one score per value, got {y.shape} for {x.shape}")
     keep = np.isfinite(y) & np.isfinite(x) & ((x > 0) if scale == "log" else True)
     order = np.argsort(x[keep], kind="stable")
     return x[keep][order], y[keep][order]
@@ -145,7 +145,7 @@ def neighbours(lrs: Sequence[float], scores: Sequence[float], scale: str = "log"
     """
     x, y = _finite_sorted(lrs, scores, scale)
     if len(x) == 0:
-        raise ValueError("scores: every evaluation diverged, there is no best rate to bracket")
+        raise ValueError("scores: every evaluation diverged, there is no best value to bracket")
     i = _best_index(y)
     best = float(x[i])
     low = float(x[i - 1]) if i > 0 else best
@@ -153,17 +153,17 @@ def neighbours(lrs: Sequence[float], scores: Sequence[float], scale: str = "log"
     bracketed = 0 < i < len(x) - 1
     if bracketed:
         note = (
-            f"the evaluated rates next to the best one ({_fmt(low)} and {_fmt(high)}); "
+            f"the evaluated values next to the best one ({_fmt(low)} and {_fmt(high)}); "
             "a noise-free unimodal score has its minimum inside this bracket"
         )
     elif len(x) == 1:
-        note = "only one evaluation has a finite score: its rate is all that is known"
+        note = "only one evaluation has a finite score: its value is all that is known"
     else:
         side = "smallest" if i == 0 else "largest"
         beyond = "below" if i == 0 else "above"
         note = (
-            f"the best rate is the {side} evaluated, so the minimum is not bracketed and may "
-            f"lie {beyond} {_fmt(best)}; the interval only reaches the nearest evaluated rate"
+            f"the best value is the {side} evaluated, so the minimum is not bracketed and may "
+            f"lie {beyond} {_fmt(best)}; the interval only reaches the nearest evaluated value"
         )
     return Estimate(best, low, high, "neighbours", bracketed, note)
 
@@ -174,7 +174,7 @@ def _widen(estimate: Estimate, bracket: Estimate) -> Estimate:
     if (low, high) == (estimate.low, estimate.high):
         return estimate
     note = (
-        f"{estimate.note}; widened to the evaluated neighbours of the best rate "
+        f"{estimate.note}; widened to the evaluated neighbours of the best value "
         f"({_fmt(bracket.low)} to {_fmt(bracket.high)}), the finest resolution the sweep reached"
     )
     return Estimate(estimate.lr, low, high, estimate.method, estimate.bracketed, note, estimate.fit)
@@ -301,7 +301,7 @@ def quadratic_refine(lrs: Sequence[float], scores: Sequence[float], scale: str =
             windows += f" (and the next wider window of {following[0].points}, which agrees)"
         low_log, high_log = max(low_log, logs[0]), min(high_log, logs[-1])
         note = (
-            f"vertex of a parabola in {'log rate' if scale == 'log' else 'the value'} fitted to "
+            f"vertex of a parabola in {'the logarithm of the value' if scale == 'log' else 'the value'} fitted to "
             f"{windows}; 95% Fieller interval"
         )
         estimate = Estimate(
@@ -316,12 +316,12 @@ def quadratic_refine(lrs: Sequence[float], scores: Sequence[float], scale: str =
         return _widen(estimate, bracket)
     reasons = {r for r in fits if isinstance(r, str)} - {"points"}
     if not reasons:
-        why = f"fewer than {MIN_FIT_POINTS} finite evaluations around the best rate"
+        why = f"fewer than {MIN_FIT_POINTS} finite evaluations around the best value"
     elif reasons == {"vertex"}:
-        why = "the fitted parabolas put their minimum outside the rates they were fitted to"
+        why = "the fitted parabolas put their minimum outside the values they were fitted to"
     else:
         why = (
-            "no two successive windows around the best rate show a significant upward "
+            "no two successive windows around the best value show a significant upward "
             "curvature (noisy scores or a flat optimum)"
         )
     note = f"no reliable quadratic fit ({why}): {bracket.note}"
