@@ -200,7 +200,8 @@ def smooth_minimum(rates: np.ndarray, losses: np.ndarray, band: float) -> dict[s
         low -= 1
     while high < len(rates) - 1 and inside[high + 1]:
         high += 1
-    while high - low + 1 < 7:  # widen symmetrically where the band is too narrow
+    # widen symmetrically where the band is too narrow (a short grid: all of it)
+    while high - low + 1 < min(7, len(rates)):
         low, high = max(low - 1, 0), min(high + 1, len(rates) - 1)
     window = slice(low, high + 1)
     u = np.log(rates[window])
