@@ -170,11 +170,8 @@ class EngineStage:
         ``seed`` replaces the workload's seed for the init and batch order (same split).
         """
         lanes = self._start(lrs, self.workload.seed if seed is None else seed)
-        state, val_losses = lanes.state, []
-        for epoch in range(self.workload.epochs):
-            # the sweep fetches every metric after each call and epoch (progress, results)
-            state, metrics = self.stage.run_segment(lanes, state, epoch)
-            val_losses.append(metrics.val_loss)
+        # as the sweep trains a stage: every call's metrics fetched, one call in flight
+        val_losses = [metrics.val_loss for _, _, metrics in self.stage.train(lanes, lanes.state)]
         return np.stack(val_losses, axis=1)
 
     def memory_bytes(self, lanes: int) -> dict[str, int]:

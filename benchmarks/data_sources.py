@@ -93,9 +93,7 @@ def _stage(model_fn, data, **kwargs):
 
 
 def _train_all(stage, lanes):
-    state = lanes.state
-    for segment in range(stage.budget.validations):
-        state, metrics = stage.run_segment(lanes, state, segment)
+    *_, (_, _, metrics) = stage.train(lanes, lanes.state)  # as a sweep trains a stage
     return metrics.val_loss
 
 

@@ -90,20 +90,20 @@ SETTINGS = {
 
 @contextlib.contextmanager
 def _first_epoch_clock():
-    """Records when the sweep first calls its epoch program (the first training step)."""
+    """Records when the sweep starts training (its first training call is dispatched then)."""
     seen: list[float] = []
-    original = _stage.StagePrograms.run_segment
+    original = _stage.StagePrograms.train
 
     def watched(self, *args, **kwargs):
         if not seen:
             seen.append(time.perf_counter())
         return original(self, *args, **kwargs)
 
-    _stage.StagePrograms.run_segment = watched
+    _stage.StagePrograms.train = watched
     try:
         yield seen
     finally:
-        _stage.StagePrograms.run_segment = original
+        _stage.StagePrograms.train = original
 
 
 def sweep(model_fn: Callable, settings: Mapping, cache=False) -> tuple[jaxsweep.SweepResult, dict]:

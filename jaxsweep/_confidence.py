@@ -300,10 +300,8 @@ def quadratic_refine(lrs: Sequence[float], scores: Sequence[float], scale: str =
             high_log = max(high_log, following[2][1])
             windows += f" (and the next wider window of {following[0].points}, which agrees)"
         low_log, high_log = max(low_log, logs[0]), min(high_log, logs[-1])
-        note = (
-            f"vertex of a parabola in {'the logarithm of the value' if scale == 'log' else 'the value'} fitted to "
-            f"{windows}; 95% Fieller interval"
-        )
+        against = "the logarithm of the value" if scale == "log" else "the value"
+        note = f"vertex of a parabola in {against} fitted to {windows}; 95% Fieller interval"
         estimate = Estimate(
             float(_scale.from_axis(vertex_log, scale)),
             float(_scale.from_axis(low_log, scale)),
