@@ -170,7 +170,7 @@ def _step_norms(grads) -> dict:
 
 
 # diagnostics=False: no norm is computed; NaN says "not measured", never a real value
-_NOT_MEASURED = {"grad_norm": jnp.float32(jnp.nan), "module_grad_norm": {}}
+_NOT_MEASURED = {"grad_norm": np.float32(np.nan), "module_grad_norm": {}}
 
 
 def _update_ratios(before, after) -> dict:
