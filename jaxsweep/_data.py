@@ -151,7 +151,12 @@ def prepare(data, validation_fraction: float, seed: int) -> Split:
             f"got {type(data).__name__}"
         )
     x, y = _check_pair(data, "data")
-    n = len(y)
+    val, train = _split_indices(len(y), validation_fraction, seed)
+    return Split(take(x, train), y[train], take(x, val), y[val])
+
+
+def _split_indices(n: int, validation_fraction: float, seed: int):
+    """``(validation, training)`` indices of ``n`` examples: a permutation drawn from ``seed``."""
     n_val = int(round(n * validation_fraction))
     if n_val < 1 or n_val >= n:
         raise ValueError(
@@ -159,24 +164,14 @@ def prepare(data, validation_fraction: float, seed: int) -> Split:
             f"{n_val} for validation and {n - n_val} for training; both need at least 1"
         )
     order = np.random.default_rng(seed).permutation(n)
-    val, train = order[:n_val], order[n_val:]
-    return Split(take(x, train), y[train], take(x, val), y[val])
+    return order[:n_val], order[n_val:]
 
 
 def _split_source(source, validation_fraction: float, seed: int) -> Split:
     """A source split like arrays: the same permutation of indices; the validation part read."""
-    n = len(source)
-    n_val = int(round(n * validation_fraction))
-    if n_val < 1 or n_val >= n:
-        raise ValueError(
-            f"validation_fraction: {validation_fraction} of {n} examples leaves "
-            f"{n_val} for validation and {n - n_val} for training; both need at least 1"
-        )
-    order = np.random.default_rng(seed).permutation(n)
-    x_val, y_val = _check_pair(
-        _sources.read_all(_sources.Subset(source, order[:n_val]), "val"), "val"
-    )
-    x_train, y_train = _sources.training_columns(_sources.Subset(source, order[n_val:]))
+    val, train = _split_indices(len(source), validation_fraction, seed)
+    x_val, y_val = _check_pair(_sources.read_all(_sources.Subset(source, val), "val"), "val")
+    x_train, y_train = _sources.training_columns(_sources.Subset(source, train))
     return Split(x_train, y_train, x_val, y_val)
 
 

@@ -95,3 +95,16 @@ def train_alone(tx, data, *, epochs, batch_size, seed=0):
 
 # Small defaults shared by engine tests: 2 epochs of 6 batches, one seed, no early stop.
 SMALL = dict(epochs=2, batch_size=32, progress=False, min_improvement=0.0, seeds=1)
+
+
+def two_rate_sweep(data, **kwargs):
+    """TinyMLP trained at two rates in one stage (the best lands on an edge: not warned)."""
+    import warnings
+
+    import jaxsweep
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jaxsweep.SearchRangeWarning)
+        return jaxsweep.run(
+            lambda: TinyMLP(), data, stages=1, points_per_stage=2, lr_range=(1e-3, 3e-2), **kwargs
+        )

@@ -1,13 +1,11 @@
 """Step budgets: ``steps=`` and ``eval_every=`` train the batches an epoch budget would."""
 
-import warnings
-
 import flax.linen as nn
 import jax
 import numpy as np
 import optax
 import pytest
-from conftest import TinyMLP, _tiny_val_loss, _tiny_value_and_grad
+from conftest import TinyMLP, _tiny_val_loss, _tiny_value_and_grad, two_rate_sweep
 
 import jaxsweep
 from jaxsweep import _driver, _train
@@ -17,16 +15,7 @@ QUIET = dict(progress=False, min_improvement=0.0, seeds=1)
 
 
 def sweep(data, **kwargs):
-    with warnings.catch_warnings():  # 2-point ranges leave the best on an edge
-        warnings.simplefilter("ignore", jaxsweep.SearchRangeWarning)
-        return jaxsweep.run(
-            lambda: TinyMLP(),
-            data,
-            stages=1,
-            points_per_stage=2,
-            lr_range=(1e-3, 3e-2),
-            **kwargs,
-        )
+    return two_rate_sweep(data, **kwargs)
 
 
 def train_steps_alone(tx, data, *, steps, eval_at, batch_size, seed=0):

@@ -2,11 +2,10 @@
 
 import threading
 import time
-import warnings
 
 import numpy as np
 import pytest
-from conftest import SMALL, TinyMLP, make_classification
+from conftest import SMALL, make_classification, two_rate_sweep
 
 import jaxsweep
 from jaxsweep import _sources
@@ -146,16 +145,7 @@ class Pairs:
 
 
 def _sweep(data, **kwargs):
-    with warnings.catch_warnings():  # 2-point ranges leave the best on an edge
-        warnings.simplefilter("ignore", jaxsweep.SearchRangeWarning)
-        return jaxsweep.run(
-            lambda: TinyMLP(),
-            data,
-            stages=1,
-            points_per_stage=2,
-            lr_range=(1e-3, 3e-2),
-            **{**SMALL, **kwargs},
-        )
+    return two_rate_sweep(data, **{**SMALL, **kwargs})
 
 
 def _same(a, b):
