@@ -576,12 +576,13 @@ class SweepCheckpoints:
         self._store.save(stage * self._epochs + epoch, progress, lanes_item)
         self._last_save = time.monotonic()
 
-    def epoch_done(self, stage: int, epoch: int, state, inputs, running: Running) -> bool:
+    def epoch_done(self, stage: int, epoch: int, lane_state, inputs, running: Running) -> bool:
         """Saves after ``epoch`` epochs of ``stage`` when ``every_seconds`` have passed.
 
         Args:
           stage, epoch: the stage, and how many of its epochs are trained.
-          state: the lane state after those epochs (device arrays, maybe padded).
+          lane_state: ``() ->`` the lane state after those epochs (device arrays, maybe
+            padded), called only when a save is due (the state may have to be stacked).
           inputs: the per-lane inputs (``values``, ``init_keys``, ``data_keys``), placed.
           running: the stage's record so far.
 
@@ -590,7 +591,7 @@ class SweepCheckpoints:
         """
         if epoch >= self._epochs or not self._save_due(stage, epoch):
             return False
-        item = _lanes_item(state, inputs, stage, epoch)
+        item = _lanes_item(lane_state(), inputs, stage, epoch)
         self._save(stage, epoch, item, running=_running_to_json(running))
         return True
 

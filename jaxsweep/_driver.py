@@ -10,6 +10,7 @@ never decide anything.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 
@@ -186,7 +187,9 @@ def _train_stage(
     for segment, trained, metrics in engine.train(lanes, state, first, on_steps=hooks.steps_done):
         now = time.perf_counter()
         running = running.after_epoch(metrics, now - segment_started, now - started)
-        hooks.epoch_done(stage, segment + 1, trained, lanes, running, history)
+        # the stacked lane state is made only for a checkpoint save
+        stacked = functools.partial(engine.stacked, lanes, trained)
+        hooks.epoch_done(stage, segment + 1, stacked, lanes, running, history)
         segment_started = time.perf_counter()  # the next segment trained meanwhile
     return lanes, running
 
@@ -262,10 +265,11 @@ class _Hooks:
     def steps_done(self, steps: int) -> None:
         self.reporter.steps_done(steps)
 
-    def epoch_done(self, stage, epoch, state, lanes: StageLanes, running, history) -> None:
+    def epoch_done(self, stage, epoch, lane_state, lanes: StageLanes, running, history) -> None:
+        """``lane_state()`` gives the stacked lane state (made only when a save is due)."""
         self.epochs_trained += 1
         if self.checkpoints is not None:
-            self.checkpoints.epoch_done(stage, epoch, state, lanes.inputs, running)
+            self.checkpoints.epoch_done(stage, epoch, lane_state, lanes.inputs, running)
         self.reporter.epoch_done(
             _running_best(running.epoch_metrics[-1], history.best()[1], self.config)
         )

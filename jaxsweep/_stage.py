@@ -314,8 +314,7 @@ class StagePrograms:
             self._programs.lane_call if self.source is None else self._programs.lane_call_batches
         )
         lane_fn, packing = packed_call(lane_fn, lane_args, shared)
-        run, compiled = _lanes.compile_call(lane_fn, self.strategy, self.mesh, lane_args, shared)
-        return run, compiled, packing
+        return _lanes.compile_call(lane_fn, self.strategy, self.mesh, lane_args, shared), packing
 
     def _train_shapes(self, seeds: int):
         """What a call trains from: the placed arrays, or the shapes of a source's batches
@@ -405,23 +404,25 @@ class StagePrograms:
         self, lanes: StageLanes, state: LaneState, first: int = 0, stop=None, on_steps=None
     ) -> Iterator[tuple[int, LaneState, EpochMetrics]]:
         """Trains validation segments ``first`` to ``stop`` (default: the last) of every lane:
-        yields ``(segment, state, metrics)`` after each, the metrics on the host.
+        yields ``(segment, state, metrics)`` after each, the metrics on the host (the state
+        as the strategy holds it: :meth:`stacked` gives the stacked lane state).
 
         One call is always in flight ahead of the host: a call is dispatched before the
         previous one's statistics are fetched, and before a finished segment is handed to the
         caller (who updates the progress bar and saves checkpoints meanwhile), so the devices
         never wait for the host. ``on_steps(n)`` is told after each call's ``n`` steps.
         """
-        run, _, packing = self._compiled[lanes.layout.padded]
+        lane_call, packing = self._compiled[lanes.layout.padded]
         lane_input = lanes.inputs.data_keys if self.source is None else lanes.inputs.seed_index
         calls = self._calls(range(first, self.budget.validations if stop is None else stop))
-        before, stats, pending = state.params, [], None
+        before, stats, pending = _lanes.params_of(state), [], None
         # arrays: the same data repeated without end, so zip stops with the calls
         for call, train in zip(calls, self._training_data(lanes, calls), strict=False):
             segment, start, steps, ends = call
-            state, output = run(state, before, lane_input, *self._shared(start, steps, ends, train))
+            shared = self._shared(start, steps, ends, train)
+            state, output = lane_call.run(state, before, lane_input, *shared)
             if ends:  # the next segment's update ratios are measured from here
-                before = state.params
+                before = _lanes.params_of(state)
             if pending is not None:
                 finished = self._receive(lanes, packing, pending, stats, on_steps)
                 if finished is not None:
@@ -447,7 +448,11 @@ class StagePrograms:
     def run_segment(self, lanes: StageLanes, state: LaneState, segment: int, on_steps=None):
         """Trains and validates one segment: ``(state, metrics)`` (see :meth:`train`)."""
         _, state, metrics = next(self.train(lanes, state, segment, segment + 1, on_steps))
-        return state, metrics
+        return self.stacked(lanes, state), metrics
+
+    def stacked(self, lanes: StageLanes, state):
+        """The stacked lane state (leading lane axis) of a state :meth:`train` yielded."""
+        return self._compiled[lanes.layout.padded][0].stacked(state)
 
     def memory(self, lanes: StageLanes, device) -> tuple[int, str]:
         """Peak device memory when the backend reports it, else the compiled estimate."""
@@ -462,7 +467,7 @@ class StagePrograms:
     def compiled_call(self, lanes: StageLanes):
         """The main compiled program of this stage's training call (after :meth:`compile`):
         for ``separate``, the one-lane program."""
-        return self._compiled[lanes.layout.padded][1]
+        return self._compiled[lanes.layout.padded][0].compiled
 
 
 def _placed_shapes(tree, sharding):

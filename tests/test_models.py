@@ -336,11 +336,13 @@ def test_other_conventions_train_with_fresh_keys_and_validate_deterministically(
 # ----------------------------------------------------------------------------- resume
 
 
+# "separate" holds the lanes apart between calls: a save stacks them, a resume splits them
+@pytest.mark.parametrize("lanes", ["vmap", "separate"])
 def test_interrupted_sweep_with_dropout_and_batch_statistics_resumes_bitwise(
-    tmp_path, split_blobs, monkeypatch
+    tmp_path, split_blobs, monkeypatch, lanes
 ):
     """Killed after its first epoch, the rerun restores the NNX RNG streams and statistics."""
-    settings = dict(epochs=2, batch_size=64, seeds=2, checkpoint_every_seconds=0.0)
+    settings = dict(epochs=2, batch_size=64, seeds=2, checkpoint_every_seconds=0.0, lanes=lanes)
     whole = sweep(NNXBatchNormNet, split_blobs, **settings)
 
     original = _checkpoint.SweepCheckpoints.epoch_done
