@@ -65,9 +65,6 @@ class Budget(NamedTuple):
             for start, steps in self.calls(segment)
         )
 
-    def epochs_touched(self) -> float:
-        return self.total / self.steps_per_epoch
-
 
 def _count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

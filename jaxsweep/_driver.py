@@ -120,7 +120,7 @@ def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
         lanes, running = _train_stage(engine, stage, plan, config, hooks, part, history)
         previous_best = history.best_objective()
         memory = engine.memory(lanes, _sharding.first_local(setup.devices))
-        history = _with_stage(history, stage, plan, config, running, memory)
+        history = _with_stage(history, stage, plan, config, running, memory, engine.budget)
         hooks.stage_done(stage, history)
         if stage > 0 and _selector.should_stop(
             previous_best, history.best_objective(), config.min_improvement
@@ -194,21 +194,16 @@ def _train_stage(
     return lanes, running
 
 
-def _with_stage(history, stage, plan, config, running: Running, memory) -> History:
-    """The history with this stage's records: an evaluation per value, the stage's cost."""
+def _with_stage(history, stage, plan, config, running: Running, memory, budget) -> History:
+    """The history with this stage's records: an evaluation per value (with the step of each
+    validation), the stage's cost."""
     evaluations = collect_evaluations(
         stage, plan.points, config.seeds, running.epoch_metrics, config.metric, config.sign
     )
-    steps = _validation_steps(config)
+    steps = budget.validation_steps()
     evaluations = [dataclasses.replace(e, steps=steps) for e in evaluations]
     seconds = (running.seconds, running.seconds_per_epoch, running.compile_seconds)
     return history.with_stage(plan, evaluations, StageCost(*seconds, *memory))
-
-
-def _validation_steps(config: SweepConfig) -> tuple[int, ...]:
-    """The step count after which each validation of a lane happens (the last: every step)."""
-    every, total = config.eval_every, config.steps
-    return tuple(min(k, total) for k in range(every, total + every, every))
 
 
 def _warned(history: History, note: str) -> History:

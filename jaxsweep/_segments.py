@@ -104,7 +104,8 @@ def make_chunk(train_step: Callable, chunk: int, always_full: bool = False) -> C
 # ----------------------------------------------------------------------------- on the host
 
 
-def _as64(tree):
+def as_float64(tree):
+    """Every array of ``tree`` as a float64 numpy array (the host's sums and means)."""
     return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
 
@@ -125,7 +126,7 @@ def merge(chunks: Sequence[ChunkStats]) -> dict[str, Any]:
         for c, k, s in zip(chunks, counts, sums, strict=True)
     )
     total = lambda field: jax.tree.map(
-        lambda *parts: sum(parts) / n, *[_as64(getattr(c, field)) for c in chunks]
+        lambda *parts: sum(parts) / n, *[as_float64(getattr(c, field)) for c in chunks]
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         stability = np.sqrt(np.maximum(m2, 0.0) / n) / (np.abs(mean) + 1e-12)

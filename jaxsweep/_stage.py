@@ -20,9 +20,8 @@ sweep runs::
     stage = StagePrograms(make_programs(...), split, jax.devices()[:1], budget)
     lanes = stage.start([1e-3, 1e-2], seed=0, seeds=1)
     stage.compile(lanes)
-    state = lanes.state
-    for segment in range(budget.validations):
-        state, host_metrics = stage.run_segment(lanes, state, segment)
+    for segment, state, host_metrics in stage.train(lanes, lanes.state):
+        ...  # after each validation: the state and the metrics on the host
 
 Randomness depends on (seed, seed index, epoch, step) only (:func:`seed_keys`,
 :func:`derive_rng_keys`): every stage and every rerun of a sweep sees the same initial
@@ -48,7 +47,7 @@ from ._data import Split
 from ._model import Start
 from ._sharding import LaneLayout
 from ._sources import SourceColumn, prefetch, read_batch
-from ._train import EpochMetrics, LaneState, Programs, packed_call, segment_metrics
+from ._train import EpochMetrics, LaneState, Packing, Programs, packed_call, segment_metrics
 
 # Initialisation runs once per sweep, for milliseconds, but its random-number code is long:
 # on CPU, skipping LLVM's optimisation passes compiles it ~3x faster (~2 s less per sweep).
@@ -70,8 +69,8 @@ class StageLanes(NamedTuple):
     inputs: LaneInputs  # placed like the state
     layout: LaneLayout  # real and padded lane counts, the mesh
     state: LaneState  # fresh: the seeds' parameters, a new optimizer state per lane
-    seed: int = 0  # the sweep's root seed
-    seeds: int = 1  # seeds per value (``inputs.seed_index`` counts them)
+    seed: int  # the sweep's root seed
+    seeds: int  # seeds per value (``inputs.seed_index`` counts them)
 
 
 class SeedStart(NamedTuple):
@@ -231,7 +230,8 @@ class StagePrograms:
         self._seed_starts: dict[tuple[int, int], SeedStart] = {}
         self._orders = jax.jit(programs.epoch_orders)  # a source's batch orders (host side)
         self._epoch_orders: dict[tuple[int, int, int], np.ndarray] = {}
-        self._compiled: dict[int, tuple[Any, Any]] = {}  # padded lanes -> (call, compiled)
+        # padded lanes -> (the compiled call, how its metrics are packed)
+        self._compiled: dict[int, tuple[_lanes.LaneCall, Packing]] = {}
         self._compiling: dict[int, tuple[threading.Thread, list]] = {}
         self._setup_started: float | None = None  # when the one-time work began
 
@@ -309,7 +309,8 @@ class StagePrograms:
         thread.start()
 
     def _compile_call(self, lane_args, shared):
-        """``(run, compiled, packing)``: the call for the sweep's lane strategy."""
+        """``(LaneCall, Packing)``: the call for the sweep's lane strategy, and how its metrics
+        come back."""
         lane_fn = (
             self._programs.lane_call if self.source is None else self._programs.lane_call_batches
         )
@@ -444,11 +445,6 @@ class StagePrograms:
         metrics = segment_metrics(list(stats), host.evaluation)
         stats.clear()
         return segment, state, metrics
-
-    def run_segment(self, lanes: StageLanes, state: LaneState, segment: int, on_steps=None):
-        """Trains and validates one segment: ``(state, metrics)`` (see :meth:`train`)."""
-        _, state, metrics = next(self.train(lanes, state, segment, segment + 1, on_steps))
-        return self.stacked(lanes, state), metrics
 
     def stacked(self, lanes: StageLanes, state):
         """The stacked lane state (leading lane axis) of a state :meth:`train` yielded."""

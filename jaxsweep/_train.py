@@ -29,7 +29,7 @@ from ._data import epoch_batches, take
 from ._losses import float32, split_loss
 from ._model import ModelFunctions, Start
 from ._optim import set_hyperparam
-from ._segments import ChunkStats, make_chunk, merge
+from ._segments import ChunkStats, as_float64, make_chunk, merge
 from ._validation import make_validate
 
 LossFn = Callable[[Any, Any], Any]
@@ -180,10 +180,6 @@ def _update_ratios(before, after) -> dict:
     return {k: _norm(change[k]) / (_norm(start[k]) + 1e-12) for k in change}
 
 
-def _as64(tree):
-    return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
-
-
 def segment_metrics(calls: list[ChunkStats], evaluation: Evaluation) -> EpochMetrics:
     """One segment's metrics (host arrays, ``(lanes,)``) from its calls' stats and the
     evaluation of its last call."""
@@ -198,9 +194,9 @@ def segment_metrics(calls: list[ChunkStats], evaluation: Evaluation) -> EpochMet
         stability=train["stability"],
         diverged=~(train["finite"] & np.isfinite(val_loss)),
         train_aux=train["train_aux"],
-        val_aux=_as64(evaluation.val_aux),
+        val_aux=as_float64(evaluation.val_aux),
         module_grad_norm=train["module_grad_norm"],
-        update_ratio=_as64(evaluation.update_ratio),
+        update_ratio=as_float64(evaluation.update_ratio),
     )
 
 
