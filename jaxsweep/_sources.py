@@ -234,6 +234,13 @@ def training_columns(source, part: str = "train") -> tuple[SourceColumn, SourceC
     if len(source) == 0:
         raise ValueError(f"data: {part} is empty (0 examples)")
     x, y = read_batch(source, range(min(SAMPLE, len(source))), part)
+    for name, column in (("x", x), ("y", y)):
+        if not isinstance(column, np.ndarray):  # a tuple or dict of inputs per example
+            raise TypeError(
+                f"data: the {part} source's {name} must be one array per example, got a "
+                f"{type(column).__name__}; tuple and dict inputs are supported as arrays "
+                f"(data=((x1, x2), y)), not yet from a source"
+            )
     return SourceColumn(source, 0, x), SourceColumn(source, 1, y)
 
 

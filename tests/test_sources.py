@@ -8,7 +8,7 @@ import pytest
 from conftest import SMALL, make_classification, two_rate_sweep
 
 import jaxsweep
-from jaxsweep import _sources
+from jaxsweep import _sources, _train
 
 
 class Squares:
@@ -231,3 +231,19 @@ def test_checkpoints_of_a_source_sweep_are_fingerprinted_without_reading_it(spli
         _sweep(
             {"train": Pairs(x[:-32], y[:-32]), "val": val}, checkpoint_dir=str(tmp_path / "ckpt")
         )
+
+
+class TwoInputs:
+    """Items ``((a, b), label)``: several inputs per example, read from a source."""
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        return (np.full(4, i, np.float32), np.ones(2, np.float32)), i % 3
+
+
+def test_several_inputs_from_a_source_are_refused_before_anything_compiles(monkeypatch):
+    monkeypatch.setattr(_train, "make_programs", lambda *a, **k: pytest.fail("compiled"))
+    with pytest.raises(TypeError, match="train source's x must be one array per example"):
+        _sweep({"train": TwoInputs(), "val": TwoInputs()})
