@@ -28,6 +28,8 @@ def machine() -> dict[str, Any]:
     """The backend, device, CPU model, core count and library versions, with the date."""
     info = describe(jax.local_devices()[:1])
     info["cpu"] = cpu_model()
+    # jaxsweep.use_cpu_cores() splits the CPU: the engine's lanes spread over these devices
+    info["cpu_devices"] = len(jax.local_devices(backend="cpu"))
     info["date_utc"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     try:
         import optuna
@@ -138,7 +140,7 @@ def render_markdown(run: Mapping[str, Any]) -> str:
         "",
         f"- date: {info['date_utc']}; mode: {run['mode']}",
         f"- machine: {info['cpu']}, {info['cpu_count']} cores; backend {info['backend']} "
-        f"({info['device_kind']})",
+        f"({info['device_kind']}); {info.get('cpu_devices', 1)} CPU device(s)",
         f"- versions: {versions}",
         "- every time is a median over repeated runs; ratios come from runs interleaved in one "
         "process",

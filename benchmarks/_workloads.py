@@ -145,12 +145,20 @@ class EngineStage:
     full compile cost (as a new ``jaxsweep.run`` does); later calls reuse the compiled programs.
     """
 
-    def __init__(self, workload: Workload, lanes: str = "auto", diagnostics: bool = True):
+    def __init__(
+        self,
+        workload: Workload,
+        lanes: str = "auto",
+        diagnostics: bool = True,
+        devices: Sequence[jax.Device] | None = None,
+    ):
+        """``devices``: where the lanes are spread (None: the first device, one)."""
         self.workload = workload
+        arguments = {**_run_arguments(workload), "lanes": lanes, "diagnostics": diagnostics}
+        if devices is not None:
+            arguments["devices"] = list(devices)
         checked = setup(
-            workload.model_fn,
-            {"train": workload.split[:2], "val": workload.split[2:]},
-            **{**_run_arguments(workload), "lanes": lanes, "diagnostics": diagnostics},
+            workload.model_fn, {"train": workload.split[:2], "val": workload.split[2:]}, **arguments
         )
         self.stage = build_stage_programs(checked)
         self.data = self.stage.data

@@ -65,7 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="lane counts for cost_growth, e.g. 1,2,5,10,20,50,100 on a GPU",
     )
+    parser.add_argument(
+        "--cpu-devices",
+        default="cores",
+        help="CPU devices: 'cores' (jaxsweep.use_cpu_cores(), as the jaxsweep command does; "
+        "the sweep's lanes train in parallel) or a count (1: JAX's default)",
+    )
     return parser
+
+
+def _split_cpu(cpu_devices: str) -> None:
+    """Makes the CPU devices before JAX starts; a process that already computed keeps its own."""
+    from jaxsweep._cores import try_use_cpu_cores, use_cpu_cores
+
+    if cpu_devices == "cores":
+        try_use_cpu_cores()
+    elif cpu_devices.isdigit():
+        use_cpu_cores(int(cpu_devices))
+    else:
+        raise SystemExit(f"--cpu-devices: expected 'cores' or a count, got {cpu_devices!r}")
 
 
 def _run_one(name: str, mode: str, overrides: dict) -> dict:
@@ -91,6 +109,7 @@ def main(argv=None) -> int:
     if unknown:
         print(f"--only: unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
         return 2
+    _split_cpu(args.cpu_devices)
     mode = "quick" if args.quick else "gpu" if args.gpu else "dry" if args.dry else "full"
     # a timed sweep compiles, as a first one does; nothing is written into the user's cache
     os.environ.setdefault("JAXSWEEP_CACHE_DIR", "off")

@@ -38,6 +38,9 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny configuration (smoke test)")
     parser.add_argument("--out", help="folder for result.json, figures and report (optional)")
     args = parser.parse_args(argv)
+    # before any JAX computation: on a CPU one device per core, so the lanes train in
+    # parallel (on a GPU or TPU nothing changes)
+    jaxsweep.use_cpu_cores()
 
     x, y = load_digits()  # (1797, 64) pixels in [0, 1], integer labels 0..9
     if args.quick:

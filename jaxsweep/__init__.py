@@ -18,6 +18,7 @@ from .report import report as report
 if TYPE_CHECKING:
     from ._checkpoint import CheckpointWarning as CheckpointWarning
     from ._checkpoint import ConfigurationMismatchError as ConfigurationMismatchError
+    from ._cores import use_cpu_cores as use_cpu_cores
     from ._hosts import ProcessLostError as ProcessLostError
     from ._hosts import ProcessMismatchError as ProcessMismatchError
     from ._run import run as run
@@ -34,6 +35,7 @@ _FROM_JAX_MODULES = {
     "run": "._run",
     "is_writer": "._sharding",
     "columns": "._sources",
+    "use_cpu_cores": "._cores",
 }
 
 
@@ -69,4 +71,5 @@ __all__ = [
     "plot",
     "report",
     "run",
+    "use_cpu_cores",
 ]

@@ -310,8 +310,16 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
+# the commands that train: they own their process, so its CPU becomes one device per core
+_TRAINING_COMMANDS = ("demo", "run")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in _TRAINING_COMMANDS:
+        from ._cores import try_use_cpu_cores
+
+        try_use_cpu_cores()  # lanes in parallel on a CPU; JAX_NUM_CPU_DEVICES=1 keeps one
     with warnings.catch_warnings():  # restores the caller's warning display afterwards
         warnings.showwarning = _one_line_warning
         try:
