@@ -177,6 +177,11 @@ def _cpu_devices() -> str:
     return str(len(jax.local_devices(backend="cpu")))
 
 
+def _devices() -> str:
+    devices = jax.local_devices()
+    return f"{len(devices)} {devices[0].platform.upper()} device(s)"
+
+
 def _root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -443,9 +448,10 @@ def _record(results: Mapping, settings: Mapping, load_start, started: float) -> 
         "validation loss to vmap's is in the last column (float32 summation order).",
         "Diagnostics overhead: the same stage with run(diagnostics=False): no per-step "
         "gradient norms, no per-segment update ratios.",
-        f"Devices: jaxsweep spreads its lanes over the process's {_cpu_devices()} CPU "
-        "device(s) (jaxsweep.use_cpu_cores(), as the jaxsweep command does), except 'separate', "
-        "which runs on one; (a) and (b) run on the first device, as a plain JAX program does.",
+        f"Devices: jaxsweep spreads its lanes over the process's {_devices()} (on a CPU, "
+        "one per core: jaxsweep.use_cpu_cores(), as the jaxsweep command does), except "
+        "'separate', which runs on one; (a) and (b) run on the first device, as a plain JAX "
+        "program does.",
     ]
     return c.benchmark_record(
         NAME,
