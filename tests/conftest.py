@@ -113,3 +113,11 @@ def two_rate_sweep(data, **kwargs):
         return jaxsweep.run(
             lambda: TinyMLP(), data, stages=1, points_per_stage=2, lr_range=(1e-3, 3e-2), **kwargs
         )
+
+
+def comparable(result: dict) -> dict:
+    """A saved result without what legitimately differs between runs: timings, memory, machine."""
+    timing = {"seconds", "seconds_per_epoch", "compile_seconds", "memory_bytes", "memory_source"}
+    kept = {k: v for k, v in result.items() if k not in {"environment", "setup_seconds", "seconds"}}
+    kept["stages"] = [{k: v for k, v in s.items() if k not in timing} for s in result["stages"]]
+    return kept

@@ -14,7 +14,7 @@ import sys
 import chex
 import pytest
 from checkpoint_sweep import sweep
-from conftest import TinyMLP, make_classification
+from conftest import TinyMLP, comparable, make_classification
 
 import jaxsweep
 from jaxsweep import _checkpoint
@@ -25,14 +25,6 @@ EPOCHS_IN_FULL_RUN = 3 * 2  # 3 stages of 2 epochs
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def comparable(result: dict) -> dict:
-    """A result without what legitimately differs between runs: timings, memory, machine."""
-    timing = {"seconds", "seconds_per_epoch", "compile_seconds", "memory_bytes", "memory_source"}
-    kept = {k: v for k, v in result.items() if k not in ("environment", "setup_seconds")}
-    kept["stages"] = [{k: v for k, v in s.items() if k not in timing} for s in result["stages"]]
-    return kept
 
 
 def steps_on_disk(directory) -> list[int]:

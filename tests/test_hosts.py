@@ -23,6 +23,7 @@ import warnings
 import jax
 import numpy as np
 import pytest
+from conftest import comparable
 from hosts_sweep import hosts_sweep
 
 import jaxsweep
@@ -213,14 +214,6 @@ def steps_on_disk(directory) -> list[int]:
 
 def leftovers(directory) -> list[str]:
     return [name for name in os.listdir(directory) if "tmp" in name]
-
-
-def comparable(result: dict) -> dict:
-    """A result without what legitimately differs between runs: timings, memory, machine."""
-    timing = {"seconds", "seconds_per_epoch", "compile_seconds", "memory_bytes", "memory_source"}
-    kept = {k: v for k, v in result.items() if k not in {"environment", "setup_seconds", "seconds"}}
-    kept["stages"] = [{k: v for k, v in s.items() if k not in timing} for s in result["stages"]]
-    return kept
 
 
 def trained(result: dict) -> int:
