@@ -17,10 +17,14 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 
+from jaxsweep._cores import configured_cpu_devices  # noqa: E402
+
 # One CPU device in this process, whichever test runs first: the jaxsweep command splits an
 # unconfigured CPU into one device per core (tests/test_cores.py checks it in new processes).
-# Set here, not in the environment, which subprocesses with their own device counts inherit.
-jax.config.update("jax_num_cpu_devices", 1)
+# Set here, not in the environment, which subprocesses with their own device counts inherit;
+# a helper script that imports this file keeps the count its test gave it (XLA_FLAGS).
+if configured_cpu_devices() is None:
+    jax.config.update("jax_num_cpu_devices", 1)
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import pytest  # noqa: E402
