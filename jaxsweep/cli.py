@@ -4,7 +4,9 @@
 figures; ``jaxsweep run FILE.py:FACTORY --data FILE.npz`` does the same for your own model
 and data; ``jaxsweep report DIR`` rebuilds report and figures from ``DIR/result.json`` alone;
 ``jaxsweep show DIR`` prints the per-stage table and the best value. Warnings print as one
-line each (``warning: ...``), without Python's source location.
+line each (``warning: ...``), without Python's source location. On a CPU, ``demo`` and
+``run`` train a stage's lanes in parallel, one JAX device per core
+(``jaxsweep.use_cpu_cores``; ``JAX_NUM_CPU_DEVICES=1`` keeps one device).
 """
 
 from __future__ import annotations
