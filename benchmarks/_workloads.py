@@ -118,18 +118,19 @@ class Workload(NamedTuple):
         return len(self.split.x_train)
 
 
-def lane_keys(workload: Workload, lrs: Sequence[float]):
-    """Per-rate (rates, init keys, data keys) exactly as ``jaxsweep.run`` derives them.
+def lane_keys(workload: Workload, lrs: Sequence[float], seeds: int = 1):
+    """Per-lane (rates, init keys, data keys) exactly as ``jaxsweep.run`` derives them: one
+    lane per (rate, seed), value-major.
 
     Made once per set of rates and kept (a few eager JAX calls, milliseconds): no method's
     timing includes them, as a careful user makes them once too.
     """
-    return _lane_keys(workload.seed, tuple(float(lr) for lr in lrs))
+    return _lane_keys(workload.seed, tuple(float(lr) for lr in lrs), seeds)
 
 
 @functools.lru_cache(maxsize=256)
-def _lane_keys(seed: int, lrs: tuple[float, ...]):
-    lanes = lane_inputs(lrs, seed, seeds=1)
+def _lane_keys(seed: int, lrs: tuple[float, ...], seeds: int):
+    lanes = lane_inputs(lrs, seed, seeds)
     return lanes.values, lanes.init_keys, lanes.data_keys
 
 
@@ -163,8 +164,8 @@ class EngineStage:
         self.stage = build_stage_programs(checked)
         self.data = self.stage.data
 
-    def _start(self, lrs: Sequence[float], seed: int):
-        lanes = self.stage.start(lrs, seed=seed, seeds=1)
+    def _start(self, lrs: Sequence[float], seed: int, seeds: int = 1):
+        lanes = self.stage.start(lrs, seed=seed, seeds=seeds)
         self.stage.compile(lanes)
         return lanes
 
@@ -172,12 +173,13 @@ class EngineStage:
         """Compiles the lane-start and epoch programs for ``lanes`` lanes; returns the epoch one."""
         return self.stage.compiled_call(self._start([1e-3] * lanes, self.workload.seed))
 
-    def run(self, lrs: Sequence[float], seed: int | None = None) -> np.ndarray:
-        """Trains every rate as one stage; the validation loss per (rate, epoch).
+    def run(self, lrs: Sequence[float], seed: int | None = None, seeds: int = 1) -> np.ndarray:
+        """Trains every rate (``seeds`` seeds each) as one stage; the validation loss per
+        (lane, epoch), lanes value-major.
 
         ``seed`` replaces the workload's seed for the init and batch order (same split).
         """
-        lanes = self._start(lrs, self.workload.seed if seed is None else seed)
+        lanes = self._start(lrs, self.workload.seed if seed is None else seed, seeds)
         # as the sweep trains a stage: every call's metrics fetched, one call in flight
         val_losses = [metrics.val_loss for _, _, metrics in self.stage.train(lanes, lanes.state)]
         return np.stack(val_losses, axis=1)
@@ -289,11 +291,12 @@ class Sequential:
         self._train = jax.jit(make_train_one(workload))
         self.data = to_device(workload.split)
 
-    def run(self, lrs: Sequence[float]) -> np.ndarray:
-        values, init_keys, data_keys = lane_keys(self.workload, lrs)
+    def run(self, lrs: Sequence[float], seeds: int = 1) -> np.ndarray:
+        """One call per (rate, seed), value-major, as the sweep's lanes."""
+        values, init_keys, data_keys = lane_keys(self.workload, lrs, seeds)
         results = [
             self._train(values[i], init_keys[i], data_keys[i], *self.data)[1]
-            for i in range(len(lrs))
+            for i in range(len(values))
         ]
         return np.stack(jax.device_get(results))
 

@@ -15,6 +15,8 @@ For each model (the small MLP, the wide MLP, the small CNN of benchmark 1):
   runs of (a); what ``lanes="auto"`` picks. Every strategy trains the same numbers.
 * **Diagnostics**: the sweep's stage against the same stage whose step computes no gradient
   norms and no update ratios.
+* **The default seeds**: one stage of 5 rates with ``run``'s default 3 seeds each (15 lanes)
+  against (a) trained on the same 15 (rate, seed) pairs.
 
 The engine's stages use the sweep's devices: every CPU device of the process (``run_all``
 splits the CPU into one device per core first, as the ``jaxsweep`` command does); the
@@ -64,6 +66,7 @@ FULL = dict(
     sweep_repeats=2,
     usual_rates=5,
     strategies=("vmap", "map", "chunks:2", "separate"),
+    seeds=3,  # the default sweep's seeds per rate, for its one-stage comparison
     rerun=True,
     limit=None,
 )
@@ -85,6 +88,7 @@ SETTINGS = {
         sweep_repeats=1,
         usual_rates=1,
         strategies=("vmap", "separate"),
+        seeds=2,
         limit=240,
     ),
 }
@@ -259,6 +263,19 @@ def measure_model(name: str, model_fn: Callable, settings: Mapping, mode: str) -
         s: float(np.nanmax(np.abs(v - reference) / np.abs(reference))) for s, v in losses.items()
     }
 
+    # the default sweep's stage: every rate with its seeds (15 lanes; a new lane count, so
+    # compiled first), against (a) on the same (rate, seed) pairs
+    seeds = settings["seeds"]
+    engine_losses, sequential_losses = stage.run(first, seeds=seeds), sequential.run(first, seeds)
+    seed_difference = float(np.max(np.abs(engine_losses - sequential_losses) / sequential_losses))
+    with_seeds = c.interleaved(
+        {
+            "jaxsweep stage": lambda: stage.run(first, seeds=seeds),
+            "(a)": lambda: sequential.run(first, seeds),
+        },
+        settings["repeats"],
+    )
+
     # diagnostics: the same stage (the sweep's strategy) with and without them
     bare = _compiled_stage(workload, auto, first, diagnostics=False)
     diagnostics = c.interleaved(
@@ -277,6 +294,8 @@ def measure_model(name: str, model_fn: Callable, settings: Mapping, mode: str) -
             "strategies": {k: c.summary(v) for k, v in strategies.items()},
             "strategy_max_relative_difference_to_vmap": agreement,
             "diagnostics": {k: c.summary(v) for k, v in diagnostics.items()},
+            "default_seeds": {k: c.summary(v) for k, v in with_seeds.items()},
+            "default_seeds_max_relative_difference_to_a": seed_difference,
         }
     )
     if settings["rerun"]:
@@ -316,7 +335,7 @@ def run(
 def _record(results: Mapping, settings: Mapping, load_start, started: float) -> dict:
     """The benchmark record (tables, notes, every sample) of the models measured so far."""
 
-    sweep_rows, fixed_rows, cache_rows, lane_rows, diag_rows = [], [], [], [], []
+    sweep_rows, fixed_rows, cache_rows, lane_rows, diag_rows, seed_rows = [], [], [], [], [], []
     for name, r in results.items():
         w = {k: _median(v) for k, v in r["with_compile"].items()}
         s = {k: _median(v) for k, v in r["steady"].items()}
@@ -373,6 +392,17 @@ def _record(results: Mapping, settings: Mapping, load_start, started: float) -> 
         )
         d = {k: _median(v) for k, v in r["diagnostics"].items()}
         diag_rows.append([name, d["with"], d["without"], 100 * (d["with"] / d["without"] - 1)])
+        if "default_seeds" in r:
+            t = {k: _median(v) for k, v in r["default_seeds"].items()}
+            seed_rows.append(
+                [
+                    name,
+                    r["strategy_auto"],
+                    t["jaxsweep stage"],
+                    t["(a)"],
+                    c.ratio(t["(a)"], t["jaxsweep stage"]),
+                ]
+            )
 
     epochs, points, stages = settings["epochs"], settings["points"], settings["stages"]
     tables = [
@@ -434,6 +464,12 @@ def _record(results: Mapping, settings: Mapping, load_start, started: float) -> 
             "Diagnostics (gradient norms per module, update ratios): one stage, steady, seconds",
             ["model", "with", "without", "overhead %"],
             diag_rows,
+        ),
+        c.table(
+            f"The default seeds: one stage of {points} rates x {settings['seeds']} seeds, "
+            "steady, seconds",
+            ["model", "lanes (auto)", "jaxsweep stage", "(a) on the same lanes", "(a) / stage"],
+            seed_rows,
         ),
     ]
     notes = [

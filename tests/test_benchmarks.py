@@ -187,6 +187,9 @@ def test_engine_costs_structure_and_same_work():
     warm = model["warm_cache"]["warm"]
     assert warm["cache_hits"] == warm["programs"] == 3
     assert set(model["diagnostics"]) == {"with", "without"}
+    # the default-seeds stage and (a) train the same (rate, seed) lanes
+    assert set(model["default_seeds"]) == {"jaxsweep stage", "(a)"}
+    assert model["default_seeds_max_relative_difference_to_a"] < 1e-3
 
 
 def test_gpu_script_dry_mode_writes_its_results(tmp_path):
