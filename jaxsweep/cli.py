@@ -194,7 +194,11 @@ def _best_lines(result: SweepResult, with_best: bool = False) -> str:
     ]
     if with_best:
         score = "diverged" if math.isinf(result.best_score) else f"{result.best_score:.4f}"
-        device = result.environment.get("device_kind", "?")
+        kind, count = (
+            result.environment.get("device_kind", "?"),
+            result.environment.get("device_count", 1),
+        )
+        device = kind if count == 1 else f"{count} {kind} devices"
         lines[:0] = [
             f"best {result.value_name}: [bold]{result.best_value:.4g}[/bold] "
             f"({metric_name(result.metric)} {score}), stop reason: {result.stop_reason}",

@@ -275,6 +275,14 @@ def test_cli_show_prints_the_stage_table_and_best_rate(out, capsys):
     assert f"{best:.4g}" in printed and "stage" in printed and "95% interval" in printed
 
 
+def test_cli_show_names_the_device_count_of_a_sweep_on_several(out, tmp_path, capsys):
+    saved = json.loads((out / "result.json").read_text())
+    saved["environment"]["device_count"] = 2  # as a sweep over a CPU split in two saves it
+    (tmp_path / "result.json").write_text(json.dumps(saved))
+    assert cli.main(["show", str(tmp_path)]) == 0
+    assert " s on 2 cpu devices (" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("case", ["missing", "malformed", "not_a_result", "unwritable"])
 def test_cli_errors_are_one_line_and_a_nonzero_exit(case, out, tmp_path, capsys):
     folder = tmp_path / "run"
