@@ -246,7 +246,13 @@ def _separate_call(lane_fn: Callable, lane_args: tuple, shared: tuple) -> LaneCa
     unstack_compiled = jax.jit(unstack).lower(lane_args).compile()
     one = jax.eval_shape(unstack, lane_args)[0]
     one_compiled = jax.jit(one_lane).lower(one, *shared).compile()
-    _, metrics_shape = jax.eval_shape(one_lane, one, *shared)
+    # the metrics where the one-lane program leaves them (the sweep's device, which need
+    # not be the default one)
+    metrics_shape = jax.tree.map(
+        lambda a, sharding: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+        jax.eval_shape(one_lane, one, *shared)[1],
+        one_compiled.output_shardings[1],
+    )
     stack_metrics = jax.jit(stack).lower((metrics_shape,) * lanes).compile()
     stack_state = jax.jit(stack)  # compiled on first use: only a checkpoint save needs it
     split_inputs: dict = {}  # the stage's (constant) lane inputs, split once

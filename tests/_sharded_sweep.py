@@ -6,6 +6,7 @@ their own. Every process saves what it computed as ``process-<index>.json`` for 
 compare; only the writer (process 0) saves ``result.json``, as the CLI does.
 
   python tests/_sharded_sweep.py OUT                       # every local device
+  python tests/_sharded_sweep.py OUT --separate-on-last    # and "separate" on the last one
   python tests/_sharded_sweep.py OUT --coordinator 127.0.0.1:PORT --process-id I --processes N
 """
 
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--process-id", type=int, default=0)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--lanes", default="auto")
+    # also sweep on the last device alone with one-lane calls: separate-last.json
+    parser.add_argument("--separate-on-last", action="store_true")
     args = parser.parse_args()
 
     import jax
@@ -103,6 +106,8 @@ def main() -> None:
     (args.out / f"process-{jax.process_index()}.json").write_text(json.dumps(report))
     if _sharding.is_writer():
         result.save(args.out / "result.json")
+    if args.separate_on_last:
+        tiny_sweep(jax.local_devices()[-1:], "separate").save(args.out / "separate-last.json")
 
 
 if __name__ == "__main__":

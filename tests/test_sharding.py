@@ -144,7 +144,7 @@ def runs(tmp_path_factory):
     """One sweep three ways: 1 device here, 4 devices in one process, 2 processes x 2 devices."""
     root = tmp_path_factory.mktemp("sharded")
     coordinator = f"127.0.0.1:{_free_port()}"
-    processes = [_start(root / "four", 4)]
+    processes = [_start(root / "four", 4, "--separate-on-last")]
     processes += [
         _start(
             root / "hosts",
@@ -204,6 +204,15 @@ def test_four_devices_give_the_one_device_result(runs):
     result = jaxsweep.load(root / "four" / "result.json")
     assert result.environment["device_count"] == 4
     assert len(result.evaluations) == 2 * 3  # padded lanes are never reported
+    _assert_same_sweep(result, reference)
+
+
+@pytest.mark.slow
+def test_one_lane_calls_run_on_a_device_other_than_the_first(runs):
+    reference, root = runs
+    result = jaxsweep.load(root / "four" / "separate-last.json")
+    assert result.environment["lanes"]["strategy"] == "separate"
+    assert result.environment["device_count"] == 1
     _assert_same_sweep(result, reference)
 
 
