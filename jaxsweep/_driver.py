@@ -82,7 +82,11 @@ def build_stage_programs(setup: Setup) -> StagePrograms:
         diagnostics=config.diagnostics,
     )
     strategy, reason = _lanes.choose(
-        setup.lanes, jax.default_backend(), len(setup.devices), _model_traits(setup)
+        setup.lanes,
+        jax.default_backend(),
+        len(setup.devices),
+        _model_traits(setup),
+        processes=len({device.process_index for device in setup.devices}),
     )
     # host arrays, placed once
     return StagePrograms(

@@ -12,7 +12,8 @@ A lane is one (value, seed) pair; every lane runs the same one-lane call
 * ``"separate"``: one compiled one-lane program, called once per lane. Batched weights turn
   convolutions into grouped convolutions and matrix products into batched ones, which XLA's
   CPU backend runs slower than the separate ones; this keeps every lane's program exactly a
-  single run's. It runs on one device.
+  single run's. On several devices of one process each device calls its own copy for the
+  lanes it holds, side by side with the others, and skips the padding.
 * ``"auto"``: :func:`choose` picks by backend and model (see there); ``result.environment``
   records the choice and why.
 
@@ -26,11 +27,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
+from jax.sharding import SingleDeviceSharding
 
 from . import _sharding
 
@@ -79,14 +83,18 @@ def parse(lanes) -> Strategy | None:
     )
 
 
-def check(strategy: Strategy | None, device_count: int) -> None:
+def check(strategy: Strategy | None, devices) -> None:
     """Refuses a forced strategy the devices cannot run, before anything compiles."""
-    if strategy is not None and strategy.kind == "separate" and device_count > 1:
+    if strategy is not None and strategy.kind == "separate" and _spans_processes(devices):
         raise ValueError(
-            f"lanes: 'separate' runs one lane per call on one device, but the sweep has "
-            f"{device_count} devices; pass lanes='vmap', 'map' or 'chunks:N' (they split the "
-            "lanes over the devices) or devices=jax.devices()[:1]"
+            "lanes: 'separate' calls a one-lane program on each of this process's devices, "
+            "but the sweep's devices belong to several processes; pass lanes='vmap', 'map' or "
+            "'chunks:N' (they run one program over every process's devices)"
         )
+
+
+def _spans_processes(devices) -> bool:
+    return len({device.process_index for device in devices}) > 1
 
 
 class ModelTraits(NamedTuple):
@@ -122,15 +130,21 @@ def _inner_jaxprs(params: dict):
 
 
 def choose(
-    forced: Strategy | None, backend: str, device_count: int, traits: ModelTraits
+    forced: Strategy | None,
+    backend: str,
+    device_count: int,
+    traits: ModelTraits,
+    processes: int = 1,
 ) -> tuple[Strategy, str]:
     """The strategy to run and the reason, for ``result.environment["lanes"]``.
 
-    The rule ("auto"), from measurements of the benchmarks (``benchmarks/lane_strategies.py``):
+    The rule ("auto"), from measurements of the benchmarks (``benchmarks/engine_costs.py``):
     on accelerators ``vmap`` (one small model leaves most of the chip idle, so lanes run side by
-    side); on a CPU with one device, ``separate`` for models with convolutions or more than
-    :data:`CPU_VMAP_MAX_PARAMS` parameters, else ``vmap``; with several CPU devices ``map``
-    replaces ``separate`` (it splits the lanes over the devices).
+    side); on a CPU, ``separate`` for models with convolutions or more than
+    :data:`CPU_VMAP_MAX_PARAMS` parameters, else ``vmap``. With several CPU devices
+    ``separate`` trains each device's lanes with its own calls, and a device without lanes
+    left lends its core to the others (5 lanes on 2 devices: 3 + 2); ``map`` replaces it when
+    the devices belong to several ``processes`` (``separate`` calls this process's devices).
     """
     if forced is not None:
         return forced, "forced by lanes="
@@ -140,8 +154,10 @@ def choose(
     if not large:
         return Strategy("vmap"), f"cpu, {traits.params} parameters, no convolution"
     why = "convolutions" if traits.convolutions else f"{traits.params} parameters"
+    if processes > 1:
+        return Strategy("map"), f"cpu, {why}, {processes} processes"
     if device_count > 1:
-        return Strategy("map"), f"cpu, {why}, {device_count} devices"
+        return Strategy("separate"), f"cpu, {why}, {device_count} devices"
     return Strategy("separate"), f"cpu, {why}"
 
 
@@ -197,7 +213,12 @@ class LaneCall(NamedTuple):
 
 
 def compile_call(
-    lane_fn: Callable, strategy: Strategy, mesh, lane_args: tuple, shared: tuple
+    lane_fn: Callable,
+    strategy: Strategy,
+    mesh,
+    lane_args: tuple,
+    shared: tuple,
+    real_lanes: int | None = None,
 ) -> LaneCall:
     """Compiles a stage's call of ``lane_fn`` for ``strategy``; nothing runs.
 
@@ -206,13 +227,15 @@ def compile_call(
       strategy: how the lanes execute.
       mesh: the lane mesh; the lane axis of every ``lane_args`` entry is split over it.
       lane_args, shared: arrays or shapes (``jax.ShapeDtypeStruct`` with shardings).
+      real_lanes: how many of the lanes are real (the rest pad them to a multiple of the
+        device count): ``separate`` does not train the padding; None: every lane is real.
 
     Returns:
       A :class:`LaneCall`: ``run(*lane_args, *shared)`` returns the new lane state and the
       metrics stacked over the lanes.
     """
     if strategy.kind == "separate":
-        return _separate_call(lane_fn, lane_args, shared)
+        return _separate_call(lane_fn, mesh, lane_args, shared, real_lanes)
     fn = _over_devices(
         _batched(lane_fn, strategy, len(lane_args), len(shared)),
         mesh,
@@ -224,18 +247,42 @@ def compile_call(
     return LaneCall(compiled, compiled, lambda state: state)
 
 
-def _separate_call(lane_fn: Callable, lane_args: tuple, shared: tuple) -> LaneCall:
-    """The "separate" strategy: one compiled one-lane program, called once per lane.
+def _on(array, device):
+    """``array``'s copy on ``device`` (a host value as it is: placed when called)."""
+    if not isinstance(array, jax.Array):
+        return array
+    return next(shard.data for shard in array.addressable_shards if shard.device == device)
 
-    The first call of a stage splits the stacked lane arguments into lanes with one program;
-    from then on the state stays apart (:class:`Apart`) from call to call, and only the
-    metrics are stacked (one small program, one fetch). Splitting and restacking a wide
-    model's state at every call cost 6% of its stage on a 2-core CPU.
+
+def _one_device_shape(shape, device):
+    """A lowering shape of one lane's (or a shared) argument, placed on ``device``."""
+    if getattr(shape, "sharding", None) is None:  # a host scalar
+        return shape
+    return jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=SingleDeviceSharding(device))
+
+
+def _separate_call(
+    lane_fn: Callable, mesh, lane_args: tuple, shared: tuple, real_lanes: int | None
+) -> LaneCall:
+    """The "separate" strategy: a compiled one-lane program per device, called once per lane.
+
+    Each device trains the lanes it holds, one call after another, while the other devices
+    train theirs; copies that only pad the lanes to a multiple of the device count are not
+    trained, so a device left without work lends its core to the others' operations (5 lanes
+    on 2 CPU devices: 3 + 2 calls, the last one alone on both cores). The first call of a
+    stage splits the stacked lane arguments into lanes on their devices; from then on the
+    state stays apart (:class:`Apart`) from call to call, and only the metrics are stacked
+    (one small program per device, one fetch). Splitting and restacking a wide model's state
+    at every call cost 6% of its stage on a 2-core CPU.
     """
-    lanes = jax.tree.leaves(lane_args)[0].shape[0]
+    devices = list(mesh.devices.flat)
+    padded = jax.tree.leaves(lane_args)[0].shape[0]
+    per_device = padded // len(devices)
+    real = padded if real_lanes is None else real_lanes
+    sharding = _sharding.lane_sharding(mesh)
 
     def unstack(tree):
-        return tuple(jax.tree.map(lambda a, i=i: a[i], tree) for i in range(lanes))
+        return tuple(jax.tree.map(lambda a, i=i: a[i], tree) for i in range(per_device))
 
     def stack(lane_trees):
         return jax.tree.map(lambda *a: jnp.stack(a), *lane_trees)
@@ -243,36 +290,65 @@ def _separate_call(lane_fn: Callable, lane_args: tuple, shared: tuple) -> LaneCa
     def one_lane(per_lane, *shared):
         return lane_fn(*per_lane, *shared)
 
-    unstack_compiled = jax.jit(unstack).lower(lane_args).compile()
-    one = jax.eval_shape(unstack, lane_args)[0]
-    one_compiled = jax.jit(one_lane).lower(one, *shared).compile()
-    # the metrics where the one-lane program leaves them (the sweep's device, which need
-    # not be the default one)
-    metrics_shape = jax.tree.map(
-        lambda a, sharding: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-        jax.eval_shape(one_lane, one, *shared)[1],
-        one_compiled.output_shardings[1],
-    )
-    stack_metrics = jax.jit(stack).lower((metrics_shape,) * lanes).compile()
-    stack_state = jax.jit(stack)  # compiled on first use: only a checkpoint save needs it
+    split, restack = jax.jit(unstack), jax.jit(stack)  # compiled once per device, when used
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), lane_args)
+    _, metrics_shape = jax.eval_shape(one_lane, one, *shared)
+    padding = np.zeros(metrics_shape.shape, metrics_shape.dtype)  # an untrained lane's
+    no_metrics = {d: jax.device_put(padding, d) for d in devices}
+
+    def compile_for(device):
+        placed = SingleDeviceSharding(device)
+        lane = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=placed), one)
+        common = jax.tree.map(lambda a: _one_device_shape(a, device), shared)
+        return jax.jit(one_lane).lower(lane, *common).compile()
+
+    with ThreadPoolExecutor(len(devices)) as pool:  # XLA compiles without Python's lock
+        programs = list(pool.map(compile_for, devices))
     split_inputs: dict = {}  # the stage's (constant) lane inputs, split once
+
+    def lanes_of(position: int) -> range:
+        return range(position * per_device, (position + 1) * per_device)
+
+    def apart(stacked_args):
+        """The stacked lane arguments as one tree per lane, each on its device."""
+        lanes = []
+        for device in devices:
+            lanes += split(jax.tree.map(lambda a, d=device: _on(a, d), stacked_args))
+        return tuple(Apart(column) for column in zip(*lanes, strict=True))
+
+    def together(per_lane):
+        """Per-lane trees (lane ``i`` on its device) -> one array per leaf over the mesh."""
+        parts = [restack(tuple(per_lane[i] for i in lanes_of(p))) for p in range(len(devices))]
+        return jax.tree.map(
+            lambda *shards: jax.make_array_from_single_device_arrays(
+                (padded, *shards[0].shape[1:]), sharding, list(shards)
+            ),
+            *parts,
+        )
 
     def run(state, before, lane_input, *shared_now):
         if not isinstance(state, Apart):  # a stage's first call: every lane argument split
-            parts = unstack_compiled((state, before, lane_input))
-            state, before, inputs = (Apart(column) for column in zip(*parts, strict=True))
+            state, before, inputs = apart((state, before, lane_input))
             split_inputs["last"] = (lane_input, inputs)
         else:
             given, inputs = split_inputs["last"]
             if given is not lane_input:  # never in a sweep: one stage's inputs per state
                 raise ValueError("a state held apart continues with its own stage's inputs")
-        results = [
-            one_compiled((s, b, i), *shared_now)
-            for s, b, i in zip(state, before, inputs, strict=True)
+        shared_on = [tuple(_on(a, d) for a in shared_now) for d in devices]
+        results: list = [None] * padded
+        for step in range(per_device):  # every device gets its next lane before any waits
+            for position, program in enumerate(programs):
+                i = position * per_device + step
+                if i < real:
+                    results[i] = program((state[i], before[i], inputs[i]), *shared_on[position])
+        new_state = Apart(state[i] if r is None else r[0] for i, r in enumerate(results))
+        metrics = [
+            no_metrics[devices[i // per_device]] if r is None else r[1]
+            for i, r in enumerate(results)
         ]
-        return Apart(r[0] for r in results), stack_metrics(tuple(r[1] for r in results))
+        return new_state, together(metrics)
 
     def stacked(state):
-        return stack_state(tuple(state)) if isinstance(state, Apart) else state
+        return together(tuple(state)) if isinstance(state, Apart) else state
 
-    return LaneCall(run, one_compiled, stacked)
+    return LaneCall(run, programs[0], stacked)

@@ -107,7 +107,7 @@ def setup(
     )
     devices = tuple(_sharding.resolve_devices(devices))
     strategy = _lanes.parse(lanes)
-    _lanes.check(strategy, len(devices))
+    _lanes.check(strategy, devices)
     _cache.resolve(compilation_cache)  # a bad value fails here, before anything runs
     arguments = (model_fn, data, loss, optimizer, devices, checkpoint, progress, schedule)
     checked = _with_data(config, *arguments, init=init, started=started)

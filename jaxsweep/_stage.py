@@ -230,7 +230,7 @@ class StagePrograms:
         self._seed_starts: dict[tuple[int, int], SeedStart] = {}
         self._orders = jax.jit(programs.epoch_orders)  # a source's batch orders (host side)
         self._epoch_orders: dict[tuple[int, int, int], np.ndarray] = {}
-        # padded lanes -> (the compiled call, how its metrics are packed)
+        # (real, padded) lanes -> (the compiled call, how its metrics are packed)
         self._compiled: dict[int, tuple[_lanes.LaneCall, Packing]] = {}
         self._compiling: dict[int, tuple[threading.Thread, list]] = {}
         self._setup_started: float | None = None  # when the one-time work began
@@ -262,7 +262,7 @@ class StagePrograms:
             self._setup_started = time.perf_counter()
         lane_values, seed_index = host_lanes(values, seeds)
         layout = self.layout(len(seed_index))
-        if layout.padded not in self._compiled and layout.padded not in self._compiling:
+        if _call_key(layout) not in self._compiled and _call_key(layout) not in self._compiling:
             self._compile_in_thread(layout, seed, seeds)
         seed_start = self.seed_start(seed, seeds)
         placed_index, placed_values = layout.place((seed_index, lane_values))
@@ -300,22 +300,23 @@ class StagePrograms:
 
         def compile_call():
             try:
-                outcome.append(self._compile_call(lane_args, shared))
+                outcome.append(self._compile_call(lane_args, shared, layout.lanes))
             except BaseException as error:  # handed to the caller's thread in compile()
                 outcome.append(error)
 
         thread = threading.Thread(target=compile_call, name="jaxsweep-compile", daemon=True)
-        self._compiling[layout.padded] = (thread, outcome)
+        self._compiling[_call_key(layout)] = (thread, outcome)
         thread.start()
 
-    def _compile_call(self, lane_args, shared):
-        """``(LaneCall, Packing)``: the call for the sweep's lane strategy, and how its metrics
-        come back."""
+    def _compile_call(self, lane_args, shared, real_lanes: int):
+        """``(LaneCall, Packing)``: the call for the sweep's lane strategy (``real_lanes`` of
+        its lanes are not padding), and how its metrics come back."""
         lane_fn = (
             self._programs.lane_call if self.source is None else self._programs.lane_call_batches
         )
         lane_fn, packing = packed_call(lane_fn, lane_args, shared)
-        return _lanes.compile_call(lane_fn, self.strategy, self.mesh, lane_args, shared), packing
+        call = _lanes.compile_call(lane_fn, self.strategy, self.mesh, lane_args, shared, real_lanes)
+        return call, packing
 
     def _train_shapes(self, seeds: int):
         """What a call trains from: the placed arrays, or the shapes of a source's batches
@@ -343,17 +344,17 @@ class StagePrograms:
         The first compilation reports the wall time from the sweep's first start to a ready
         program: initialisation, lane start and compiling, its one-time set-up.
         """
-        padded = lanes.layout.padded
-        if padded in self._compiled:
+        key = _call_key(lanes.layout)
+        if key in self._compiled:
             return 0.0
         started = time.perf_counter()
-        if padded not in self._compiling:
+        if key not in self._compiling:
             self._compile_in_thread(lanes.layout, lanes.seed, lanes.seeds)
-        thread, outcome = self._compiling.pop(padded)
+        thread, outcome = self._compiling.pop(key)
         thread.join()
         if isinstance(outcome[0], BaseException):
             raise outcome[0]
-        self._compiled[padded] = outcome[0]
+        self._compiled[key] = outcome[0]
         if self._setup_started is not None:
             started, self._setup_started = min(started, self._setup_started), None
         return time.perf_counter() - started
@@ -413,7 +414,7 @@ class StagePrograms:
         caller (who updates the progress bar and saves checkpoints meanwhile), so the devices
         never wait for the host. ``on_steps(n)`` is told after each call's ``n`` steps.
         """
-        lane_call, packing = self._compiled[lanes.layout.padded]
+        lane_call, packing = self._compiled[_call_key(lanes.layout)]
         lane_input = lanes.inputs.data_keys if self.source is None else lanes.inputs.seed_index
         calls = self._calls(range(first, self.budget.validations if stop is None else stop))
         before, stats, pending = _lanes.params_of(state), [], None
@@ -448,7 +449,7 @@ class StagePrograms:
 
     def stacked(self, lanes: StageLanes, state):
         """The stacked lane state (leading lane axis) of a state :meth:`train` yielded."""
-        return self._compiled[lanes.layout.padded][0].stacked(state)
+        return self._compiled[_call_key(lanes.layout)][0].stacked(state)
 
     def memory(self, lanes: StageLanes, device) -> tuple[int, str]:
         """Peak device memory when the backend reports it, else the compiled estimate."""
@@ -463,7 +464,12 @@ class StagePrograms:
     def compiled_call(self, lanes: StageLanes):
         """The main compiled program of this stage's training call (after :meth:`compile`):
         for ``separate``, the one-lane program."""
-        return self._compiled[lanes.layout.padded][0].compiled
+        return self._compiled[_call_key(lanes.layout)][0].compiled
+
+
+def _call_key(layout: LaneLayout) -> tuple[int, int]:
+    """A compiled call serves one (real, padded) lane count: ``separate`` skips the padding."""
+    return layout.lanes, layout.padded
 
 
 def _placed_shapes(tree, sharding):

@@ -6,7 +6,7 @@ their own. Every process saves what it computed as ``process-<index>.json`` for 
 compare; only the writer (process 0) saves ``result.json``, as the CLI does.
 
   python tests/_sharded_sweep.py OUT                       # every local device
-  python tests/_sharded_sweep.py OUT --separate-on-last    # and "separate" on the last one
+  python tests/_sharded_sweep.py OUT --separate-too        # and "separate" sweeps
   python tests/_sharded_sweep.py OUT --coordinator 127.0.0.1:PORT --process-id I --processes N
 """
 
@@ -40,14 +40,19 @@ SWEEP = dict(
 )
 
 
-def tiny_sweep(devices=None, lanes="auto"):
+def tiny_sweep(devices=None, lanes="auto", **options):
     import jaxsweep
     from jaxsweep.models import MLP
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", jaxsweep.SearchRangeWarning)
         return jaxsweep.run(
-            lambda: MLP(hidden=(16,), outputs=2), tiny_data(), devices=devices, lanes=lanes, **SWEEP
+            lambda: MLP(hidden=(16,), outputs=2),
+            tiny_data(),
+            devices=devices,
+            lanes=lanes,
+            **SWEEP,
+            **options,
         )
 
 
@@ -58,8 +63,9 @@ def main() -> None:
     parser.add_argument("--process-id", type=int, default=0)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--lanes", default="auto")
-    # also sweep on the last device alone with one-lane calls: separate-last.json
-    parser.add_argument("--separate-on-last", action="store_true")
+    # also sweep with one-lane calls: on the last device alone (separate-last.json) and on
+    # every device, saving checkpoints (separate-all.json)
+    parser.add_argument("--separate-too", action="store_true")
     args = parser.parse_args()
 
     import jax
@@ -106,8 +112,10 @@ def main() -> None:
     (args.out / f"process-{jax.process_index()}.json").write_text(json.dumps(report))
     if _sharding.is_writer():
         result.save(args.out / "result.json")
-    if args.separate_on_last:
+    if args.separate_too:
         tiny_sweep(jax.local_devices()[-1:], "separate").save(args.out / "separate-last.json")
+        every = tiny_sweep(lanes="separate", checkpoint_dir=args.out / "separate-checkpoints")
+        every.save(args.out / "separate-all.json")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Lane strategies: every way of running a stage's lanes trains exactly what vmap trains."""
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -121,10 +123,16 @@ def test_unknown_strategies_fail_before_anything_compiles(blobs, lanes, error):
         jaxsweep.run(lambda: TinyMLP(), blobs, lanes=lanes, **SMALL)
 
 
-def test_separate_refuses_several_devices():
-    with pytest.raises(ValueError, match="lanes: 'separate' runs one lane per call"):
-        _lanes.check(_lanes.Strategy("separate"), device_count=2)
-    _lanes.check(_lanes.Strategy("map"), device_count=2)  # map splits lanes over devices
+class _Device(NamedTuple):
+    process_index: int
+
+
+def test_separate_refuses_devices_of_several_processes():
+    two_processes = [_Device(0), _Device(1)]
+    with pytest.raises(ValueError, match="lanes: 'separate' .* several processes"):
+        _lanes.check(_lanes.Strategy("separate"), two_processes)
+    _lanes.check(_lanes.Strategy("map"), two_processes)  # one program over every process
+    _lanes.check(_lanes.Strategy("separate"), [_Device(0), _Device(0)])  # one process
 
 
 @pytest.mark.parametrize(
@@ -133,7 +141,7 @@ def test_separate_refuses_several_devices():
         ("cpu", 1, 26_000, False, "vmap"),
         ("cpu", 1, 300_000, False, "separate"),
         ("cpu", 1, 4_000, True, "separate"),
-        ("cpu", 4, 4_000, True, "map"),
+        ("cpu", 4, 4_000, True, "separate"),
         ("gpu", 1, 4_000, True, "vmap"),
         ("tpu", 8, 300_000, False, "vmap"),
     ],
@@ -142,6 +150,8 @@ def test_auto_rule(backend, devices, params, convolutions, expected):
     traits = _lanes.ModelTraits(params, convolutions)
     strategy, reason = _lanes.choose(None, backend, devices, traits)
     assert str(strategy) == expected and backend in reason
+    if expected == "separate":  # devices of several processes: one program over all
+        assert str(_lanes.choose(None, backend, devices, traits, processes=2)[0]) == "map"
     forced = _lanes.Strategy("chunks", 2)
     assert _lanes.choose(forced, backend, devices, traits) == (forced, "forced by lanes=")
 

@@ -144,7 +144,7 @@ def runs(tmp_path_factory):
     """One sweep three ways: 1 device here, 4 devices in one process, 2 processes x 2 devices."""
     root = tmp_path_factory.mktemp("sharded")
     coordinator = f"127.0.0.1:{_free_port()}"
-    processes = [_start(root / "four", 4, "--separate-on-last")]
+    processes = [_start(root / "four", 4, "--separate-too")]
     processes += [
         _start(
             root / "hosts",
@@ -208,11 +208,14 @@ def test_four_devices_give_the_one_device_result(runs):
 
 
 @pytest.mark.slow
-def test_one_lane_calls_run_on_a_device_other_than_the_first(runs):
+@pytest.mark.parametrize("name, devices", [("separate-last", 1), ("separate-all", 4)])
+def test_one_lane_calls_on_any_devices_give_the_one_device_result(runs, name, devices):
+    """On the last device alone, and on all four (6 lanes: 2, 2, 2 and 0 trained, the
+    padding skipped; the lanes stacked back for every checkpoint)."""
     reference, root = runs
-    result = jaxsweep.load(root / "four" / "separate-last.json")
+    result = jaxsweep.load(root / "four" / f"{name}.json")
     assert result.environment["lanes"]["strategy"] == "separate"
-    assert result.environment["device_count"] == 1
+    assert result.environment["device_count"] == devices
     _assert_same_sweep(result, reference)
 
 
