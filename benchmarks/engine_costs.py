@@ -18,9 +18,9 @@ For each model (the small MLP, the wide MLP, the small CNN of benchmark 1):
 * **The default seeds**: one stage of 5 rates with ``run``'s default 3 seeds each (15 lanes)
   against (a) trained on the same 15 (rate, seed) pairs.
 
-The engine's stages use the sweep's devices: every CPU device of the process (``run_all``
-splits the CPU into one device per core first, as the ``jaxsweep`` command does); the
-sequential baselines run on the first, as plain JAX code does.
+The engine's stages use the sweep's devices: every device of the process (``run_all`` splits
+the CPU into one device per core first, as the ``jaxsweep`` command does); the sequential
+baselines run on the first, as plain JAX code does.
 """
 
 from __future__ import annotations
@@ -198,10 +198,8 @@ def _root_path() -> str:
 
 
 def _compiled_stage(workload: Workload, lanes: str, rates, diagnostics=True) -> EngineStage:
-    # the sweep's own devices (``jaxsweep.run`` spreads lanes over every local one);
-    # "separate" is a one-device strategy
-    devices = jax.local_devices()[:1] if lanes == "separate" else jax.local_devices()
-    stage = EngineStage(workload, lanes=lanes, diagnostics=diagnostics, devices=devices)
+    # the sweep's own devices: ``jaxsweep.run`` spreads lanes over every local one
+    stage = EngineStage(workload, lanes=lanes, diagnostics=diagnostics, devices=jax.local_devices())
     stage.run(rates)  # compiles, and warms up
     return stage
 
@@ -489,9 +487,8 @@ def _record(results: Mapping, settings: Mapping, load_start, started: float) -> 
         "drift apart where a large rate makes training chaotic (up to 20% at 0.1 for the "
         "wide MLP): record['default_seeds_max_relative_difference_to_a'].",
         f"Devices: jaxsweep spreads its lanes over the process's {_devices()} (on a CPU, "
-        "one per core: jaxsweep.use_cpu_cores(), as the jaxsweep command does), except "
-        "'separate', which runs on one; (a) and (b) run on the first device, as a plain JAX "
-        "program does.",
+        "one per core: jaxsweep.use_cpu_cores(), as the jaxsweep command does); (a) and (b) "
+        "run on the first device, as a plain JAX program does.",
     ]
     return c.benchmark_record(
         NAME,
