@@ -8,7 +8,7 @@ are sharded over the devices and each device trains its own lanes at the same ti
 same arithmetic per lane. Measured on 2 idle cores (AMD EPYC, digits, a sweep's stages in
 steady state against best-practice sequential code on the same rates;
 ``benchmarks/engine_costs.py``): a small MLP went from 1.01x on one device to 1.33x-1.50x on
-two, a wide one from 0.82x to 1.08x, two CNNs from 1.06x-1.14x to 1.20x-1.30x.
+two, a wide one from 0.82x to 0.94x-1.08x, two CNNs from 1.06x-1.14x to 1.20x-1.35x.
 
 JAX fixes the number of CPU devices when its CPU backend starts (the first JAX computation),
 so :func:`use_cpu_cores` must run before that, right after ``import jax``. Each device keeps
