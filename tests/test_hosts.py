@@ -130,10 +130,20 @@ def test_only_the_writer_warns(monkeypatch):
 # ----------------------------------------------------------------------------- running pairs
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port no other pair of this run was given: the pairs start together, and two
+    coordinators on one port let a process join the other pair's sweep (JAX then aborts both
+    with "tried to connect with a different incarnation")."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 class Pair:
