@@ -86,7 +86,7 @@ def build_stage_programs(setup: Setup) -> StagePrograms:
         jax.default_backend(),
         len(setup.devices),
         _model_traits(setup),
-        processes=len({device.process_index for device in setup.devices}),
+        processes=_lanes.process_count(setup.devices),
     )
     # host arrays, placed once
     return StagePrograms(

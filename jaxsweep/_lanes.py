@@ -85,7 +85,7 @@ def parse(lanes) -> Strategy | None:
 
 def check(strategy: Strategy | None, devices) -> None:
     """Refuses a forced strategy the devices cannot run, before anything compiles."""
-    if strategy is not None and strategy.kind == "separate" and _spans_processes(devices):
+    if strategy is not None and strategy.kind == "separate" and process_count(devices) > 1:
         raise ValueError(
             "lanes: 'separate' calls a one-lane program on each of this process's devices, "
             "but the sweep's devices belong to several processes; pass lanes='vmap', 'map' or "
@@ -93,8 +93,9 @@ def check(strategy: Strategy | None, devices) -> None:
         )
 
 
-def _spans_processes(devices) -> bool:
-    return len({device.process_index for device in devices}) > 1
+def process_count(devices) -> int:
+    """How many processes the devices belong to."""
+    return len({device.process_index for device in devices})
 
 
 class ModelTraits(NamedTuple):
@@ -156,9 +157,8 @@ def choose(
     why = "convolutions" if traits.convolutions else f"{traits.params} parameters"
     if processes > 1:
         return Strategy("map"), f"cpu, {why}, {processes} processes"
-    if device_count > 1:
-        return Strategy("separate"), f"cpu, {why}, {device_count} devices"
-    return Strategy("separate"), f"cpu, {why}"
+    devices = f", {device_count} devices" if device_count > 1 else ""
+    return Strategy("separate"), f"cpu, {why}{devices}"
 
 
 # ----------------------------------------------------------------------------- lane calls

@@ -231,8 +231,8 @@ class StagePrograms:
         self._orders = jax.jit(programs.epoch_orders)  # a source's batch orders (host side)
         self._epoch_orders: dict[tuple[int, int, int], np.ndarray] = {}
         # (real, padded) lanes -> (the compiled call, how its metrics are packed)
-        self._compiled: dict[int, tuple[_lanes.LaneCall, Packing]] = {}
-        self._compiling: dict[int, tuple[threading.Thread, list]] = {}
+        self._compiled: dict[tuple[int, int], tuple[_lanes.LaneCall, Packing]] = {}
+        self._compiling: dict[tuple[int, int], tuple[threading.Thread, list]] = {}
         self._setup_started: float | None = None  # when the one-time work began
 
     def seed_start(self, seed: int, seeds: int) -> SeedStart:
@@ -262,7 +262,7 @@ class StagePrograms:
             self._setup_started = time.perf_counter()
         lane_values, seed_index = host_lanes(values, seeds)
         layout = self.layout(len(seed_index))
-        if _call_key(layout) not in self._compiled and _call_key(layout) not in self._compiling:
+        if _call_key(layout) not in (*self._compiled, *self._compiling):
             self._compile_in_thread(layout, seed, seeds)
         seed_start = self.seed_start(seed, seeds)
         placed_index, placed_values = layout.place((seed_index, lane_values))
