@@ -74,7 +74,7 @@ class Estimate:
     lr: float  # the point estimate
     low: float  # interval, inclusive
     high: float
-    method: str  # "seed_curve" | "not_worse" | "quadratic_fit" | "neighbours" | "none"
+    method: str  # "seed_curve" | "not_worse" | "plateau" | "quadratic_fit" | "neighbours" | "none"
     bracketed: bool  # evaluated rates exist on both sides of the best one
     note: str  # one or two sentences a reader can quote: what the interval rests on
     fit: QuadraticFit | SeedCurveFit | None = None  # the fitted curve, where one was used
@@ -87,6 +87,8 @@ class Estimate:
     @property
     def label(self) -> str:
         """What the interval is, in words: a 95% interval only where a method gives one."""
+        if self.method == "plateau":
+            return "plateau (no bound on the flat side)"
         if self.method in ("seed_curve", "not_worse"):
             return "95% interval" if self.bracketed else "open 95% interval (not bracketed)"
         if self.method == "quadratic_fit":
@@ -414,20 +416,28 @@ def not_worse(
     return Estimate(float(x[best]), low, high, "not_worse", bracketed, note, seeds=seeds)
 
 
-def _curve_window(run: tuple[int, int], finite: np.ndarray, margin: int) -> slice | None:
+def _curve_window(
+    run: tuple[int, int], finite: np.ndarray, margin: int, means: np.ndarray
+) -> slice | None:
     """Rows from ``margin`` below the tied run to as many above it, widened one row at a time
-    (alternating sides) to :data:`MIN_CURVE_POINTS`; None if impossible."""
+    to :data:`MIN_CURVE_POINTS`, each time on the side whose next value scores lower; None if
+    impossible.
+
+    Growing toward the lower score keeps the window in the valley a cubic can follow: beside
+    a divergence edge the score climbs by orders of magnitude within a few values, and one
+    such value in the window bends the whole fit (its minimum then misses the optimum).
+    """
     count = len(finite)
     low, high = max(run[0] - margin, 0), min(run[1] + margin, count - 1)
-    grow_low = True
     while high - low + 1 < MIN_CURVE_POINTS:
         if low == 0 and high == count - 1:
             return None
-        if (grow_low and low > 0) or high == count - 1:
+        below = means[low - 1] if low > 0 else np.inf
+        above = means[high + 1] if high < count - 1 else np.inf
+        if below <= above and low > 0:
             low -= 1
         else:
             high += 1
-        grow_low = not grow_low
     return slice(low, high + 1) if finite[low : high + 1].all() else None
 
 
@@ -439,13 +449,14 @@ def seed_curve(
     """The optimum of the seed-averaged score, with a 95% interval from the spread between seeds.
 
     The window holds the values not significantly worse than the best (see :func:`not_worse`)
-    and one more on each side (at least :data:`MIN_CURVE_POINTS`). Each seed's scores there
+    and one more on each side (at least :data:`MIN_CURVE_POINTS`, added where the scores are
+    lower). Each seed's scores there
     get a least-squares cubic in log value; every seed is an independent replicate of the same
     fit, so at any point the seeds' fitted slopes are independent draws around the slope of
     the expected score. The refined value is the minimum of the mean cubic; the interval is
     the set of values around it where the mean slope is within ``t`` standard errors of zero
     (two-sided 95%, Student's t with ``seeds - 1`` degrees of freedom, the standard error from
-    the slopes' spread over seeds), moved out to the nearest evaluated values. Whatever the
+    the slopes' spread over seeds). Whatever the
     correlation between one seed's scores at different values, the test at the true optimum
     is exact when the cubic describes the expected score in the window.
 
@@ -457,9 +468,10 @@ def seed_curve(
         return fallback
     x, matrix = _seed_rows(values, seed_scores, scale)
     run, finite = _noise.tied_run(matrix), np.isfinite(matrix).all(axis=1)
+    means = np.where(finite, matrix.mean(axis=1), np.inf)
     reason = "too few evaluated values around the best for a fit"
     for margin in WINDOW_MARGINS:
-        window = _curve_window(run, finite, margin)
+        window = _curve_window(run, finite, margin, means)
         if window is None:
             break
         outcome = _slope_interval(x[window], matrix[window], scale)
@@ -491,8 +503,10 @@ def _slope_interval(x: np.ndarray, matrix: np.ndarray, scale: str) -> Estimate |
         high += 1
     if low == 0 or high == len(grid) - 1:
         return "the fit's interval reaches the edge of its window"
-    low_value = _scale.from_axis(center + grid[low] * half, scale)
-    high_value = _scale.from_axis(center + grid[high] * half, scale)
+    # one grid step beyond the accepted points: the optimum between two grid points is inside
+    low_value = _scale.from_axis(center + grid[low - 1] * half, scale)
+    high_value = _scale.from_axis(center + grid[high + 1] * half, scale)
+    misfits = _misfit_ratio(u, matrix) > MISFIT_RATIO
     mean_coefficients = per_seed.mean(axis=1)
     residual = matrix.mean(axis=1) - np.polyval(mean_coefficients, u)
     fit = SeedCurveFit(
@@ -510,18 +524,51 @@ def _slope_interval(x: np.ndarray, matrix: np.ndarray, scale: str) -> Estimate |
         f"of {seeds} seeds over the {len(x)} evaluated values from {_fmt(x[0])} to "
         f"{_fmt(x[-1])}; 95% interval: the values where the seed-averaged slope is within "
         f"t({seeds - 1}) standard errors of zero (from the spread of the slopes between seeds "
-        "and the fit's misfit), moved out to the nearest evaluated values"
+        "and the fit's misfit)"
     )
+    # the fit's own bounds: moving them out to the evaluated values would make the interval
+    # as coarse as the grid, where the seeds' slopes justify a finer statement (coverage of
+    # these bounds is measured against an optimum computed without the engine). A cubic that
+    # misses the scores by far more than their noise has a bias its slopes do not show: then
+    # the bounds reach out to the evaluated values, which bracket the optimum regardless.
+    if misfits:
+        low_value, high_value = x[x <= low_value].max(), x[x >= high_value].min()
+        note += (
+            "; the cubic misses the seed means by far more than their noise, so the interval "
+            "reaches out to the nearest evaluated values"
+        )
     return Estimate(
         float(_scale.from_axis(center + grid[vertex] * half, scale)),
-        float(x[x <= low_value].max()),
-        float(x[x >= high_value].min()),
+        float(low_value),
+        float(high_value),
         "seed_curve",
         True,
         note,
         fit,
         seeds=seeds,
     )
+
+
+# The cubic's misfit, as a multiple of what the seeds' noise explains, beyond which the
+# cubic does not describe the scores (the 95% point of F(k, 2) is about 19 for any k, the
+# loosest case: 3 seeds). Near-noise-free scores (full-batch descent, identical seeds) beside
+# a divergence edge reach 1e6: the fit's minimum then carries a bias no noise term shows.
+MISFIT_RATIO = 20.0
+
+
+def _misfit_ratio(u: np.ndarray, scores: np.ndarray) -> float:
+    """The residual sum of squares of the seed-averaged cubic over what the noise of the
+    seed means would leave (``inf`` when the seeds agree exactly and the cubic misses)."""
+    design = np.stack([u**k for k in range(CURVE_DEGREE, -1, -1)], axis=1)
+    hat = design @ np.linalg.pinv(design)
+    mean = scores.mean(axis=1)
+    residual = mean - hat @ mean
+    noise = float(np.trace((np.eye(len(u)) - hat) @ (np.cov(scores) / scores.shape[1])))
+    misfit = float(residual @ residual)
+    scale = max(float(np.abs(mean).max()), 1e-300)
+    if misfit <= (1e-12 * scale) ** 2:  # exact to float rounding
+        return 0.0
+    return misfit / noise if noise > 0 else math.inf
 
 
 def _misfit_slope_variance(
@@ -568,17 +615,65 @@ def _with_reason(estimate: Estimate, reason: str) -> Estimate:
     return dataclasses.replace(estimate, note=note)
 
 
+def on_plateau(
+    values: Sequence[float],
+    seed_scores: Sequence[Sequence[float]],
+    scale: str,
+    direction: str,
+    bound: float,
+) -> Estimate:
+    """The statement for a flat end: values at or below (``"down"``) or at or above
+    (``"up"``) ``bound`` score alike with the best, so no interval bounds the optimum there.
+
+    The interval runs from the farthest value evaluated that way to the evaluated value just
+    beyond the tied run on the other side: what was seen, not a claim about what lies past
+    the edge.
+    """
+    tied = not_worse(values, seed_scores, scale)
+    x, _ = _seed_rows(values, seed_scores, scale)
+    seeds = tied.seeds
+    at = "at or below" if direction == "down" else "at or above"
+    far = float(x[0] if direction == "down" else x[-1])
+    note = (
+        f"a plateau: values {at} {_fmt(bound)} score alike (none significantly worse than the "
+        f"best, paired one-sided t test over {seeds} seeds, 95%) from {_fmt(bound)} out to "
+        f"{_fmt(far)}, the farthest evaluated; any of them is as good, and the search stopped "
+        "following that end"
+    )
+    return dataclasses.replace(tied, method="plateau", bracketed=False, note=note)
+
+
+def relative_half_width(estimate: Estimate, scale: str = "log") -> float:
+    """How precisely an estimate locates its value: the larger of ``high / value - 1`` and
+    ``value / low - 1`` on a log scale (the interval lies within ``value / (1 + p)`` to
+    ``value * (1 + p)``), of ``(high - value) / |value|`` and ``(value - low) / |value|`` on a
+    linear one. ``inf`` for an interval that is open, unbracketed or missing."""
+    value, low, high = estimate.lr, estimate.low, estimate.high
+    if not estimate.bracketed or not all(map(math.isfinite, (value, low, high))):
+        return math.inf
+    if scale == "log":
+        if min(value, low, high) <= 0:
+            return math.inf
+        return max(high / value, value / low) - 1.0
+    if value == 0:
+        return math.inf
+    return max(high - value, value - low) / abs(value)
+
+
 def estimate(
     values: Sequence[float],
     scores: Sequence[float],
     seed_scores: Sequence[Sequence[float]] | None = None,
     scale: str = "log",
+    plateaus: Sequence = (),
 ) -> Confidence:
     """The interval shown for the best value and the refined estimate, from a sweep's history.
 
     With two or more seeds both come from :func:`seed_curve` (or its :func:`not_worse`
     fallback): the interval covers the optimum of the *expected* score over seeds. With one
     seed they come from :func:`quadratic_refine`, which sees only that seed's curve.
+    ``plateaus`` (the search's flat ends, ``_selector.plateaus``) turn the interval into the
+    plateau's statement (:func:`on_plateau`): the nearest flat end to the best's side first.
     """
     if not np.isfinite(np.asarray(scores, np.float64)).any():
         smallest = float(np.min(values)) if len(values) else math.nan
@@ -586,6 +681,9 @@ def estimate(
             smallest, math.nan, math.nan, "none", False, "every evaluation diverged: no interval"
         )
         return Confidence(best=nothing, refined=nothing)
+    if _noise.seed_count(seed_scores) >= 2 and plateaus:
+        flat = on_plateau(values, seed_scores, scale, plateaus[0].direction, plateaus[0].bound)
+        return Confidence(best=flat, refined=flat)
     if _noise.seed_count(seed_scores) >= 2:
         curve = seed_curve(values, seed_scores, scale)
         return Confidence(best=curve, refined=curve)

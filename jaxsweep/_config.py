@@ -10,6 +10,7 @@ from typing import Any
 from . import _scale
 
 MODES = ("min", "max")
+PRECISION_STAGES = 20  # the stage bound when a precision is asked for and stages is not given
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,14 @@ class SweepConfig:
     steps: int | None = None  # training steps per lane, instead of epochs
     eval_every: int | None = None  # steps between validations (None: once per epoch)
     diagnostics: bool = True  # per-step gradient norms and per-segment update ratios
+    # stop once the interval lies within best / (1 + precision) .. best * (1 + precision)
+    precision: float | None = None
+    max_lanes: int | None = None  # the most lanes (values x seeds) the whole sweep may train
+
+    @property
+    def lanes_per_stage(self) -> int:
+        """Lanes one stage trains: every value with every seed."""
+        return self.points_per_stage * self.seeds
 
     @property
     def sign(self) -> float:
@@ -105,6 +114,8 @@ def make_config(
     steps=None,
     eval_every=None,
     diagnostics=True,
+    precision=None,
+    max_lanes=None,
 ) -> SweepConfig:
     """Checks every scalar argument of ``run`` and returns them as a :class:`SweepConfig`.
 
@@ -134,11 +145,29 @@ def make_config(
         raise ValueError("steps: give the budget once, as epochs or as steps, not both")
     if epochs is None and steps is None:
         epochs = 3
+    if precision is not None:
+        precision = _real("precision", precision)
+        if precision <= 0:
+            raise ValueError(
+                f"precision: the interval's relative half-width to reach, > 0 (0.5: within "
+                f"best/1.5 .. best*1.5), got {precision}"
+            )
+    if stages is None:  # a sweep asked for a precision stops on it, or on max_lanes
+        stages = PRECISION_STAGES if precision is not None else 5
+    points = _integer("points_per_stage", points_per_stage, 2)
+    lanes = points * count
+    if max_lanes is not None:
+        max_lanes = _integer("max_lanes", max_lanes, 1)
+        if max_lanes < lanes:
+            raise ValueError(
+                f"max_lanes: a stage trains points_per_stage x seeds = {lanes} lanes, so at least "
+                f"{lanes} are needed, got {max_lanes}"
+            )
     return SweepConfig(
         hyperparam=hyperparam,
         value_range=_range(range_name, value_range, scale),
         scale=scale,
-        points_per_stage=_integer("points_per_stage", points_per_stage, 2),
+        points_per_stage=points,
         stages=_integer("stages", stages, 1),
         top_k=_integer("top_k", top_k, 1),
         epochs=_optional("epochs", epochs),
@@ -154,4 +183,6 @@ def make_config(
         eval_batch_size=_optional("eval_batch_size", eval_batch_size),
         steps=_optional("steps", steps),
         eval_every=_optional("eval_every", eval_every),
+        precision=precision,
+        max_lanes=max_lanes,
     )

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 
 import jax
 import numpy as np
 
-from . import _cache, _lanes, _selector, _sharding, _train
+from . import _cache, _lanes, _search, _selector, _sharding, _train
 from ._budget import Budget
 from ._checkpoint import LaneTemplate, ResumePoint, SweepCheckpoints
 from ._config import SweepConfig
@@ -104,43 +103,40 @@ def _model_traits(setup: Setup) -> _lanes.ModelTraits:
     )
 
 
-def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
-    """The stage loop: plan, train, record, stop; progress and checkpoints are hooks."""
+def sweep(
+    setup: Setup, engine: StagePrograms, hooks: _Hooks, search: _search.Search | None = None
+) -> SweepResult:
+    """The stage loop: plan, train, record, stop; progress and checkpoints are hooks. Where
+    to look and when to stop is the search's alone (``search``: the hierarchical one)."""
     config = setup.config
+    search = search or _search.hierarchical()
     resumed = hooks.resume(engine)
     # the sweep's clock started with run's checks: all before the first stage is set-up
     setup_seconds = time.perf_counter() - setup.started
     history = History() if resumed is None else resumed.history
     history = dataclasses.replace(history, sign=config.sign)  # the metric's direction
-    stop_reason, stage = "completed", 0
-    for stage in range(0 if resumed is None else resumed.stage, config.stages):
-        plan = _selector.plan_stage(
-            stage, history.points, history.scores, config, history.seed_scores
-        )
+    stage = 0 if resumed is None else resumed.stage
+    while True:
+        plan = search.plan(history.evaluated(), config)
+        _check_plan(plan, engine.budget)
         if plan.expansion is not None:  # said before the stage it concerns starts
             history = _warned(history, _expansion_note(stage, plan, config))
         hooks.start_stage(stage, plan.points)
         part = resumed if resumed is not None and resumed.stage == stage else None
         lanes, running = _train_stage(engine, stage, plan, config, hooks, part, history)
-        previous_best = history.best_objective()
         memory = engine.memory(lanes, _sharding.first_local(setup.devices))
         history = _with_stage(history, stage, plan, config, running, memory, engine.budget)
         hooks.stage_done(stage, history)
-        if stage > 0 and _selector.should_stop(
-            previous_best, history.best_objective(), config.min_improvement
-        ):
-            stop_reason = "min_improvement"
-            hooks.stop_early()
+        stop_reason = search.stop(history.evaluated(), config)
+        if stop_reason is not None:
             break
-        if stage + 1 < config.stages and _resolved(history, config):
-            stop_reason = "resolution"
-            hooks.stop_early()
-            break
-        if stage + 1 < config.stages:
-            hooks.save_stage(stage, history)
-    final = _final_note(history, _in_words(config.hyperparam))
-    if final is not None:
-        history = _warned(history, final)
+        hooks.save_stage(stage, history)
+        stage += 1
+    if stop_reason != "completed":
+        hooks.stop_early()
+    summary = search.summary(history.evaluated(), config)
+    for note in summary.notes:
+        history = _warned(history, note)
     result = history.result(
         setup.record,
         environment=hooks.environment(setup.devices),
@@ -152,15 +148,14 @@ def sweep(setup: Setup, engine: StagePrograms, hooks: _Hooks) -> SweepResult:
     return result
 
 
-def _resolved(history: History, config: SweepConfig) -> bool:
-    """Whether the seeds' noise leaves nothing for another stage to resolve (several seeds)."""
-    return _selector.resolved(
-        history.points,
-        history.scores,
-        history.seed_scores,
-        scale=config.scale,
-        expand=config.expand,
-    )
+def _check_plan(plan: _selector.StagePlan, budget: Budget) -> None:
+    """A stage trains with the sweep's compiled programs: a plan asking for another training
+    budget needs programs this engine does not build (yet), so it is refused, not ignored."""
+    if plan.budget is not None and plan.budget != budget:
+        raise NotImplementedError(
+            "the search planned a stage with its own training budget; this engine trains every "
+            "stage with the sweep's budget"
+        )
 
 
 def _train_stage(
@@ -324,19 +319,6 @@ def _expansion_note(stage: int, plan: _selector.StagePlan, config: SweepConfig) 
 
 def _in_words(hyperparam: str) -> str:
     return hyperparam.replace("_", " ")
-
-
-def _final_note(history: History, name: str) -> str | None:
-    """A warning for a sweep whose answer is not bracketed by what it evaluated, else None."""
-    best_value, best_score = history.best()
-    if math.isinf(best_score):
-        return "every evaluation diverged: try a lower range or a different optimizer"
-    if _selector.edge_of_best(history.points, history.scores) is not None:
-        return (
-            f"the best {name} {best_value:.3g} is at the edge of what was evaluated: the "
-            "optimum may lie beyond it (run more stages or widen the range)"
-        )
-    return None
 
 
 def _running_best(metrics: EpochMetrics, best_score: float, config: SweepConfig) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _selector
+from . import _search, _selector
 from ._result import Evaluation, Stage, SweepResult, from_dict
 from ._train import EpochMetrics
 
@@ -50,8 +50,9 @@ class History:
 
     @property
     def seed_scores(self) -> tuple[tuple[float, ...], ...]:
-        """Per evaluation, its score for each seed, times :attr:`sign` like :attr:`scores`."""
-        return tuple(tuple(self.sign * s for s in e.seed_scores) for e in self.evaluations)
+        """Per evaluation, its score for each seed, times :attr:`sign` like :attr:`scores`; a
+        seed that diverged (or blew up) scores +inf, the worst."""
+        return tuple(e.objective_seed_scores(self.sign) for e in self.evaluations)
 
     def best(self) -> tuple[float, float]:
         """The best value and its score (the metric itself); ``(nan, worst)`` before any."""
@@ -59,6 +60,16 @@ class History:
             return math.nan, self.sign * math.inf
         value, objective = _selector.best_point(self.points, self.scores)
         return value, self.sign * objective
+
+    def evaluated(self) -> _search.Evaluated:
+        """What a search reads: the history as numbers, lower is better, diverged +inf."""
+        return _search.Evaluated(
+            points=self.points,
+            scores=self.scores,
+            seed_scores=self.seed_scores,
+            stage_bests=tuple(self.sign * stage.best_score for stage in self.stages),
+            lanes=sum(len(e.seed_scores) for e in self.evaluations),
+        )
 
     def best_objective(self) -> float:
         """The best score signed so that lower is better (what the stop rule compares)."""
@@ -168,6 +179,27 @@ def _metric_series(epochs: Sequence[EpochMetrics], metric: str, seeds: int) -> n
     return _per_epoch(epochs, lambda m: m.val_aux[name]).reshape(-1, seeds, len(epochs))
 
 
+# A lane whose final validation loss is this many times the loss it started from blew up:
+# full-batch descent just past its stable rate ends at 1e25, still finite; a BatchNorm ResNet
+# at lr 10 at 1.5e4 from a start near 2.3. No lane that trains ends that far above its start.
+BLOWN_UP_FACTOR = 10.0
+
+
+def blown_up(final_loss: np.ndarray, start_loss: np.ndarray) -> np.ndarray:
+    """Per lane, whether its loss ended far above where training started (``(lanes,)``).
+
+    The start is the lane's own first-batch loss, or the median over the stage's lanes when
+    that is larger (a lane cannot escape by starting high); a start at or below zero (a loss
+    that is not a positive error) tells nothing, and nothing is flagged then.
+    """
+    final, start = np.asarray(final_loss, np.float64), np.asarray(start_loss, np.float64)
+    finite_start = start[np.isfinite(start)]
+    typical = float(np.median(finite_start)) if finite_start.size else math.nan
+    reference = np.fmax(start, typical)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.isfinite(final) & (reference > 0) & (final > BLOWN_UP_FACTOR * reference)
+
+
 def collect_evaluations(
     stage: int,
     values: Sequence[float],
@@ -179,12 +211,16 @@ def collect_evaluations(
     """Turns a stage's per-lane, per-epoch metrics into one :class:`Evaluation` per value.
 
     Lanes are ordered value-major: lane ``i * seeds + s`` is value ``i`` and seed ``s``. The
-    score is ``metric`` after the last epoch, mean over seeds; a diverged value scores the
+    score is ``metric`` after the last epoch, mean over seeds; a value that diverged in any
+    seed (NaN/inf, or a validation loss :data:`BLOWN_UP_FACTOR` times its start) scores the
     worst possible (``sign * inf``).
     """
     s = _lane_series(epochs, len(values), seeds)
     per_seed = s["val_loss"] if metric == "val_loss" else _metric_series(epochs, metric, seeds)
-    diverged = s["diverged"].any(axis=(1, 2))
+    # a seed diverged: NaN/inf on the way, or its validation loss blew up (finite or not)
+    exploded = blown_up(s["val_loss"][..., -1].ravel(), s["first_step_loss"][..., 0].ravel())
+    seed_diverged = s["diverged"].any(axis=2) | exploded.reshape(len(values), seeds)
+    diverged = seed_diverged.any(axis=1)
     evaluations = []
     for i, value in enumerate(values):
         mean_train = s["train_loss"][i].mean(axis=0)
@@ -201,6 +237,7 @@ def collect_evaluations(
                 score=sign * math.inf if is_diverged else score,
                 diverged=is_diverged,
                 seed_scores=_series(seed_scores),
+                seed_diverged=tuple(bool(d) for d in seed_diverged[i]),
                 train_loss=_series(mean_train),
                 val_loss=_series(s["val_loss"][i].mean(axis=0)),
                 seed_val_loss=tuple(_series(row) for row in s["val_loss"][i]),

@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _confidence
+from . import _confidence, _selector
 from ._json import decode_float, decode_floats, encode
 
 # 2: neutral names (``value``, ``values``, ``best_value``) and ``setup_seconds``;
@@ -38,7 +39,7 @@ class Evaluation:
     # the final validation metric (``config["metric"]``, the loss by default), mean over seeds;
     # the worst possible when diverged: +inf when lower is better, -inf when higher is
     score: float
-    diverged: bool  # NaN/inf appeared in any seed
+    diverged: bool  # in any seed: NaN/inf appeared, or the validation loss blew up
     seed_scores: tuple[float, ...]  # final validation metric per seed
     train_loss: tuple[float, ...]
     val_loss: tuple[float, ...]
@@ -53,6 +54,18 @@ class Evaluation:
     val_aux: dict[str, tuple[float, ...]] = field(default_factory=dict)
     # training steps done at each validation (per-validation sequences have one entry each)
     steps: tuple[int, ...] = ()
+    # per seed: NaN/inf appeared, or its validation loss ended 10x above its start (a finite
+    # blow-up); empty in results written before it was recorded
+    seed_diverged: tuple[bool, ...] = ()
+
+    def objective_seed_scores(self, sign: float = 1.0) -> tuple[float, ...]:
+        """Per seed, ``sign * score`` (lower is better), +inf where that seed diverged: what
+        the search and the intervals compare."""
+        flags = self.seed_diverged or (False,) * len(self.seed_scores)
+        return tuple(
+            math.inf if bad or not math.isfinite(s) else sign * s
+            for s, bad in zip(self.seed_scores, flags, strict=True)
+        )
 
     @property
     def lr(self) -> float:
@@ -118,7 +131,8 @@ class SweepResult:
     config: dict[str, Any]
     environment: dict[str, Any]
     param_count: int = 0
-    stop_reason: str = "completed"  # "completed" | "min_improvement" | "resolution"
+    # "completed" | "min_improvement" | "resolution" | "precision" | "budget"
+    stop_reason: str = "completed"
     warnings: tuple[str, ...] = ()
     setup_seconds: float = 0.0  # wall time of ``run`` before its first stage (0: not recorded)
 
@@ -179,12 +193,44 @@ class SweepResult:
         (``method``) and why (``note``).
         """
         # the estimates minimise: a metric to maximise enters with its sign flipped
+        sign = -1.0 if self.mode == "max" else 1.0
         return _confidence.estimate(
             [e.value for e in self.evaluations],
             [self.objective(e.score) for e in self.evaluations],
-            [tuple(self.objective(s) for s in e.seed_scores) for e in self.evaluations],
+            [e.objective_seed_scores(sign) for e in self.evaluations],
+            scale=self.scale,
+            plateaus=self.plateaus,
+        )
+
+    @functools.cached_property
+    def plateaus(self) -> tuple:
+        """The flat ends the search found (``_selector.Plateau``: ``direction`` "down" means
+        values at or below ``bound`` score alike with the best, evaluated out to ``edge``);
+        empty when the optimum is bracketed or only one seed was trained."""
+        config = self.config
+        needed = ("value_range", "points_per_stage", "top_k")
+        if not config.get("expand", True) or any(k not in config for k in needed):
+            return ()
+        value_range = tuple(float(v) for v in config["value_range"])
+        width = _selector.expansion_width(
+            value_range, int(config["points_per_stage"]), int(config["top_k"]), self.scale
+        )
+        sign = -1.0 if self.mode == "max" else 1.0
+        return _selector.plateaus(
+            [e.value for e in self.evaluations],
+            [e.objective_seed_scores(sign) for e in self.evaluations],
+            value_range=value_range,
+            width=width,
             scale=self.scale,
         )
+
+    @property
+    def precision(self) -> float:
+        """How precisely the optimum is located: the reported interval's relative half-width
+        (``0.5``: it lies within ``value / 1.5`` to ``value * 1.5`` on a log scale, within
+        ``0.5 |value|`` on a linear one); ``inf`` when the interval is open (a plateau, an
+        optimum beyond what was evaluated) or there is none."""
+        return _confidence.relative_half_width(self.confidence.best, self.scale)
 
     @property
     def refined_value(self) -> float:
@@ -259,6 +305,7 @@ def _evaluation(d) -> Evaluation:
         train_aux=_series(d["train_aux"]),
         val_aux=_series(d["val_aux"]),
         steps=tuple(int(v) for v in d.get("steps", ())),  # absent before steps were recorded
+        seed_diverged=tuple(bool(v) for v in d.get("seed_diverged", ())),
     )
 
 

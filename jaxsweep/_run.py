@@ -23,7 +23,7 @@ def run(
     hyperparam_range: tuple[float, float] | None = None,
     scale: str = "log",
     points_per_stage: int = 5,
-    stages: int = 5,
+    stages: int | None = None,
     top_k: int = 2,
     epochs: int | None = None,
     steps: int | None = None,
@@ -47,6 +47,8 @@ def run(
     compilation_cache=None,
     init=None,
     diagnostics: bool = True,
+    precision: float | None = None,
+    max_lanes: int | None = None,
 ) -> SweepResult:
     """Finds the best learning rate of a Flax model with a coarse-to-fine sweep.
 
@@ -83,7 +85,7 @@ def run(
       scale: ``"log"`` (points spaced by ratios) or ``"linear"`` (by differences, e.g. for
         momentum); a linear sweep that starts at or above zero never goes below it.
       points_per_stage: rates trained together in each stage.
-      stages: the most stages to run.
+      stages: the most stages to run (None: 5, or 20 with ``precision``).
       top_k: intervals refined in each later stage.
       epochs: passes over the training data each value is trained for (3 when neither
         ``epochs`` nor ``steps`` is given). Batches are full: the remainder of an epoch's
@@ -160,6 +162,14 @@ def run(
         (the norms read NaN, the per-module records are empty, and
         ``result.config["diagnostics"]`` says so): for tiny models, where the extra
         reductions are a noticeable share of a step.
+      precision: keep adding stages (values inside the tied run, where the fitted curve needs
+        them; one compiled program for all) until the 95% interval lies within
+        ``best / (1 + precision)`` to ``best * (1 + precision)`` (on a linear scale: within
+        ``precision * |best|`` of it), then stop with ``stop_reason == "precision"``. None:
+        stop by resolution as usual. Every result reports the precision it reached
+        (``result.precision``).
+      max_lanes: the most lanes (values x seeds) the sweep may train; a stage that would pass
+        it is not started (``stop_reason == "budget"``, the reached precision reported).
 
     Returns:
       A :class:`SweepResult`; ``result.best_value`` is the value (a rate unless

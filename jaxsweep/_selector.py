@@ -26,7 +26,7 @@ import numpy as np
 
 from . import _noise
 from ._confidence import MIN_CURVE_POINTS
-from ._scale import Scale, fill, from_axis, spaced, to_axis
+from ._scale import Scale, distance, fill, from_axis, spaced, to_axis
 
 if TYPE_CHECKING:
     from ._config import SweepConfig
@@ -49,6 +49,8 @@ class StagePlan(NamedTuple):
     points: tuple[float, ...]  # new, distinct, sorted values to evaluate
     intervals: tuple[tuple[float, float], ...]  # the kept intervals (or the expansion span)
     expansion: Direction | None  # set when the search left the evaluated range
+    # the stage's own training budget (a ``_budget.Budget``); None: the sweep's
+    budget: object | None = None
 
 
 def clean_score(score: float) -> float:
@@ -160,6 +162,52 @@ def _noisy_direction(view: _Noisy, points, scores) -> Direction | None:
     return "up" if top else "down" if bottom else None
 
 
+class Plateau(NamedTuple):
+    """A flat end: toward ``direction``, every value evaluated scores alike with the best."""
+
+    direction: Direction  # "down": values at or below ``bound`` score alike; "up": at or above
+    bound: float  # the tied run's inner end: the last value (from the edge) tied with the best
+    edge: float  # the farthest value evaluated that way
+
+
+def expansion_width(value_range, points_per_stage: int, top_k: int, scale: Scale) -> float:
+    """How far (on ``scale``'s axis) one expansion reaches beyond the evaluated range."""
+    return top_k * distance(value_range[0], value_range[1], scale) / (points_per_stage - 1)
+
+
+def plateaus(
+    points: Sequence[float],
+    seed_scores: Sequence[Sequence[float]] | None,
+    *,
+    value_range: tuple[float, float],
+    width: float,
+    scale: Scale = "log",
+) -> tuple[Plateau, ...]:
+    """The flat ends of a noise-aware search (several seeds), nearest the low end first.
+
+    An end is flat when the search has already expanded beyond the given range that way and
+    the tied run around the best reaches the edge while spanning at least ``width`` (one
+    expansion, :func:`expansion_width`): an expansion's worth of values that could not be
+    told apart from the best. A further expansion would only find more of the same, so the
+    search stops following that end and says "values at or below X score alike" instead of
+    chasing the edge (a small weight decay, down to 1e-12). One seed never finds one: it has
+    no measure of the noise.
+    """
+    view = _noisy(points, seed_scores)
+    if view is None:
+        return ()
+    first, last = view.run
+    values = view.points
+    if distance(values[first], values[last], scale) < width * (1 - 1e-9):
+        return ()
+    found = []
+    if first == 0 and values[0] < value_range[0]:
+        found.append(Plateau("down", values[last], values[0]))
+    if last == len(values) - 1 and values[-1] > value_range[1]:
+        found.append(Plateau("up", values[first], values[-1]))
+    return tuple(found)
+
+
 def _resolvable(view: _Noisy, ranked: list[Interval]) -> list[Interval]:
     """The ranked intervals worth refining: they touch the tied run and their ends differ
     significantly. While the fit around the best lacks values, every interval in its window."""
@@ -184,29 +232,42 @@ def resolved(
     *,
     scale: Scale = "log",
     expand: bool = True,
+    value_range: tuple[float, float] | None = None,
+    width: float = math.inf,
 ) -> bool:
     """True when, with several seeds, no further stage can resolve anything new.
 
-    That is: the tied run around the best is bracketed by worse values (or ``expand`` is off),
+    That is: the tied run around the best is bracketed by worse values or by a flat end (see
+    :func:`plateaus`, given ``value_range`` and the expansion ``width``; or ``expand`` is off),
     the window of a fit around it holds enough values, and no interval touching the run has
     significantly different ends. Always False with one seed (no estimate of the noise).
     """
     view = _noisy(points, seed_scores)
     if view is None or len(points) < 2:
         return False
-    if expand and _direction(view, points, scores, scale) is not None:
+    flat = _flat(points, seed_scores, value_range, width, scale)
+    if expand and _direction(view, points, scores, scale, flat) is not None:
         return False
     return not _resolvable(view, rank_intervals(points, scores))
 
 
-def _direction(view: _Noisy | None, points, scores, scale: Scale) -> Direction | None:
+def _direction(
+    view: _Noisy | None, points, scores, scale: Scale, flat: Sequence[Direction] = ()
+) -> Direction | None:
     if view is None:
         direction = edge_of_best(points, scores)
     else:
         direction = _noisy_direction(view, points, scores)
     if direction == "down" and scale == "linear" and min(points) <= 0:
         return None  # a linear sweep that reached zero does not go negative
-    return direction
+    return None if direction in flat else direction  # a flat end is not followed
+
+
+def _flat(points, seed_scores, value_range, width, scale) -> tuple[Direction, ...]:
+    if value_range is None:
+        return ()
+    found = plateaus(points, seed_scores, value_range=value_range, width=width, scale=scale)
+    return tuple(p.direction for p in found)
 
 
 def next_stage(
@@ -219,6 +280,7 @@ def next_stage(
     scale: Scale = "log",
     expand: bool = True,
     seed_scores: Sequence[Sequence[float]] | None = None,
+    value_range: tuple[float, float] | None = None,
 ) -> StagePlan:
     """Plans the next stage from everything evaluated so far.
 
@@ -234,6 +296,8 @@ def next_stage(
       seed_scores: per point, its score for each seed (optional). With two or more seeds the
         search is noise-aware: it expands when the tied run reaches an edge, and refines only
         resolvable intervals touching the run (all of them, ranked, once :func:`resolved`).
+      value_range: the range stage 0 covered; given, a flat end beyond it (see
+        :func:`plateaus`) is no longer expanded into.
 
     Returns:
       A :class:`StagePlan` with exactly ``count`` new, distinct, sorted points. When the best
@@ -249,7 +313,9 @@ def next_stage(
     if len(points) < 2:
         raise ValueError(f"points: need at least 2 evaluated points, got {len(points)}")
     view = _noisy(points, seed_scores)
-    direction = _direction(view, points, scores, scale) if expand else None
+    width = top_k * initial_step
+    flat = _flat(points, seed_scores, value_range, width, scale)
+    direction = _direction(view, points, scores, scale, flat) if expand else None
     if direction is not None:
         span = expansion_span(points, direction, initial_step, top_k, scale)
         new = fill(span[0], span[1], count, scale)
@@ -306,6 +372,7 @@ def plan_stage(
         scale=config.scale,
         expand=config.expand,
         seed_scores=seed_scores,
+        value_range=config.value_range,
     )
 
 

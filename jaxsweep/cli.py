@@ -18,7 +18,7 @@ import sys
 import warnings
 
 from ._result import SweepResult
-from .report import TIME_COVERS, metric_name
+from .report import TIME_COVERS, metric_name, precision_sentence
 
 
 def _console():
@@ -75,6 +75,8 @@ def _demo(args) -> int:
             stages=args.stages,
             seeds=args.seeds,
             min_improvement=args.min_improvement,
+            precision=args.precision,
+            max_lanes=args.max_lanes,
             progress=not args.quiet,
             checkpoint_dir=args.checkpoint_dir,
         ),
@@ -112,6 +114,8 @@ def _run(args) -> int:
             seeds=args.seeds,
             seed=args.seed,
             min_improvement=args.min_improvement,
+            precision=args.precision,
+            max_lanes=args.max_lanes,
             progress=not args.quiet,
             checkpoint_dir=args.checkpoint_dir,
             **options,
@@ -191,6 +195,7 @@ def _best_lines(result: SweepResult, with_best: bool = False) -> str:
         f"({best.method.replace('_', ' ')})",
         f"refined {result.value_name} (optimum of the fitted curve): {refined.lr:.4g} "
         f"({refined.method.replace('_', ' ')}, {result.config.get('seeds', 1)} seeds)",
+        precision_sentence(result),
     ]
     if with_best:
         score = "diverged" if math.isinf(result.best_score) else f"{result.best_score:.4f}"
@@ -224,6 +229,9 @@ def _show(args) -> int:
     return 0
 
 
+_STAGES_HELP = "the most stages (default 5, or 20 with --precision)"
+
+
 def _add_sweep_options(parser: argparse.ArgumentParser, min_improvement: float | None) -> None:
     """The options every sweeping command shares: early stop, quiet, checkpoints."""
     default = "0.01 with one seed, off with several" if min_improvement is None else min_improvement
@@ -233,6 +241,19 @@ def _add_sweep_options(parser: argparse.ArgumentParser, min_improvement: float |
         default=min_improvement,
         help=f"stop early below this relative gain (default {default}; 0: never; several "
         "seeds also stop when nothing is left to resolve)",
+    )
+    parser.add_argument(
+        "--precision",
+        type=float,
+        default=None,
+        help="keep refining until the 95%% interval lies within best/(1+P) .. best*(1+P), "
+        "e.g. 0.5 (default: stop by resolution)",
+    )
+    parser.add_argument(
+        "--max-lanes",
+        type=int,
+        default=None,
+        help="the most lanes (values x seeds) the sweep may train",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -248,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="sweep an MLP on scikit-learn's digits")
     demo.add_argument("--out", default=os.path.join("runs", "demo"), help="output folder")
     demo.add_argument("--epochs", type=int, default=3)
-    demo.add_argument("--stages", type=int, default=5)
+    demo.add_argument("--stages", type=int, default=None, help=_STAGES_HELP)
     demo.add_argument(
         "--seeds", type=int, default=3, help="initialisations per rate (1: no interval)"
     )
@@ -302,7 +323,7 @@ def _add_run_parser(commands) -> None:
         "loss's dict such as val_accuracy",
     )
     run.add_argument("--mode", default="min", choices=("min", "max"), help="which way is better")
-    run.add_argument("--stages", type=int, default=5)
+    run.add_argument("--stages", type=int, default=None, help=_STAGES_HELP)
     run.add_argument(
         "--seeds", type=int, default=3, help="initialisations per value (1: no interval)"
     )

@@ -41,8 +41,17 @@ def _axis_words(result: SweepResult) -> str:
     return f"log {result.value_name}" if result.scale == "log" else result.value_name
 
 
+def _plateau_words(result: SweepResult) -> str:
+    """``values at or below 1e-03 score alike with the best`` for the result's first flat end."""
+    plateau = result.plateaus[0]
+    at = "at or below" if plateau.direction == "down" else "at or above"
+    return f"values {at} {_g(plateau.bound, 3)} score alike with the best"
+
+
 def method_name(method: str, result: SweepResult) -> str:
     """An interval method in words, for ``result``'s hyperparameter and scale."""
+    if method == "plateau":
+        return f"plateau ({_plateau_words(result)}; no bound on that side)"
     return {
         "seed_curve": f"cubic in {_axis_words(result)} fitted to each seed's scores, the values "
         "where the seed-averaged slope is not significantly different from zero",
@@ -71,6 +80,48 @@ def covers(result: SweepResult) -> str:
         f"The 95% interval is for the {name} that optimises the expected {target} over the "
         f"training randomness (initialisation and batch order), estimated from {seeds} seeds "
         "trained at every value: its width includes the seed-to-seed variation."
+    )
+
+
+def lanes_trained(result: SweepResult) -> int:
+    """Lanes (value x seed pairs) the sweep trained."""
+    return sum(len(e.seed_scores) for e in result.evaluations)
+
+
+def precision_sentence(result: SweepResult) -> str:
+    """How precisely the optimum is located, and what asking for more would cost."""
+    reached, lanes = result.precision, lanes_trained(result)
+    wanted = result.config.get("precision")
+    if math.isinf(reached):
+        why = (
+            f"{_plateau_words(result)}, so nothing bounds the optimum on that side"
+            if result.plateaus
+            else "the interval is open or missing"
+        )
+        return f"No precision can be stated: {why}."
+    value = result.confidence.best.lr
+    if result.scale == "log":
+        within = f"{_g(value)}/{_g(1 + reached, 3)} to {_g(value)}x{_g(1 + reached, 3)}"
+    else:
+        within = f"{_g(value)} +/- {_g(reached * abs(value), 3)}"
+    sentence = (
+        f"Precision reached: {_g(reached, 3)} (the interval's relative half-width: it lies "
+        f"within {within}) after {lanes} lanes."
+    )
+    # widths of intervals from seeds fall about as one over the square root of the lanes
+    # near the optimum: a rough guide to the cost, said as one
+    if wanted is not None and reached <= float(wanted):
+        return sentence + f" The requested precision {_g(float(wanted), 3)} was reached."
+    if wanted is not None:
+        more = math.ceil(lanes * ((reached / float(wanted)) ** 2 - 1))
+        return sentence + (
+            f" The requested precision {_g(float(wanted), 3)} was not reached; if the width "
+            f"keeps shrinking as one over the square root of the lanes, about {more} more "
+            "lanes would reach it (raise max_lanes or stages)."
+        )
+    return sentence + (
+        f" Halving it (run with precision={_g(reached / 2, 2)}) would take about {3 * lanes} "
+        "more lanes, if the width keeps shrinking as one over the square root of the lanes."
     )
 
 
@@ -229,7 +280,8 @@ def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(F
         f"{method_name(best.method, result)}; refined {name} {_g(refined.lr)}. "
         f"{eff.evaluations} evaluations in {len(result.stages)} stages and "
         f"{result.seconds:.2f} s ({TIME_COVERS}), where an equivalent grid at the resolution "
-        f"reached needs {eff.grid_evaluations} ({_saved(eff.evaluations_saved)}).",
+        f"reached needs {eff.grid_evaluations} ({_saved(eff.evaluations_saved)}). "
+        + precision_sentence(result),
         "",
         "## Configuration",
         "",
@@ -342,11 +394,27 @@ def _tex_interval_method(result: SweepResult, method: str) -> str:
     )
     widened = "widened where needed to the evaluated values next to the best one"
     metric = tex_escape(metric_name(result.metric))
+    moved = (
+        " (the cubic missed the seed means by far more than their noise, so the interval was "
+        "moved out to the nearest evaluated values)"
+        if "reaches out" in result.confidence.best.note
+        else ""
+    )
+    if method == "plateau":
+        plateau = result.plateaus[0]
+        at = "at or below" if plateau.direction == "down" else "at or above"
+        return (
+            f"taking the evaluated values whose mean score over the {seeds} seeds is not "
+            "significantly worse than the best one's (paired one-sided $t$ test at 95\\%): "
+            f"every value {at} {tex_number(plateau.bound)}, evaluated out to "
+            f"{tex_number(plateau.edge)}, scored alike with the best, a plateau the search "
+            "stopped following, so no interval bounds the optimum on that side"
+        )
     return {
         "seed_curve": f"fitting a cubic in {against} to each of the {seeds} seeds' {metric} "
         "around the best value and keeping the values where the seed-averaged slope is within "
-        "Student's $t$ standard errors of zero (the standard error from the spread of the "
-        "slopes between seeds and the fit's misfit), moved out to the nearest evaluated values",
+        f"Student's $t$ ({seeds - 1} degrees of freedom) standard errors of zero (the standard "
+        f"error from the spread of the slopes between seeds and the fit's misfit){moved}",
         "not_worse": f"taking the evaluated values whose mean score over the {seeds} seeds is "
         "not significantly worse than the best one's (paired one-sided $t$ test at 95\\%) and "
         "the evaluated values just beyond them",
@@ -370,6 +438,10 @@ def _tex_outcome(result: SweepResult) -> str:
         "resolution": "stopped early because no interval next to the values tied with the best "
         f"had significantly different ends with {seeds} seeds (finer values could not be told "
         "apart)",
+        "precision": "stopped once the interval reached the requested precision of "
+        f"{tex_number(float(result.config.get('precision') or math.nan))}",
+        "budget": "stopped at its budget (the stage bound or max\\_lanes) before reaching the "
+        f"requested precision of {tex_number(float(result.config.get('precision') or math.nan))}",
     }.get(result.stop_reason, f"stopped ({tex_escape(result.stop_reason)})")
     return (
         f"The search {stop}: {len(result.stages)} stages, {len(result.evaluations)} evaluations "
@@ -379,7 +451,7 @@ def _tex_outcome(result: SweepResult) -> str:
         f"with a {tex_escape(best.label)} from "
         f"{tex_number(best.low)} to {tex_number(best.high)}, obtained by "
         f"{_tex_interval_method(result, best.method)}. {tex_escape(covers(result))} The "
-        f"refined optimum is {tex_number(refined.lr)}."
+        f"refined optimum is {tex_number(refined.lr)}. {tex_escape(precision_sentence(result))}"
     )
 
 

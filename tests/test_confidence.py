@@ -210,10 +210,37 @@ def test_seed_curve_finds_a_cubic_optimum_shared_by_every_seed():
     assert estimate.lr == pytest.approx(2e-3, rel=5e-3)
     assert estimate.fit is not None and estimate.fit.seeds == 3
     assert estimate.fit.predict([2e-3])[0] == pytest.approx(1.0 + offsets.mean(), abs=1e-4)
-    # no spread between seeds: the interval is the evaluated values around the optimum
+    # no spread between seeds and an exact cubic: the fit's own interval, far finer than the
+    # evaluated values around the optimum (it is not moved out to them)
     below, above = values[values <= 2e-3].max(), values[values >= 2e-3].min()
-    assert (estimate.low, estimate.high) == (below, above)
+    assert estimate.contains(2e-3)
+    assert below < estimate.low and estimate.high < above
+    assert estimate.high / estimate.low < 1.01
 
+
+def _descent_loss(values) -> np.ndarray:
+    """The exact loss of 20 full-batch gradient-descent steps from zero on a least-squares
+    problem with Hessian eigenvalues 1.5..24: a valley beside the divergence edge 2/24."""
+    eigenvalues = np.geomspace(1.5, 24.0, 16)
+    steps = (1.0 - np.asarray(values, np.float64)[..., None] * eigenvalues) ** 40
+    return (0.5 * eigenvalues * steps).sum(axis=-1)
+
+
+def test_a_cubic_that_misses_noise_free_scores_reaches_out_to_the_evaluated_values():
+    dense = np.geomspace(0.01, 0.2, 200001)
+    truth = float(dense[np.argmin(_descent_loss(dense))])
+    # the values a sweep evaluates near such an optimum, denser toward it, one past the edge
+    ratios = [0.54, 0.62, 0.72, 0.83, 0.86, 0.89, 0.92, 0.936, 0.947, 0.959, 0.975, 0.99]
+    values = truth * np.array([*ratios, 1.0064, 1.0227, 1.09, 1.162])
+    # noise-free but for float rounding: identical seeds of a deterministic problem
+    rounding = np.array([0.0, 1e-7, -1e-7])
+    estimate = _confidence.seed_curve(values, _descent_loss(values)[:, None] * (1 + rounding))
+    assert estimate.method == "seed_curve"
+    # the cubic's minimum is biased by the steep wall; its own slope interval (noise-free,
+    # nearly a point) would miss the optimum, the evaluated neighbours hold it
+    assert "reaches out to the nearest evaluated values" in estimate.note
+    assert estimate.low in values and estimate.high in values
+    assert estimate.contains(truth) and abs(estimate.lr / truth - 1) < 0.01
 
 def test_not_worse_keeps_the_tied_run_around_the_best_and_its_neighbours():
     values = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
