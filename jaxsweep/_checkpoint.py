@@ -31,18 +31,43 @@ chooses the step to resume from and the others follow (:mod:`jaxsweep._hosts`). 
 run reads the lanes back to the host whole, so any number of processes and devices can
 resume any checkpoint.
 
-Limits: one sweep writes to a directory at a time (a second live writer's temporary
-directories would be removed); the directory is a local or mounted path that every process
-sees; the fingerprint sees every setting, the data's content, the model's parameter shapes and
-the names of the loss and optimizer, not the body of a function whose name and shapes stay the
-same.
+The directory is jaxsweep's alone. A new or empty one gets a marker file,
+``jaxsweep-checkpoint.json`` (with a format number). A directory that is not empty and has
+no marker is refused with a ValueError before anything trains, and nothing in it is created,
+renamed or deleted (a dataset of class folders ``0/``, ``1/`` would otherwise look like
+damaged steps), unless its content shows an earlier version of jaxsweep wrote it: every entry
+a step holding this package's ``progress`` item, a temporary or a set-aside step. Such a
+directory is adopted (marked) and resumed. So ``resume="overwrite"`` only ever deletes
+jaxsweep's own steps.
 
-Pieces, from the disk up: :class:`StepStore` (the Orbax directory: read, save, set a damaged
-step aside; no sweep logic), :func:`inspect_steps` and :func:`readable_steps` (this sweep's
-steps as the writer finds them, and the policy for another sweep's), :func:`restore` (a step
-back into a :class:`ResumePoint`, its lanes shaped by a :class:`LaneTemplate` the driver hands
-over as data), and :class:`SweepCheckpoints`, the driver's view: when to save, what to store,
-where to resume.
+One sweep writes a directory at a time: its writer (process 0) holds an exclusive ``flock``
+on ``jaxsweep-checkpoint.lock`` from opening to close, the file naming its pid and host
+(empty once released). A second sweep is refused at once with :class:`CheckpointInUseError`
+naming them. The kernel drops the lock with its process, killed or not, so it is never left
+stuck.
+
+Every saved step records SHA-256 checksums of its lane arrays, block by block, in its
+``progress`` item (each process hashes the shards it saves; process 0 records them all). A
+restore hashes what it read back: a step whose bytes changed on disk is set aside like any
+other damaged step, so a flipped bit never resumes silently. Steps saved by earlier versions
+carry no checksums and are read as before.
+
+Limits: the lock is advisory (it keeps jaxsweep sweeps apart, not other programs) and needs
+POSIX ``fcntl`` (without it nothing is locked); two sweeps on different hosts sharing a
+network directory are kept apart only where that file system's ``flock`` works across hosts.
+The directory is a local or mounted path that every process sees. The checksums guard the
+lane arrays; the JSON ``progress`` item must parse and match the fingerprint. The fingerprint
+sees every setting, the data's content, the model's parameter shapes and the names of the loss
+and optimizer, not the body of a function whose name and shapes stay the same.
+
+Pieces, from the disk up: :func:`_prepare` (whether the directory is jaxsweep's, its lock
+and marker), :class:`StepStore` (the Orbax directory: read, save, set a damaged step aside;
+no sweep logic), :func:`lane_checksums` and :func:`check_checksums` (a step's lanes as saved
+and as read back), :func:`inspect_steps` and :func:`readable_steps` (this sweep's steps as
+the writer finds them, and the policy for another sweep's), :func:`restore` (a step back into
+a :class:`ResumePoint`, its lanes shaped by a :class:`LaneTemplate` the driver hands over as
+data), and :class:`SweepCheckpoints`, the driver's view: when to save, what to store, where
+to resume.
 
 All Orbax I/O of the package lives in this module; the pure core never imports it.
 """
@@ -56,7 +81,9 @@ import json
 import math
 import numbers
 import os
+import re
 import shutil
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -73,6 +100,9 @@ from ._train import EpochMetrics
 from ._warnings import warn
 
 CHECKPOINT_FORMAT = 1
+MARKER = "jaxsweep-checkpoint.json"  # says that a directory is jaxsweep's checkpoint directory
+MARKER_FORMAT = 1
+LOCK = "jaxsweep-checkpoint.lock"  # held (flock) by the one sweep writing the directory
 RESUME_MODES = ("auto", "require", "overwrite")
 KEEP = 2  # the latest complete step and the one before it, in case the latest is damaged
 _HASH_WHOLE_BYTES = 256 << 20  # data up to this size is hashed whole, larger data is sampled
@@ -86,6 +116,10 @@ class CheckpointWarning(UserWarning):
 
 class ConfigurationMismatchError(ValueError):
     """``checkpoint_dir`` holds checkpoints of a sweep with a different configuration."""
+
+
+class CheckpointInUseError(RuntimeError):
+    """Another live sweep holds ``checkpoint_dir`` (its lock file is locked)."""
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -107,6 +141,11 @@ def check_arguments(checkpoint_dir, resume, every_seconds) -> tuple[str | None, 
         raise ValueError(f"checkpoint_every_seconds: must be finite and >= 0, got {every_seconds}")
     if checkpoint_dir is None:
         return None, resume, float(every_seconds)
+    if os.fspath(checkpoint_dir) == "":
+        raise ValueError(
+            "checkpoint_dir: an empty path; pass the folder to keep the checkpoints in (a new "
+            "or empty one, or one jaxsweep wrote), or None for no checkpoints"
+        )
     return os.path.abspath(os.fspath(checkpoint_dir)), resume, float(every_seconds)
 
 
@@ -268,6 +307,68 @@ def _check_restored(restored: dict, template: LaneTemplate, stage, epoch, values
         raise ValueError("the saved lane values differ from this stage's")
 
 
+def lane_checksums(item: dict, hosts: Hosts, step: int) -> dict[str, list]:
+    """SHA-256 checksums of the ``lanes`` item as it is saved, for the ``progress`` record.
+
+    Each process hashes the blocks it holds (its devices' shards of an array, each stored
+    block once: replicas are left to the process holding replica 0), on the host; the
+    processes then pool them, so the record covers every block of every array. Returns
+    ``{leaf path: [[index, sha256], ...]}``, an index being ``[[start, stop], ...]`` per axis.
+    """
+    own: dict[str, list] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(item)[0]:
+        blocks = own.setdefault(jax.tree_util.keystr(path), [])
+        if isinstance(leaf, jax.Array):
+            for shard in leaf.addressable_shards:
+                if shard.replica_id == 0:
+                    index = _index_record(shard.index, leaf.shape)
+                    blocks.append([index, _block_digest(np.asarray(shard.data))])
+        else:  # a host array (the counters): every process has it whole
+            leaf = np.asarray(leaf)
+            blocks.append([[[0, n] for n in leaf.shape], _block_digest(leaf)])
+    if hosts.count == 1:
+        return own
+    pooled: dict[str, dict] = {}
+    for said in hosts.exchange(f"checksums of step {step}", json.dumps(own)):
+        for name, blocks in json.loads(said).items():
+            for index, digest in blocks:
+                pooled.setdefault(name, {}).setdefault(json.dumps(index), [index, digest])
+    return {name: sorted(blocks.values()) for name, blocks in pooled.items()}
+
+
+def check_checksums(restored: dict, checksums: dict[str, list]) -> None:
+    """Raises when the restored ``lanes`` item (host arrays, padding included) is not what
+    was saved: a block whose bytes changed on disk, or a leaf without its checksums."""
+    leaves = {
+        jax.tree_util.keystr(path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]
+    }
+    if set(leaves) != set(checksums):
+        changed = sorted(set(leaves) ^ set(checksums))
+        raise ValueError(f"lanes: the saved checksums name other arrays ({', '.join(changed)})")
+    for name, blocks in checksums.items():
+        array = np.asarray(leaves[name])
+        if sum(math.prod(b - a for a, b in index) for index, _ in blocks) != array.size:
+            raise ValueError(f"lanes: the saved checksums of {name} do not cover it")
+        for index, digest in blocks:
+            block = array[tuple(slice(a, b) for a, b in index)]
+            if _block_digest(block) != digest:
+                where = "" if not index else f" (rows {index[0][0]}:{index[0][1]})"
+                raise ValueError(
+                    f"lanes: checksum mismatch, {name}{where} changed on disk after it was saved"
+                )
+
+
+def _index_record(index: tuple, shape: tuple) -> list[list[int]]:
+    return [list(part.indices(size)[:2]) for part, size in zip(index, shape, strict=True)]
+
+
+def _block_digest(array: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{array.dtype}{tuple(array.shape)}".encode())
+    digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+    return digest.hexdigest()
+
+
 # ----------------------------------------------------------------------------- the directory
 
 
@@ -288,17 +389,27 @@ class StepStore:
         if os.path.exists(directory) and not os.path.isdir(directory):
             raise ValueError(f"checkpoint_dir: {directory} exists and is not a directory")
         self.directory, self._hosts, self._ocp = directory, hosts, ocp
-        hosts.writer_says("open checkpoint_dir", lambda: _prepare(directory))
-        self._manager = ocp.CheckpointManager(
-            directory,
-            item_names=("lanes", "progress"),
-            options=ocp.CheckpointManagerOptions(
-                preservation_policy=checkpoint_managers.LatestN(KEEP),
-                enable_async_checkpointing=True,
-                create=False,  # the writer made it
-                multiprocessing_options=_multiprocessing_options(ocp, hosts),
-            ),
-        )
+        self._manager, self._lock = None, None
+
+        def prepare() -> str:  # the writer alone: refuse, lock, mark, clean
+            self._lock = _prepare(directory)
+            return directory
+
+        hosts.writer_says("open checkpoint_dir", prepare)
+        try:
+            self._manager = ocp.CheckpointManager(
+                directory,
+                item_names=("lanes", "progress"),
+                options=ocp.CheckpointManagerOptions(
+                    preservation_policy=checkpoint_managers.LatestN(KEEP),
+                    enable_async_checkpointing=True,
+                    create=False,  # the writer made it
+                    multiprocessing_options=_multiprocessing_options(ocp, hosts),
+                ),
+            )
+        except BaseException:
+            self._release()
+            raise
 
     def steps(self) -> list[int]:
         """The complete steps, newest first."""
@@ -368,12 +479,21 @@ class StepStore:
         self._manager.reload()
 
     def close(self) -> None:
-        """Waits for pending saves to be complete on disk (safe to call twice)."""
-        if self._manager is not None:
-            manager, self._manager = self._manager, None
-            with self._meeting("completing the last checkpoint save"):
-                manager.wait_until_finished()
-                manager.close()
+        """Waits for pending saves to be complete on disk, then lets the directory go (safe
+        to call twice)."""
+        try:
+            if self._manager is not None:
+                manager, self._manager = self._manager, None
+                with self._meeting("completing the last checkpoint save"):
+                    manager.wait_until_finished()
+                    manager.close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.release()
 
     @contextlib.contextmanager
     def _meeting(self, what: str):
@@ -398,13 +518,188 @@ def _multiprocessing_options(ocp, hosts: Hosts):
     )
 
 
-def _prepare(directory: str) -> str:
-    """Creates the directory and removes Orbax's unfinished temporary step directories."""
+def _prepare(directory: str) -> _DirectoryLock:
+    """The writer's opening of the directory: refuses one that is not jaxsweep's, takes the
+    lock, marks a new (or adopted) directory, removes Orbax's unfinished temporary step
+    directories. Returns the held lock.
+
+    Nothing is created, renamed or deleted in a directory that is refused.
+    """
+    _ownership(directory)  # before the lock file is created in it
     os.makedirs(directory, exist_ok=True)
-    for name in os.listdir(directory):
-        if ".orbax-checkpoint-tmp" in name:
-            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-    return directory
+    lock = _DirectoryLock(directory)
+    try:
+        if _ownership(directory) != "marked":  # again: another sweep may have come first
+            _write_marker(directory)
+        for name in os.listdir(directory):
+            if ".orbax-checkpoint-tmp" in name:
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+_STEP = re.compile(r"\d+")
+_TEMPORARY = re.compile(r"\d+\.orbax-checkpoint-tmp.*")  # a save killed before its rename
+_SET_ASIDE = re.compile(r"\d+\.damaged(-\d+)?")
+
+
+def _ownership(directory: str) -> str:
+    """Whether jaxsweep may use ``directory`` as its checkpoint directory.
+
+    Returns ``"new"`` (missing or empty), ``"marked"`` (it carries the marker) or
+    ``"adopted"`` (written by an earlier version, which set no marker: every entry is a step
+    of this package, holding its ``progress`` item, or what its saves and set-asides left).
+    Raises a ValueError naming ``checkpoint_dir`` for anything else, before anything in the
+    directory is touched.
+    """
+    if not os.path.exists(directory):
+        return "new"
+    names = set(os.listdir(directory)) - {LOCK, _MARKER_PARTIAL}
+    if not names:
+        return "new"
+    if MARKER in names:
+        marker = _read_marker(directory)
+        if marker is not None:
+            if marker > MARKER_FORMAT:
+                raise ValueError(
+                    f"checkpoint_dir: {directory} was written by a newer version of jaxsweep "
+                    f"(checkpoint directory format {marker}, this version reads "
+                    f"{MARKER_FORMAT}); upgrade jaxsweep or choose an empty or new folder. "
+                    "Nothing was changed."
+                )
+            return "marked"
+        names.discard(MARKER)  # unreadable: recognised by its content, then marked again
+        if not names:
+            return "new"
+    if _written_by_jaxsweep(directory, names):
+        return "adopted"
+    shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+    raise ValueError(
+        f"checkpoint_dir: {directory} is not empty and is not a jaxsweep checkpoint directory "
+        f"(it has no {MARKER}; it holds {shown}). jaxsweep does not use it, so that nothing "
+        "in it is renamed or deleted; nothing was changed. Choose an empty or new folder for "
+        "checkpoint_dir (jaxsweep creates a missing one)."
+    )
+
+
+def _written_by_jaxsweep(directory: str, names: set[str]) -> bool:
+    """Whether ``names`` are all what this package writes (steps holding a ``progress``
+    item, Orbax's temporary step directories, steps set aside), with at least one step whose
+    ``progress`` record reads as this package's."""
+    recognised = False
+    for name in names:
+        path = os.path.join(directory, name)
+        if not os.path.isdir(path):
+            return False
+        if _STEP.fullmatch(name):
+            if not os.path.isdir(os.path.join(path, "progress")):
+                return False
+            recognised = recognised or _is_progress(os.path.join(path, "progress", "metadata"))
+        elif not (_TEMPORARY.fullmatch(name) or _SET_ASIDE.fullmatch(name)):
+            return False
+    return recognised
+
+
+def _is_progress(path: str) -> bool:
+    try:
+        with open(path) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "fingerprint" in record and "stage" in record
+
+
+_MARKER_PARTIAL = f".{MARKER}.partial"
+
+
+def _read_marker(directory: str) -> int | None:
+    """The marker's format number, or None when it cannot be read as jaxsweep's."""
+    try:
+        with open(os.path.join(directory, MARKER)) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("written_by") != "jaxsweep":
+        return None
+    number = record.get("format")
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
+def _write_marker(directory: str) -> None:
+    """Writes the marker whole (a partial file renamed into place)."""
+    record = {
+        "written_by": "jaxsweep",
+        "format": MARKER_FORMAT,
+        "about": "a jaxsweep checkpoint directory: only jaxsweep writes here, one sweep at a "
+        "time; delete the whole folder when its sweep is no longer needed",
+    }
+    partial = os.path.join(directory, _MARKER_PARTIAL)
+    with open(partial, "w") as handle:
+        json.dump(record, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, os.path.join(directory, MARKER))
+
+
+class _DirectoryLock:
+    """An exclusive ``flock`` on the directory's lock file, taken at once or refused.
+
+    The kernel releases it when the holding process ends, even by SIGKILL, so it is never
+    left stuck. While held the file names the holder (pid, host); released, it is empty.
+    Without ``fcntl`` (not POSIX) nothing is locked.
+    """
+
+    def __init__(self, directory: str):
+        self.directory, self._handle = directory, None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        handle = open(os.path.join(directory, LOCK), "a+")  # held until released
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by another open file: another sweep
+            holder = _holder(handle)
+            handle.close()
+            raise CheckpointInUseError(
+                f"checkpoint_dir: {directory} is in use by another sweep ({holder}); two "
+                "sweeps writing one directory would destroy each other's checkpoints. Wait "
+                "for it to end or stop it (its lock goes with its process, even when it is "
+                "killed), or choose another checkpoint_dir. Nothing was changed."
+            ) from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(holder))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        """Empties the lock file and unlocks it (safe to call twice)."""
+        if self._handle is None:
+            return
+        handle, self._handle = self._handle, None
+        try:
+            handle.truncate(0)
+            handle.flush()
+        finally:
+            handle.close()  # closing the file releases the lock
+
+
+def _holder(handle) -> str:
+    """Who holds the lock, as its file says (it may be about to write it)."""
+    for _ in range(10):
+        handle.seek(0)
+        text = handle.read()
+        try:
+            record = json.loads(text)
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["since"]))
+            return f"process {record['pid']} on host {record['host']}, since {since}"
+        except (ValueError, KeyError, TypeError):
+            time.sleep(0.05)
+    return "a process that has not written its pid and host yet"
 
 
 # ----------------------------------------------------------------------------- policy
@@ -483,6 +778,8 @@ def restore(store: StepStore, step: int, progress: dict, template: LaneTemplate)
         return ResumePoint(step, stage, epoch, history, None, None)
     running = _running_from_json(progress["running"])
     restored = store.read_lanes(step, lambda rows: _restore_target(template, stage, epoch, rows))
+    if progress.get("checksums") is not None:  # saved by a version that recorded them
+        check_checksums(restored, progress["checksums"])
     real = template.layout.real({name: restored[name] for name in ("state", "keys", "values")})
     _check_restored(
         {**real, "counters": restored["counters"]}, template, stage, epoch, running.values
@@ -592,7 +889,8 @@ class SweepCheckpoints:
         if epoch >= self._epochs or not self._save_due(stage, epoch):
             return False
         item = _lanes_item(lane_state(), inputs, stage, epoch)
-        self._save(stage, epoch, item, running=_running_to_json(running))
+        checksums = lane_checksums(item, self._hosts, stage * self._epochs + epoch)
+        self._save(stage, epoch, item, running=_running_to_json(running), checksums=checksums)
         return True
 
     def _save_due(self, stage: int, epoch: int) -> bool:
