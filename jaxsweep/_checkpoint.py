@@ -794,7 +794,9 @@ class SweepCheckpoints:
     """The checkpoints of one sweep in one directory: open, resume, save, close.
 
     Args:
-      directory: the checkpoint directory (created when missing).
+      directory: the checkpoint directory: created and marked when missing or empty; one
+        that is not jaxsweep's is refused (ValueError), one another sweep holds too
+        (:class:`CheckpointInUseError`). It is held from here until :meth:`close`.
       fingerprint: :func:`fingerprint` of this sweep.
       resume: ``"auto"`` resumes this sweep's checkpoints and refuses another sweep's;
         ``"require"`` also refuses to start when there is nothing to resume; ``"overwrite"``
