@@ -86,6 +86,7 @@ def best_index(matrix: np.ndarray) -> int:
 
 
 ERRATIC = 3.0  # a pair this many times noisier than the floor is tested seed by seed too
+FAR_ABOVE = 1000.0  # a row with a seed this many times the best's level above it is far away
 NEAR_BEST = 2  # values on each side of the best whose residuals set the noise floor
 
 
@@ -95,12 +96,19 @@ def near_best_rows(matrix: np.ndarray, span: int = NEAR_BEST) -> np.ndarray:
 
     The noise that decides a comparison with the best is the noise near it. Rows far away
     (a rate that blew up to 1e25, one at chance level with erratic seeds) say nothing about
-    it and, pooled, would swamp it.
+    it and, pooled, would swamp it; a row with any seed more than :data:`FAR_ABOVE` times the
+    best's level (its mean's size plus its seeds' spread) above the best is far away however
+    close its value.
     """
     finite = np.flatnonzero(np.isfinite(matrix).all(axis=1))
     if len(finite) == 0:
         return finite
-    best = int(np.argmin(matrix[finite].mean(axis=1)))
+    means = matrix[finite].mean(axis=1)
+    best = int(np.argmin(means))
+    # a row whose scores lie orders of magnitude above the best's is no neighbour of it
+    scale = abs(float(means[best])) + float(matrix[finite[best]].std())
+    near = (matrix[finite] <= means[best] + FAR_ABOVE * scale).all(axis=1)
+    finite, best = finite[near], int(np.sum(near[:best]))
     width = 2 * span + 1
     low = max(0, min(best - span, len(finite) - width))
     return finite[low : low + width]

@@ -222,6 +222,7 @@ class SweepResult:
             value_range=value_range,
             width=width,
             scale=self.scale,
+            stages=[e.stage for e in self.evaluations],
         )
 
     @property

@@ -71,12 +71,14 @@ def plateaus(evaluated: Evaluated, config: SweepConfig) -> tuple[_selector.Plate
     width = _selector.expansion_width(
         config.value_range, config.points_per_stage, config.top_k, config.scale
     )
+    count = config.points_per_stage  # every stage evaluates this many values, in order
     return _selector.plateaus(
         evaluated.points,
         evaluated.seed_scores,
         value_range=config.value_range,
         width=width,
         scale=config.scale,
+        stages=[i // count for i in range(len(evaluated.points))],
     )
 
 
@@ -142,6 +144,7 @@ def _resolved(evaluated: Evaluated, config: SweepConfig) -> bool:
         expand=config.expand,
         value_range=config.value_range,
         width=width,
+        stage_size=config.points_per_stage,
     )
 
 

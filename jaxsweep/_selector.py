@@ -182,30 +182,91 @@ def plateaus(
     value_range: tuple[float, float],
     width: float,
     scale: Scale = "log",
+    stages: Sequence[int] | None = None,
 ) -> tuple[Plateau, ...]:
     """The flat ends of a noise-aware search (several seeds), nearest the low end first.
 
     An end is flat when the search has already expanded beyond the given range that way and
-    the tied run around the best reaches the edge while spanning at least ``width`` (one
-    expansion, :func:`expansion_width`): an expansion's worth of values that could not be
-    told apart from the best. A further expansion would only find more of the same, so the
-    search stops following that end and says "values at or below X score alike" instead of
-    chasing the edge (a small weight decay, down to 1e-12). One seed never finds one: it has
-    no measure of the noise.
+    scores stopped changing there: the values within ``width`` (one expansion,
+    :func:`expansion_width`) of the edge and those in the next ``width`` inward do not differ
+    significantly as groups (each seed's mean over each group, paired two-sided t test, 95%,
+    the pooled floor scaled to the groups' sizes). Groups against groups, not values against
+    the best: among many alike values the best is the luckiest, and values compared with it
+    look worse by chance. A further expansion would only find more of the same, so the search
+    stops following that end and says "values at or below X score alike" (X: the far end of
+    the last band inward, one width each, that still scores like the edge's band) instead of
+    chasing the edge (a small weight decay, down to 1e-12). One
+    seed never finds one: it has no measure of the noise.
+
+    With ``stages`` (each point's stage), an end found flat after any stage stays flat: the
+    values a later stage adds while refining elsewhere (next to an optimum at the plateau's
+    inner end) must not reopen an end that an expansion already showed to be flat.
     """
+    if stages is not None:  # a flat end shown after any stage stays flat
+        return _plateaus_over_stages(points, seed_scores, stages, value_range, width, scale)
     view = _noisy(points, seed_scores)
     if view is None:
         return ()
-    first, last = view.run
-    values = view.points
-    if distance(values[first], values[last], scale) < width * (1 - 1e-9):
-        return ()
+    axis = np.asarray(to_axis(np.asarray(view.points), scale), np.float64)
     found = []
-    if first == 0 and values[0] < value_range[0]:
-        found.append(Plateau("down", values[last], values[0]))
-    if last == len(values) - 1 and values[-1] > value_range[1]:
-        found.append(Plateau("up", values[first], values[-1]))
+    if view.points[0] < value_range[0]:
+        flat = _flat_end(view, axis[0] - axis, width)
+        if flat is not None:
+            found.append(Plateau("down", flat, view.points[0]))
+    if view.points[-1] > value_range[1]:
+        flat = _flat_end(view, axis - axis[-1] + 0.0, width, upward=True)
+        if flat is not None:
+            found.append(Plateau("up", flat, view.points[-1]))
     return tuple(found)
+
+
+def _plateaus_over_stages(points, seed_scores, stages, value_range, width, scale):
+    found: dict[str, Plateau] = {}
+    for last in sorted(set(stages)):
+        keep = [i for i, s in enumerate(stages) if s <= last]
+        rows = [seed_scores[i] for i in keep]
+        prefix = plateaus(
+            [points[i] for i in keep], rows, value_range=value_range, width=width, scale=scale
+        )
+        found.update({p.direction: p for p in prefix})
+    edges = {"down": min(points), "up": max(points)} if points else {}
+    flat = [found[d]._replace(edge=edges[d]) for d in ("down", "up") if d in found]
+    return tuple(flat)
+
+
+def _flat_end(view: _Noisy, offset: np.ndarray, width: float, upward: bool = False):
+    """The far value of the last band inward that scores like the edge's band, or None when
+    the next band already differs.
+
+    ``offset`` is each value's distance from the edge on the axis (its size is what counts);
+    band ``k`` holds the values between ``k`` and ``k + 1`` widths from the edge.
+    """
+    bands = np.floor(np.abs(offset) / width * (1 - 1e-9)).astype(int)
+    edge = bands == 0
+    bound = None
+    for k in range(1, int(bands.max()) + 1):
+        band = bands == k
+        if band.sum() < 1 or not _alike(view, edge, band):
+            break
+        values = np.asarray(view.points)[band]
+        bound = float(values.min() if upward else values.max())
+    return bound
+
+
+def _alike(view: _Noisy, first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether two groups of values score alike: each seed's mean over each group, paired
+    two-sided t test (95%), the standard error at least the pooled floor scaled to the
+    groups' sizes."""
+    matrix = view.matrix
+    if first.sum() < 2 or not (
+        np.isfinite(matrix[first]).all() and np.isfinite(matrix[second]).all()
+    ):
+        return False
+    difference = matrix[first].mean(axis=0) - matrix[second].mean(axis=0)  # (seeds,)
+    seeds = len(difference)
+    floor = _noise.pooled_error(matrix) * math.sqrt((1 / first.sum() + 1 / second.sum()) / 2)
+    error = max(float(difference.std(ddof=1)) / math.sqrt(seeds), floor)
+    return abs(float(difference.mean())) <= _noise.t_quantile(0.975, seeds - 1) * error
 
 
 def _resolvable(view: _Noisy, ranked: list[Interval]) -> list[Interval]:
@@ -234,6 +295,7 @@ def resolved(
     expand: bool = True,
     value_range: tuple[float, float] | None = None,
     width: float = math.inf,
+    stage_size: int = 5,
 ) -> bool:
     """True when, with several seeds, no further stage can resolve anything new.
 
@@ -245,7 +307,7 @@ def resolved(
     view = _noisy(points, seed_scores)
     if view is None or len(points) < 2:
         return False
-    flat = _flat(points, seed_scores, value_range, width, scale)
+    flat = _flat(points, seed_scores, value_range, width, scale, stage_size)
     if expand and _direction(view, points, scores, scale, flat) is not None:
         return False
     return not _resolvable(view, rank_intervals(points, scores))
@@ -263,10 +325,13 @@ def _direction(
     return None if direction in flat else direction  # a flat end is not followed
 
 
-def _flat(points, seed_scores, value_range, width, scale) -> tuple[Direction, ...]:
+def _flat(points, seed_scores, value_range, width, scale, count) -> tuple[Direction, ...]:
     if value_range is None:
         return ()
-    found = plateaus(points, seed_scores, value_range=value_range, width=width, scale=scale)
+    stages = [i // count for i in range(len(points))]  # every stage evaluates ``count`` points
+    found = plateaus(
+        points, seed_scores, value_range=value_range, width=width, scale=scale, stages=stages
+    )
     return tuple(p.direction for p in found)
 
 
@@ -314,7 +379,7 @@ def next_stage(
         raise ValueError(f"points: need at least 2 evaluated points, got {len(points)}")
     view = _noisy(points, seed_scores)
     width = top_k * initial_step
-    flat = _flat(points, seed_scores, value_range, width, scale)
+    flat = _flat(points, seed_scores, value_range, width, scale, count)
     direction = _direction(view, points, scores, scale, flat) if expand else None
     if direction is not None:
         span = expansion_span(points, direction, initial_step, top_k, scale)

@@ -1,0 +1,315 @@
+"""The hierarchical search against its worst cases, on simulated objectives of known optimum.
+
+Each test drives the real search (``_search.hierarchical()``: plan, stop, summary) the way the
+driver does, on per-seed scores drawn from an objective whose *expected* optimum is known:
+lanes that blow up to huge finite losses, zero noise, flat ends, heavy-tailed seed noise, and
+a requested precision. Nothing here trains a model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from jaxsweep import _noise, _search, _selector
+from jaxsweep._config import make_config
+from jaxsweep._history import blown_up
+
+OPTIMUM = 3e-3
+
+
+def _config(**overrides):
+    settings = dict(
+        hyperparam="learning_rate",
+        value_range=(1e-5, 1e-2),
+        range_name="lr_range",
+        scale="log",
+        points_per_stage=5,
+        stages=None,
+        top_k=2,
+        epochs=3,
+        batch_size=32,
+        seeds=3,
+        seed=0,
+        min_improvement=None,
+        validation_fraction=0.2,
+        expand=True,
+    )
+    return make_config(**{**settings, **overrides})
+
+
+def _valley(values) -> np.ndarray:
+    """An expected loss with its minimum at OPTIMUM: steep above, shallow below (in log)."""
+    d = np.log(np.asarray(values, np.float64) / OPTIMUM)
+    return 0.3 * (np.exp(1.5 * d) - 1.5 * d - 1) + 0.15
+
+
+def _seed_effects(values, trial: int, seeds: int, noise) -> np.ndarray:
+    """Per (value, seed): a seed's shift and tilt of the whole curve (they average out, so
+    the expected optimum stays put) plus ``noise(rng)``, a fixed function of (seed, value)."""
+    d = np.log(np.asarray(values, np.float64) / OPTIMUM)
+    rows = np.zeros((len(d), seeds))
+    for s in range(seeds):
+        shift, tilt = np.random.default_rng([trial, s]).normal(0, [0.03, 0.1])
+        for i, value in enumerate(values):
+            rng = np.random.default_rng([trial, s, round(abs(math.log(value)) * 1e9)])
+            rows[i, s] = shift + tilt * d[i] + noise(rng)
+    return rows
+
+
+def _normal(rng) -> float:
+    return rng.normal(0, 0.02)
+
+
+def _simulate(scores_of, config, start: float = 2.3):
+    """The driver's loop on simulated scores: plan, score (a lane whose loss ends 10x above
+    ``start`` counts as diverged, as the engine records it), stop, summarise."""
+    search = _search.hierarchical()
+    points, rows, bests = [], [], []
+    while True:
+        evaluated = _evaluated(points, rows, bests)
+        plan = search.plan(evaluated, config)
+        raw = scores_of(np.asarray(plan.points))
+        exploded = blown_up(raw.ravel(), np.full(raw.size, start)).reshape(raw.shape)
+        scored = np.where(exploded | ~np.isfinite(raw), np.inf, raw)
+        points += list(plan.points)
+        rows += [tuple(float(v) for v in row) for row in scored]
+        bests.append(_selector.best_point(points, [np.mean(r) for r in rows])[1])
+        evaluated = _evaluated(points, rows, bests)
+        reason = search.stop(evaluated, config)
+        if reason is not None:
+            return evaluated, reason, search.summary(evaluated, config)
+
+
+def _evaluated(points, rows, bests) -> _search.Evaluated:
+    means = tuple(float(np.mean(r)) for r in rows)
+    lanes = sum(len(r) for r in rows)
+    return _search.Evaluated(tuple(points), means, tuple(rows), tuple(bests), lanes)
+
+
+def _sweeps(objective, trials: int, **overrides):
+    config = _config(**overrides)
+    return [_simulate(lambda v, t=t: objective(v, t), config) for t in range(trials)]
+
+
+def _estimate(evaluated, config):
+    return _search.confidence(evaluated, config).best
+
+
+# ----------------------------------------------------------------------------- blown-up lanes
+
+
+def _exploding_valley(values, trial: int) -> np.ndarray:
+    """The valley, but every seed past 1.6x the optimum blows up to a huge finite loss (full
+    batches past the divergence edge: 1e25, not NaN)."""
+    scores = _valley(values)[:, None] + _seed_effects(values, trial, 3, _normal)
+    past = np.asarray(values) > 1.6 * OPTIMUM
+    return np.where(past[:, None], 1e25 * (1 + np.arange(3)), scores)
+
+
+def test_a_huge_finite_lane_does_not_inflate_the_noise_floor():
+    values = np.geomspace(1e-4, 1e-2, 6)
+    quiet = _valley(values)[:, None] + _seed_effects(values, 0, 3, _normal)
+    loud = quiet.copy()
+    loud[-1] = [1.5e4, 1.6e6, 3.0e25]  # finite, far away from the best
+    assert _noise.pooled_error(loud) == pytest.approx(_noise.pooled_error(quiet[:-1]))
+    # the pooled floor of every finite row (the old rule) would be enormous
+    rows = loud - loud.mean(1, keepdims=True) - loud.mean(0) + loud.mean()
+    assert math.sqrt(2 * np.median(rows.var(axis=1, ddof=1)) / 3) > 1e3
+    first, last = _noise.tied_run(loud)
+    assert last < len(values) - 1  # the blown-up value is worse, not tied
+
+
+def test_blown_up_lanes_count_as_diverged():
+    start = np.array([2.3, 2.3, 2.4, 0.0, 2.3])
+    final = np.array([1.4, 1.5e4, 23.0, 5.0, np.inf])
+    assert blown_up(final, start).tolist() == [False, True, False, False, False]
+    # a lane starting low is judged against the stage's typical start
+    assert blown_up(np.array([5.0, 30.0]), np.array([0.1, 2.3])).tolist() == [False, True]
+
+
+def test_search_beside_a_divergence_edge_finds_the_optimum():
+    runs = _sweeps(_exploding_valley, trials=40)
+    config = _config()
+    estimates = [_estimate(evaluated, config) for evaluated, _, _ in runs]
+    covered = np.mean([e.contains(OPTIMUM) for e in estimates])
+    widths = [e.high / e.low for e in estimates]
+    errors = [abs(e.lr / OPTIMUM - 1) for e in estimates]
+    assert covered >= 0.9, covered
+    assert np.median(widths) < 3.0, np.median(widths)
+    assert np.median(errors) < 0.15, np.median(errors)
+    # nothing searched far below the optimum: the tied run did not swallow the range
+    assert all(min(evaluated.points) >= 1e-5 for evaluated, _, _ in runs)
+
+
+# ----------------------------------------------------------------------------- zero noise
+
+
+def _descent_loss(values) -> np.ndarray:
+    """Exact loss of 20 full-batch descent steps from zero (Hessian eigenvalues 1.5..24)."""
+    eigenvalues = np.geomspace(1.5, 24.0, 16)
+    with np.errstate(over="ignore"):
+        steps = (1.0 - np.asarray(values, np.float64)[..., None] * eigenvalues) ** 40
+    return (0.5 * eigenvalues * steps).sum(axis=-1)
+
+
+def test_zero_noise_identical_seeds_locate_the_optimum():
+    dense = np.geomspace(1e-3, 0.2, 400001)
+    truth = float(dense[np.argmin(_descent_loss(dense))])
+    start = float(_descent_loss(0.0))
+
+    def identical(values):
+        return np.repeat(_descent_loss(values)[:, None], 3, axis=1)
+
+    config = _config()
+    evaluated, reason, summary = _simulate(identical, config, start=start)
+    estimate = _estimate(evaluated, config)
+    assert estimate.contains(truth), (estimate, truth)
+    assert abs(estimate.lr / truth - 1) < 0.01
+    assert summary.precision < 0.05 and not summary.plateaus
+    assert reason in ("completed", "resolution")
+
+
+# ----------------------------------------------------------------------------- flat ends
+
+
+def _flat_below(values, trial: int) -> np.ndarray:
+    """A weight decay's score: flat below 1e-3 (small decays all score alike), rising above."""
+    excess = np.maximum(np.log(np.asarray(values) / 1e-3), 0.0)
+    expected = 0.5 + 0.2 * excess**2
+    shift = np.random.default_rng(trial).normal(0, 0.03, size=3)
+    jitter = [
+        np.random.default_rng([trial, round(abs(math.log(v)) * 1e9)]).normal(0, 0.01, size=3)
+        for v in values
+    ]
+    return expected[:, None] + shift + np.array(jitter)
+
+
+def test_a_flat_end_is_reported_as_a_plateau_not_chased():
+    config = _config(value_range=(1e-5, 1e-1), hyperparam="weight_decay")
+    lowest = []
+    for trial in range(12):
+        evaluated, reason, summary = _simulate(lambda v, t=trial: _flat_below(v, t), config)
+        lowest.append(min(evaluated.points))
+        # one expansion below the range (two where its groups differ by chance) confirmed
+        # the flat end, then no more: never the old chase down to 1e-12
+        assert lowest[-1] >= 1e-9 * (1 - 1e-9), lowest[-1]
+        assert [p.direction for p in summary.plateaus] == ["down"]
+        plateau = summary.plateaus[0]
+        assert 1e-5 * (1 - 1e-9) <= plateau.bound <= 1e-2  # the flat part ends at 1e-3
+        assert any("score alike" in note for note in summary.notes)
+        assert not any("at the edge" in note for note in summary.notes)
+        estimate = _estimate(evaluated, config)
+        assert estimate.method == "plateau" and not estimate.bracketed
+        assert math.isinf(summary.precision)
+        assert reason in ("resolution", "completed")
+    assert sum(low >= 1e-7 * (1 - 1e-9) for low in lowest) >= 10, lowest
+
+
+def test_an_optimum_beyond_the_range_is_followed_not_taken_for_a_plateau():
+    # a real slope down to the optimum at 3e-3, searched from a range far above it
+    config = _config(value_range=(1e-2, 1.0))
+    evaluated, _, summary = _simulate(lambda v: _valley(v)[:, None] + 0.001 * np.arange(3), config)
+    assert not summary.plateaus
+    assert _estimate(evaluated, config).contains(OPTIMUM)
+
+
+# ----------------------------------------------------------------------------- heavy tails
+
+
+def _heavy_tailed(values, trial: int) -> np.ndarray:
+    """The valley with Student-t (2 degrees of freedom) seed noise: rare seeds far off."""
+    return _valley(values)[:, None] + _seed_effects(
+        values, trial, 3, lambda rng: 0.01 * rng.standard_t(2)
+    )
+
+
+def test_heavy_tailed_seed_noise_keeps_the_interval_honest_and_useful():
+    runs = _sweeps(_heavy_tailed, trials=40)
+    config = _config()
+    estimates = [_estimate(evaluated, config) for evaluated, _, _ in runs]
+    covered = np.mean([e.contains(OPTIMUM) for e in estimates])
+    widths = [e.high / e.low for e in estimates]
+    assert covered >= 0.85, covered
+    assert np.median(widths) < 4.0, np.median(widths)
+
+
+def test_every_seed_worse_is_worse_despite_one_erratic_seed():
+    best = np.array([1.40, 1.38, 1.42])
+    near = [best + d for d in (0.01, -0.01, 0.02, 0.0)]
+    erratic = best + np.array([1.3, 1.2, 900.0])  # worse on every seed, one seed wildly
+    matrix = _noise.score_matrix([*near[:2], best, *near[2:], erratic])
+    floor = _noise.pooled_error(matrix)
+    assert _noise.worse(matrix, 5, 2, floor=floor)
+    # a t test alone sees the erratic seed's spread and calls it tied
+    difference = matrix[5] - matrix[2]
+    t = difference.mean() / (difference.std(ddof=1) / math.sqrt(3))
+    assert t < _noise.t_quantile(0.95, 2)
+    # but one seed better is not "worse on every seed"
+    mixed = matrix.copy()
+    mixed[5] = best + np.array([-0.05, 1.2, 900.0])
+    assert not _noise.worse(mixed, 5, 2, floor=_noise.pooled_error(mixed))
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def _valley_noise(values, trial: int) -> np.ndarray:
+    return _valley(values)[:, None] + _seed_effects(values, trial, 3, _normal)
+
+
+def test_a_requested_precision_is_reached_and_still_covers():
+    runs = _sweeps(_valley_noise, trials=30, precision=0.5)
+    config = _config(precision=0.5)
+    reasons = [reason for _, reason, _ in runs]
+    # each seed tilts its curve, so 3 seeds bound how narrow an honest interval can get:
+    # most sweeps reach +-50%, the rest stop at the stage bound and say what they reached
+    assert reasons.count("precision") >= 20, reasons
+    assert set(reasons) <= {"precision", "budget"}
+    for evaluated, reason, summary in runs:
+        estimate = _estimate(evaluated, config)
+        if reason == "precision":
+            assert summary.precision <= 0.5
+            assert estimate.high / estimate.low <= 1.5**2 * (1 + 1e-9)
+        else:
+            assert summary.precision > 0.5 and evaluated.stages == config.stages
+            assert any("was not reached" in note for note in summary.notes)
+    covered = np.mean([_estimate(e, config).contains(OPTIMUM) for e, _, _ in runs])
+    assert covered >= 0.85, covered
+
+
+def test_max_lanes_ends_a_precision_sweep_with_what_it_reached():
+    config = _config(precision=0.01, max_lanes=45)
+    evaluated, reason, summary = _simulate(lambda v: _valley_noise(v, 0), config)
+    assert reason == "budget" and evaluated.lanes == 45
+    assert summary.precision > 0.01
+    assert any("precision 0.01 was not reached" in note for note in summary.notes)
+
+
+def test_precision_and_max_lanes_are_checked():
+    with pytest.raises(ValueError, match="precision"):
+        _config(precision=0.0)
+    with pytest.raises(TypeError, match="precision"):
+        _config(precision="0.5")
+    with pytest.raises(ValueError, match="max_lanes"):
+        _config(max_lanes=10)  # a stage alone trains 15
+    assert _config(precision=0.5).stages == 20 and _config().stages == 5
+
+
+# ----------------------------------------------------------------------------- the seam
+
+
+def test_the_search_is_pure_and_the_stop_rules_keep_their_order():
+    config = _config()
+    evaluated, reason, _ = _simulate(lambda v: _valley_noise(v, 3), config)
+    search = _search.hierarchical()
+    again = _search.Evaluated(*evaluated)
+    assert search.stop(again, config) == reason  # same history, same answer
+    assert search.plan(again, config) == search.plan(evaluated, config)
+    one_seed = _config(seeds=1)
+    flat = _search.Evaluated((1e-3, 1e-2), (1.0, 1.0), ((1.0,), (1.0,)), (1.0, 1.0), 2)
+    assert search.stop(flat, one_seed) == "min_improvement"
+    assert search.stop(flat, _config(seeds=1, stages=2)) == "min_improvement"
+    assert search.stop(flat, _config(seeds=1, stages=2, min_improvement=0.0)) == "completed"
