@@ -121,10 +121,12 @@ def merge(chunks: Sequence[ChunkStats]) -> dict[str, Any]:
     sums = [np.asarray(c.loss_sum, np.float64) for c in chunks]
     mean = sum(sums) / n
     # Chan et al.: squared deviations about each call's mean, moved to the segment's mean
-    m2 = sum(
-        np.asarray(c.loss_m2, np.float64) + k * (s / np.maximum(k, 1) - mean) ** 2
-        for c, k, s in zip(chunks, counts, sums, strict=True)
-    )
+    # (a lane whose loss overflowed to inf has inf - inf there: NaN, flagged by ``finite``)
+    with np.errstate(invalid="ignore", over="ignore"):
+        m2 = sum(
+            np.asarray(c.loss_m2, np.float64) + k * (s / np.maximum(k, 1) - mean) ** 2
+            for c, k, s in zip(chunks, counts, sums, strict=True)
+        )
     total = lambda field: jax.tree.map(
         lambda *parts: sum(parts) / n, *[as_float64(getattr(c, field)) for c in chunks]
     )

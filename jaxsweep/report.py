@@ -69,6 +69,11 @@ def covers(result: SweepResult) -> str:
     target, name = metric_name(result.metric), result.value_name
     if result.confidence.best.method == "none":
         return "Every evaluation diverged, so there is no interval."
+    if result.confidence.best.method == "plateau":
+        return (
+            f"No 95% interval bounds the {name} that optimises the expected {target}: on the "
+            f"plateau every value scored alike over the {seeds} seeds, so any of them is as good."
+        )
     if seeds < 2:
         return (
             "One seed: the interval describes how this one initialisation and batch order "
@@ -80,6 +85,21 @@ def covers(result: SweepResult) -> str:
         f"The 95% interval is for the {name} that optimises the expected {target} over the "
         f"training randomness (initialisation and batch order), estimated from {seeds} seeds "
         "trained at every value: its width includes the seed-to-seed variation."
+    )
+
+
+def _headline_interval(result: SweepResult) -> str:
+    """The interval (or the plateau) and the refined value, for the report's first line."""
+    best, refined, name = result.confidence.best, result.confidence.refined, result.value_name
+    if best.method == "plateau":
+        edge = result.plateaus[0].edge
+        return (
+            f"on a plateau: {_plateau_words(result)} (evaluated out to {_g(edge)}; nothing "
+            f"bounds the optimum that way, any of them is as good). "
+        )
+    return (
+        f"{best.label} {_interval(best.low, best.high)} from the "
+        f"{method_name(best.method, result)}; refined {name} {_g(refined.lr)}. "
     )
 
 
@@ -267,7 +287,6 @@ def _figure_lines(result: SweepResult, figures) -> list[str]:
 
 def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(FIGURES)) -> str:
     """The Markdown report of ``result``, linking the named figures under ``figures/``."""
-    best, refined = result.confidence.best, result.confidence.refined
     eff = efficiency(result)
     name = result.value_name
     seeds = int(result.config.get("seeds", 1))
@@ -276,9 +295,8 @@ def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(F
         "",
         f"Best {name} **{_g(result.best_value)}** ({metric_name(result.metric)} "
         f"{_g(result.best_score)}, mean over {seeds} seed{'s' if seeds != 1 else ''}), "
-        f"{best.label} {_interval(best.low, best.high)} from the "
-        f"{method_name(best.method, result)}; refined {name} {_g(refined.lr)}. "
-        f"{eff.evaluations} evaluations in {len(result.stages)} stages and "
+        + _headline_interval(result)
+        + f"{eff.evaluations} evaluations in {len(result.stages)} stages and "
         f"{result.seconds:.2f} s ({TIME_COVERS}), where an equivalent grid at the resolution "
         f"reached needs {eff.grid_evaluations} ({_saved(eff.evaluations_saved)}). "
         + precision_sentence(result),
@@ -414,7 +432,8 @@ def _tex_interval_method(result: SweepResult, method: str) -> str:
         "seed_curve": f"fitting a cubic in {against} to each of the {seeds} seeds' {metric} "
         "around the best value and keeping the values where the seed-averaged slope is within "
         f"Student's $t$ ({seeds - 1} degrees of freedom) standard errors of zero (the standard "
-        f"error from the spread of the slopes between seeds and the fit's misfit){moved}",
+        "error from the spread of the slopes between seeds, at least what the seeds' scatter "
+        f"about their cubics implies, and the fit's misfit){moved}",
         "not_worse": f"taking the evaluated values whose mean score over the {seeds} seeds is "
         "not significantly worse than the best one's (paired one-sided $t$ test at 95\\%) and "
         "the evaluated values just beyond them",
@@ -450,8 +469,9 @@ def _tex_outcome(result: SweepResult) -> str:
         f"({tex_escape(metric_name(result.metric))} {tex_number(result.best_score, 4)}), "
         f"with a {tex_escape(best.label)} from "
         f"{tex_number(best.low)} to {tex_number(best.high)}, obtained by "
-        f"{_tex_interval_method(result, best.method)}. {tex_escape(covers(result))} The "
-        f"refined optimum is {tex_number(refined.lr)}. {tex_escape(precision_sentence(result))}"
+        f"{_tex_interval_method(result, best.method)}. {tex_escape(covers(result))} "
+        + (f"The refined optimum is {tex_number(refined.lr)}. " if best.method != "plateau" else "")
+        + tex_escape(precision_sentence(result))
     )
 
 

@@ -313,3 +313,39 @@ def test_the_search_is_pure_and_the_stop_rules_keep_their_order():
     assert search.stop(flat, one_seed) == "min_improvement"
     assert search.stop(flat, _config(seeds=1, stages=2)) == "min_improvement"
     assert search.stop(flat, _config(seeds=1, stages=2, min_improvement=0.0)) == "completed"
+
+
+def test_a_search_plugs_into_the_driver_without_touching_it(monkeypatch, split_blobs):
+    """A two-stage search of its own: the driver trains what it plans and stops as it says."""
+    from conftest import TinyMLP
+
+    import jaxsweep
+
+    planned = [(1e-3, 1e-2), (3e-3, 2e-2)]
+
+    def plan(evaluated, config):
+        return _selector.StagePlan(planned[evaluated.stages], (), None)
+
+    def stop(evaluated, config):
+        assert evaluated.lanes == 2 * config.seeds * evaluated.stages
+        return "completed" if evaluated.stages == len(planned) else None
+
+    def summary(evaluated, config):
+        return _search.SearchSummary(math.inf, (), (f"{len(evaluated.points)} values, my way",))
+
+    custom = _search.Search(plan, stop, summary)
+    monkeypatch.setattr(_search, "hierarchical", lambda: custom)
+    with pytest.warns(jaxsweep.SearchRangeWarning, match="4 values, my way"):
+        result = jaxsweep.run(
+            TinyMLP, split_blobs, epochs=1, batch_size=64, seeds=2, progress=False
+        )
+    assert [s.values for s in result.stages] == planned
+    assert result.stop_reason == "completed"
+    assert sorted(e.value for e in result.evaluations) == sorted(sum(planned, ()))
+
+    def with_budget(evaluated, config):
+        return _selector.StagePlan((1e-3, 1e-2), (), None, budget="another budget")
+
+    monkeypatch.setattr(_search, "hierarchical", lambda: custom._replace(plan=with_budget))
+    with pytest.raises(NotImplementedError, match="own training budget"):
+        jaxsweep.run(TinyMLP, split_blobs, epochs=1, batch_size=64, seeds=2, progress=False)
