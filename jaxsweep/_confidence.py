@@ -669,9 +669,9 @@ def on_plateau(
     """The statement for a flat end: values at or below (``"down"``) or at or above
     (``"up"``) ``bound`` score alike with the best, so no interval bounds the optimum there.
 
-    The interval runs from the farthest value evaluated that way to the evaluated value just
-    beyond the tied run on the other side: what was seen, not a claim about what lies past
-    the edge.
+    The interval runs from the farthest value evaluated that way to ``bound``, or to the
+    evaluated value just beyond the best's tied run where that lies farther: what was seen,
+    not a claim about what lies past the edge.
     """
     tied = not_worse(values, seed_scores, scale)
     x, _ = _seed_rows(values, seed_scores, scale)
@@ -684,7 +684,34 @@ def on_plateau(
         f"{_fmt(far)}, the farthest evaluated; any of them is as good, and the search stopped "
         "following that end"
     )
-    return dataclasses.replace(tied, method="plateau", bracketed=False, note=note)
+    # the plateau reaches ``bound`` even where the best's own tied run stops short of it
+    low, high = (far, max(tied.high, bound)) if direction == "down" else (min(tied.low, bound), far)
+    return dataclasses.replace(
+        tied, low=low, high=high, method="plateau", bracketed=False, note=note
+    )
+
+
+STABLE_STAGES = 3  # a requested precision holds only over this many successive stages
+
+
+def stable_union(estimates: Sequence[Estimate]) -> Estimate:
+    """The latest estimate, its interval stretched over the intervals of the estimates before
+    it (the last :data:`STABLE_STAGES` stages of a sweep asked for a precision).
+
+    A sweep that stops the first time its interval is narrow picks the intervals that came
+    out narrow by chance: on the digits MLP, stopping on one stage's interval covered the
+    noise-averaged optimum in 9 of 16 sweeps; the union over three successive stages in 14
+    of 16, at a median width of 2.06 (upper / lower). Unbracketed estimates leave it open.
+    """
+    latest, window = estimates[-1], list(estimates[-STABLE_STAGES:])
+    if len(window) < STABLE_STAGES or not all(e.bracketed for e in window):
+        return dataclasses.replace(latest, bracketed=False) if latest.bracketed else latest
+    low, high = min(e.low for e in window), max(e.high for e in window)
+    note = (
+        f"{latest.note}; stretched over the intervals after each of the last {len(window)} "
+        "stages (a precision is declared only where successive stages agree)"
+    )
+    return dataclasses.replace(latest, low=low, high=high, note=note)
 
 
 def relative_half_width(estimate: Estimate, scale: str = "log") -> float:
@@ -733,3 +760,29 @@ def estimate(
         return Confidence(best=curve, refined=curve)
     refined = quadratic_refine(values, scores, scale)
     return Confidence(best=refined, refined=refined)
+
+
+def sweep_confidence(
+    values: Sequence[float],
+    scores: Sequence[float],
+    seed_scores: Sequence[Sequence[float]],
+    stages: Sequence[int],
+    scale: str = "log",
+    plateaus: Sequence = (),
+    *,
+    stable: bool = False,
+) -> Confidence:
+    """:func:`estimate` of a sweep's evaluations (``stages``: each one's stage); with
+    ``stable`` (a sweep asked for a precision), the interval is :func:`stable_union` over the
+    estimates after each of the last stages (the refined value stays the latest)."""
+    latest = estimate(values, scores, seed_scores, scale, plateaus)
+    if not stable or latest.best.method not in ("seed_curve", "not_worse"):
+        return latest
+    last = max(stages)
+    history = []
+    for stage in range(max(last - STABLE_STAGES + 1, 0), last):
+        keep = [i for i, s in enumerate(stages) if s <= stage]
+        if len(keep) >= 2:
+            prefix = [values[i] for i in keep], [scores[i] for i in keep]
+            history.append(estimate(*prefix, [seed_scores[i] for i in keep], scale).best)
+    return Confidence(best=stable_union([*history, latest.best]), refined=latest.refined)

@@ -194,12 +194,14 @@ class SweepResult:
         """
         # the estimates minimise: a metric to maximise enters with its sign flipped
         sign = -1.0 if self.mode == "max" else 1.0
-        return _confidence.estimate(
+        return _confidence.sweep_confidence(
             [e.value for e in self.evaluations],
             [self.objective(e.score) for e in self.evaluations],
             [e.objective_seed_scores(sign) for e in self.evaluations],
+            [e.stage for e in self.evaluations],
             scale=self.scale,
             plateaus=self.plateaus,
+            stable=self.config.get("precision") is not None,
         )
 
     @functools.cached_property

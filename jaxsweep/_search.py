@@ -22,7 +22,9 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from . import _confidence, _selector
+import numpy as np
+
+from . import _confidence, _scale, _selector
 
 if TYPE_CHECKING:
     from ._config import SweepConfig
@@ -83,13 +85,17 @@ def plateaus(evaluated: Evaluated, config: SweepConfig) -> tuple[_selector.Plate
 
 
 def confidence(evaluated: Evaluated, config: SweepConfig) -> _confidence.Confidence:
-    """The interval the result will report for this history (the same computation)."""
-    return _confidence.estimate(
+    """The interval the result will report for this history (the same computation: see
+    ``SweepResult.confidence``)."""
+    count = config.points_per_stage  # every stage evaluates this many values, in order
+    return _confidence.sweep_confidence(
         evaluated.points,
         evaluated.scores,
         evaluated.seed_scores,
+        [i // count for i in range(len(evaluated.points))],
         config.scale,
         plateaus(evaluated, config),
+        stable=config.precision is not None,
     )
 
 
@@ -99,9 +105,52 @@ def precision(evaluated: Evaluated, config: SweepConfig) -> float:
 
 
 def _plan(evaluated: Evaluated, config: SweepConfig) -> _selector.StagePlan:
-    return _selector.plan_stage(
+    """The coarse-to-fine plan; once a requested precision only needs a better fit, values
+    spread over the interval instead (:func:`precision_plan`)."""
+    plan = _selector.plan_stage(
         evaluated.stages, evaluated.points, evaluated.scores, config, evaluated.seed_scores
     )
+    if config.precision is None or plan.expansion is not None or evaluated.stages == 0:
+        return plan
+    best = confidence(evaluated, config).best  # an open interval is still a finite span
+    if not (math.isfinite(best.low) and math.isfinite(best.high) and best.low < best.high):
+        return plan
+    return precision_plan(evaluated.points, (best.low, best.high), config)
+
+
+# how far beyond the interval, on each side and as a share of its width on the axis, a
+# precision stage places values: the fit needs the curve rising on both sides
+PRECISION_MARGIN = 0.5
+
+
+def precision_plan(points, interval: tuple[float, float], config: SweepConfig):
+    """``points_per_stage`` new values spread over the interval and a margin around it, each
+    in the widest gap left between the values evaluated there.
+
+    Refining the best-ranked intervals packs values around the noisiest lucky score (a real
+    sweep put 20 values within 1% of one rate, where each seed's score jumps by 0.01 from one
+    value to the next); a cubic over the interval needs them spread, so every stage fills the
+    largest gaps, evenly on the sweep's axis.
+    """
+    scale = config.scale
+    low, high = (_scale.to_axis(v, scale) for v in interval)
+    margin = PRECISION_MARGIN * (high - low)
+    low, high = low - margin, high + margin
+    if scale == "linear" and min(points) >= 0:
+        low = max(low, 0.0)  # a linear sweep that starts at zero never goes below it
+    inside = sorted(
+        {float(_scale.to_axis(p, scale)) for p in points if low < _scale.to_axis(p, scale) < high}
+    )
+    anchors = [low, *inside, high]
+    new = []
+    for _ in range(config.points_per_stage):
+        gaps = np.diff(anchors)
+        widest = int(np.argmax(gaps))
+        middle = anchors[widest] + gaps[widest] / 2
+        anchors.insert(widest + 1, middle)
+        new.append(float(_scale.from_axis(middle, scale)))
+    span = (float(_scale.from_axis(low, scale)), float(_scale.from_axis(high, scale)))
+    return _selector.StagePlan(tuple(sorted(new)), (span,), None)
 
 
 def _stop(evaluated: Evaluated, config: SweepConfig) -> str | None:

@@ -188,9 +188,10 @@ def plateaus(
 
     An end is flat when the search has already expanded beyond the given range that way and
     scores stopped changing there: the values within ``width`` (one expansion,
-    :func:`expansion_width`) of the edge and those in the next ``width`` inward do not differ
-    significantly as groups (each seed's mean over each group, paired two-sided t test, 95%,
-    the pooled floor scaled to the groups' sizes). Groups against groups, not values against
+    :func:`expansion_width`) of the edge and those in the next ``width`` inward show no trend
+    within either and do not differ as groups (seed by seed: each seed's slope over a group,
+    each seed's mean over it; paired two-sided t tests, 95%, the pooled floor scaled to the
+    groups). Groups against groups, not values against
     the best: among many alike values the best is the luckiest, and values compared with it
     look worse by chance. A further expansion would only find more of the same, so the search
     stops following that end and says "values at or below X score alike" (X: the far end of
@@ -239,18 +240,41 @@ def _flat_end(view: _Noisy, offset: np.ndarray, width: float, upward: bool = Fal
     the next band already differs.
 
     ``offset`` is each value's distance from the edge on the axis (its size is what counts);
-    band ``k`` holds the values between ``k`` and ``k + 1`` widths from the edge.
+    band ``k`` holds the values between ``k`` and ``k + 1`` widths from the edge. A band
+    scores like the edge's when both are level (no significant slope within either) and
+    their levels do not differ.
     """
-    bands = np.floor(np.abs(offset) / width * (1 - 1e-9)).astype(int)
+    distance_from_edge = np.abs(offset)
+    bands = np.floor(distance_from_edge / width * (1 - 1e-9)).astype(int)
     edge = bands == 0
+    if not _level(view, edge, distance_from_edge):
+        return None
     bound = None
     for k in range(1, int(bands.max()) + 1):
         band = bands == k
-        if band.sum() < 1 or not _alike(view, edge, band):
+        if not (_level(view, band, distance_from_edge) and _alike(view, edge, band)):
             break
         values = np.asarray(view.points)[band]
         bound = float(values.min() if upward else values.max())
     return bound
+
+
+def _level(view: _Noisy, band: np.ndarray, position: np.ndarray) -> bool:
+    """Whether the scores of a band of values show no trend along the axis: each seed's
+    least-squares slope over the band, paired two-sided t test (95%) of their mean, the
+    standard error at least what the pooled floor implies for a slope."""
+    if band.sum() < 2 or not np.isfinite(view.matrix[band]).all():
+        return False
+    x, y = position[band], view.matrix[band]
+    centred = x - x.mean()
+    spread = float(centred @ centred)
+    if spread <= 0:
+        return False
+    slopes = centred @ (y - y.mean(axis=0)) / spread  # (seeds,)
+    seeds = len(slopes)
+    floor = _noise.pooled_error(view.matrix) / math.sqrt(2 * spread)
+    error = max(float(slopes.std(ddof=1)) / math.sqrt(seeds), floor)
+    return abs(float(slopes.mean())) <= _noise.t_quantile(0.975, seeds - 1) * error
 
 
 def _alike(view: _Noisy, first: np.ndarray, second: np.ndarray) -> bool:
@@ -258,9 +282,7 @@ def _alike(view: _Noisy, first: np.ndarray, second: np.ndarray) -> bool:
     two-sided t test (95%), the standard error at least the pooled floor scaled to the
     groups' sizes."""
     matrix = view.matrix
-    if first.sum() < 2 or not (
-        np.isfinite(matrix[first]).all() and np.isfinite(matrix[second]).all()
-    ):
+    if second.sum() < 1 or not np.isfinite(matrix[second]).all():
         return False
     difference = matrix[first].mean(axis=0) - matrix[second].mean(axis=0)  # (seeds,)
     seeds = len(difference)
