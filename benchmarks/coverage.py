@@ -301,7 +301,9 @@ CONFIGS = {
     "one seed (the previous defaults)": dict(seeds=1, min_improvement=0.01),
     "defaults": {},
     "5 seeds": dict(seeds=5),
+    "precision=0.5": dict(precision=0.5),
 }
+PRECISE = 2.25  # upper / lower of an interval within best / 1.5 .. best * 1.5
 
 FULL = dict(
     problems=("mlp", "cnn"),
@@ -317,6 +319,10 @@ FULL = dict(
 SETTINGS = {
     "full": FULL,
     "quick": dict(FULL, problems=("mlp",), sweeps={"mlp": 3}, retrain_seeds=4),
+    # the search's own comparison: the defaults against a requested precision
+    "search": dict(
+        FULL, problems=("mlp",), sweeps={"mlp": 20}, configs=("defaults", "precision=0.5")
+    ),
     "dry": dict(
         FULL,
         problems=("tiny",),
@@ -381,6 +387,7 @@ def one_sweep(
         "interval": [best.low, best.high],
         "method": best.method,
         "label": best.label,
+        "precision": result.precision,
     }
 
 
@@ -416,6 +423,8 @@ def _summary(runs: Sequence[dict], optimum: float) -> dict[str, Any]:
         "retrained_refined": float(np.median([r["retrained_refined"] for r in runs])),
         "stop_reasons": stops,
         "methods": methods,
+        "within_precise": int(sum(w <= PRECISE * (1 + 1e-9) for w in widths)),
+        "median_precision": float(np.median([r.get("precision", math.inf) for r in runs])),
     }
 
 
@@ -478,6 +487,9 @@ def run(mode: str = "full", **overrides) -> dict:
                     f"{summary['covered']}/{summary['sweeps']} ({100 * summary['coverage']:.0f}%,"
                     f" {100 * low:.0f}-{100 * high:.0f}%)",
                     summary["median_width"],
+                    f"{summary['within_precise']}/{summary['sweeps']}",
+                    summary["median_precision"],
+                    ", ".join(f"{k} {v}" for k, v in sorted(summary["stop_reasons"].items())),
                     summary["median_seconds"],
                     summary["median_lanes"],
                     summary["retrained_best"],
@@ -498,7 +510,11 @@ def run(mode: str = "full", **overrides) -> dict:
     notes += [
         "Each sweep is jaxsweep.run with its defaults on the fixed digits split (0.2 held out, "
         "split seed 0), only the sweep's seed changed; 'one seed' adds seeds=1, "
-        "min_improvement=0.01 (the previous defaults).",
+        "min_improvement=0.01 (the previous defaults); 'precision=0.5' asks the sweep to go on "
+        "until its interval lies within best/1.5 .. best*1.5 (at most 20 stages).",
+        f"Precision reached: the interval's relative half-width around the refined value "
+        f"(result.precision); width <= {PRECISE}: sweeps whose upper / lower is at most "
+        f"{PRECISE}, what precision=0.5 asks for.",
         "Coverage: sweeps whose reported interval contains the noise-averaged optimum (Wilson "
         "95% interval in brackets). Width: upper over lower end of the interval (median). "
         "Lanes: values times seeds trained (median). Seconds: wall time of one jaxsweep.run "
@@ -522,6 +538,9 @@ def run(mode: str = "full", **overrides) -> dict:
                 "sweeps",
                 "covered",
                 "median width (upper / lower)",
+                f"width <= {PRECISE}",
+                "median precision reached",
+                "stop reasons",
                 "median seconds",
                 "median lanes",
                 "retrained loss, best value",

@@ -19,9 +19,10 @@ jittered spectrum, so the optimum falls anywhere between grid points):
 * flat: a well-spread spectrum; a broad, flat interior optimum;
 * outside: a soft spectrum whose optimum lies ~10x above the default range (1e-5, 1e-2).
 
-Every method searches the default range. The hierarchical sweep is ``jaxsweep.run`` on the
-Flax model (``batch_size = n``, ``optax.sgd``, validation = training data, so its score is the
-training loss above); the grid, random search and TPE score rates by the same float32
+Every method searches the default range. The hierarchical sweep is ``jaxsweep.run`` with its
+defaults (3 seeds) on the Flax model (``batch_size = n``, ``optax.sgd``, validation = training
+data, so its score is the training loss above), judged by the value it recommends; the grid,
+random search and TPE score rates by the same float32
 gradient descent, written directly in JAX.
 """
 
@@ -150,12 +151,12 @@ def _scores(problem: Problem, lrs) -> np.ndarray:
     return np.where(np.isfinite(losses), losses, np.inf).astype(np.float64)
 
 
-def hierarchical(problem: Problem, seed: int) -> tuple[float, np.ndarray, np.ndarray]:
-    """``jaxsweep.run`` on the linear Flax model: best rate, evaluated rates and scores."""
+def hierarchical(problem: Problem, seed: int):
+    """``jaxsweep.run`` with its defaults (3 seeds) on the linear Flax model: the result."""
     data = (problem.x, problem.y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", jaxsweep.SearchRangeWarning)
-        result = jaxsweep.run(
+        return jaxsweep.run(
             lambda: nn.Dense(1, use_bias=False, kernel_init=nn.initializers.zeros),
             {"train": data, "val": data},
             loss="mse",
@@ -163,14 +164,9 @@ def hierarchical(problem: Problem, seed: int) -> tuple[float, np.ndarray, np.nda
             lr_range=DEFAULT_RANGE,
             epochs=problem.steps,
             batch_size=len(problem.x),
-            seeds=1,  # full batches from zero weights: every seed trains the same
-            min_improvement=0.0,
             seed=seed,
             progress=False,
         )
-    rates = np.asarray([e.lr for e in result.evaluations])
-    scores = np.asarray([e.score for e in result.evaluations])
-    return result.best_lr, rates, scores
 
 
 def _best(rates, scores) -> float:
@@ -180,12 +176,14 @@ def _best(rates, scores) -> float:
 def measure(problem: Problem, seed: int, trials: int) -> dict:
     """The rate each method finds on one problem, and its relative error."""
     truth = problem.optimum()
-    best_lr, rates, scores = hierarchical(problem, seed)
+    result = hierarchical(problem, seed)
+    rates = np.asarray([e.value for e in result.evaluations])
+    scores = np.asarray([e.score for e in result.evaluations])
     # the sweep's scores against the exact loss at the same rates (non-diverged, moderate)
     exact = problem.loss(rates)
     ok = np.isfinite(scores) & (exact < 1e6)
     score_error = float(np.max(np.abs(scores[ok] - exact[ok]) / exact[ok], initial=0.0))
-    found = {"hierarchical": best_lr}
+    found = {"hierarchical": result.refined_value}
     grid = np.geomspace(*DEFAULT_RANGE, trials)
     found[f"grid {trials}"] = _best(grid, _scores(problem, grid))
     random = random_rates(DEFAULT_RANGE, trials, seed)
@@ -209,6 +207,14 @@ def measure(problem: Problem, seed: int, trials: int) -> dict:
         "found": found,
         "relative_error": {k: abs(v - truth) / truth for k, v in found.items()},
         "sweep_evaluations": int(len(rates)),
+        "sweep_lanes": int(sum(len(e.seed_scores) for e in result.evaluations)),
+        "sweep_interval": list(result.value_interval),
+        "sweep_interval_holds_optimum": bool(
+            result.value_interval[0] <= truth <= result.value_interval[1]
+        ),
+        "sweep_precision": result.precision,
+        "sweep_stop_reason": result.stop_reason,
+        "sweep_seconds": result.seconds,
         "sweep_score_max_relative_error_vs_exact": score_error,
     }
 
@@ -237,7 +243,11 @@ def run(mode: str = "full", kinds=("edge", "flat", "outside"), **overrides) -> d
             row += [100 * float(np.median(errors)), 100 * float(np.max(errors))]
         rows.append(row)
         worst = max(r["relative_error"]["hierarchical"] for r in mine)
-        targets[f"{kind}: hierarchical worst error <= 2%"] = worst <= 0.02
+        targets[f"{kind}: hierarchical worst error <= 1%"] = worst <= 0.01
+        held = sum(r["sweep_interval_holds_optimum"] for r in mine)
+        targets[f"{kind}: the sweep's interval holds the optimum ({held}/{len(mine)})"] = (
+            held == len(mine)
+        )
     columns = ["problem", "optimal rate"]
     for method in methods:
         columns += [f"{method} median %", f"{method} worst %"]
@@ -259,8 +269,20 @@ def run(mode: str = "full", kinds=("edge", "flat", "outside"), **overrides) -> d
         "it evaluated.",
         "Every method searches the default range 1e-5 to 1e-2; only the hierarchical sweep may "
         "leave it (the 'outside' optimum lies above it).",
-        f"Hierarchical: jaxsweep.run, {cases[0]['sweep_evaluations']} evaluations "
-        "(5 stages of 5, no early stop).",
+        "Hierarchical: jaxsweep.run with its defaults (3 seeds: every seed trains the same "
+        "numbers here, zero noise; lanes past the divergence edge end huge but finite), its "
+        "refined value (result.refined_value); "
+        f"median {np.median([r['sweep_lanes'] for r in cases]):.0f} lanes, stop reasons "
+        + ", ".join(
+            f"{k} {v}"
+            for k, v in sorted(
+                {
+                    s: sum(r["sweep_stop_reason"] == s for r in cases)
+                    for s in {r["sweep_stop_reason"] for r in cases}
+                }.items()
+            )
+        )
+        + ".",
     ]
     return c.benchmark_record(
         NAME,

@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument(
         "--dry", action="store_true", help="tiny sizes, seconds: every code path, no timings"
     )
+    sizes.add_argument(
+        "--search",
+        action="store_true",
+        help="with --only coverage: the defaults against precision=0.5 (20 MLP sweeps each)",
+    )
     parser.add_argument(
         "--only",
         default=",".join(DEFAULT),
@@ -111,6 +116,11 @@ def main(argv=None) -> int:
         return 2
     _split_cpu(args.cpu_devices)
     mode = "quick" if args.quick else "gpu" if args.gpu else "dry" if args.dry else "full"
+    if args.search:
+        if names != ["coverage"]:
+            print("--search: only the coverage benchmark has it (add --only coverage)")
+            return 2
+        mode = "search"
     # a timed sweep compiles, as a first one does; nothing is written into the user's cache
     os.environ.setdefault("JAXSWEEP_CACHE_DIR", "off")
     info = c.machine()
