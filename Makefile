@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install test test-fast lint demo bench bench-quick bench-coverage clean
+.PHONY: install test test-fast lint demo bench bench-quick bench-coverage bench-coverage-search clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,examples,bench,grain]"
+	$(BIN)/python -m pip install --quiet -e ".[test,examples,bench,grain,tensorboard,dataframe]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -37,6 +37,10 @@ bench-quick: $(STAMP)
 
 bench-coverage: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all --only coverage --suffix -coverage
+
+# the search's own comparison: the defaults against precision=0.5 (digits MLP, 20 sweeps each)
+bench-coverage-search: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all --only coverage --search --suffix=-coverage-search
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
