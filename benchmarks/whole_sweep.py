@@ -297,7 +297,9 @@ def engine_claim(
         },
         max(3, settings["engine_repeats"]),
     )
-    sweep_scores = np.asarray([e.score for e in result.evaluations])
+    # the recorded per-seed losses, as the plain loop computes them (the search also counts a
+    # finite loss that blew up as diverged; the plain loop flags only NaN/inf)
+    sweep_scores = _scores(np.asarray([[np.mean(e.seed_scores)] for e in result.evaluations]))
     a_scores = _scores(a_losses)
     finite = np.isfinite(sweep_scores) & np.isfinite(a_scores)
     with np.errstate(invalid="ignore", divide="ignore"):

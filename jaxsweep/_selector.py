@@ -203,6 +203,8 @@ def plateaus(
     values a later stage adds while refining elsewhere (next to an optimum at the plateau's
     inner end) must not reopen an end that an expansion already showed to be flat.
     """
+    if _noise.seed_count(seed_scores) < 2:
+        return ()  # one seed has no measure of the noise
     if stages is not None:  # a flat end shown after any stage stays flat
         return _plateaus_over_stages(points, seed_scores, stages, value_range, width, scale)
     view = _noisy(points, seed_scores)
