@@ -125,3 +125,17 @@ def comparable(result: dict) -> dict:
     kept = {k: v for k, v in result.items() if k not in {"environment", "setup_seconds", "seconds"}}
     kept["stages"] = [{k: v for k, v in s.items() if k not in timing} for s in result["stages"]]
     return kept
+
+
+@pytest.fixture(scope="module")
+def helper_env(tmp_path_factory):
+    """The environment of a helper sweep run in a subprocess: CPU, a compilation cache of the
+    test module's own (each run after the first loads its programs)."""
+    cache = tmp_path_factory.mktemp("compilation-cache")
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }

@@ -40,18 +40,6 @@ def trained(result) -> int:
     return record["environment"]["checkpoint"]["epochs_trained"]
 
 
-@pytest.fixture(scope="module")
-def helper_env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("compilation-cache")
-    return {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
-
-
 def leg(env, directory, out, *options, killed: bool):
     """Runs the helper sweep once; checks it was killed (or finished) as asked."""
     process = subprocess.run(

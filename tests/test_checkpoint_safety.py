@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from checkpoint_sweep import sweep
 from conftest import comparable
+from test_checkpoint import leg
 
 from jaxsweep import _checkpoint
 from jaxsweep._checkpoint import (
@@ -83,35 +84,6 @@ def interrupted_after_first_save(monkeypatch, directory) -> None:
     with pytest.raises(Interrupted):
         sweep(directory, **ONE_STAGE)
     monkeypatch.undo()
-
-
-@pytest.fixture(scope="module")
-def helper_env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("compilation-cache")
-    return {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
-
-
-def leg(env, directory, out, *options, killed: bool):
-    """Runs tests/checkpoint_sweep.py once; checks it was killed (or finished) as asked."""
-    process = subprocess.run(
-        [sys.executable, SWEEP_HELPER, str(directory), str(out), *options],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if killed:
-        assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
-        return None
-    assert process.returncode == 0, process.stderr[-3000:]
-    with open(out) as handle:
-        return json.load(handle)
 
 
 # ----------------------------------------------------------------------------- ownership

@@ -98,6 +98,16 @@ def _estimate(evaluated, config):
     return _search.confidence(evaluated, config).best
 
 
+def _coverage_and_widths(runs) -> tuple[float, list, list]:
+    """Of simulated sweeps (defaults): how often the interval holds OPTIMUM, each interval's
+    width (upper / lower) and each refined value's relative error."""
+    config = _config()
+    estimates = [_estimate(evaluated, config) for evaluated, _, _ in runs]
+    covered = float(np.mean([e.contains(OPTIMUM) for e in estimates]))
+    widths = [e.high / e.low for e in estimates]
+    return covered, widths, [abs(e.lr / OPTIMUM - 1) for e in estimates]
+
+
 # ----------------------------------------------------------------------------- blown-up lanes
 
 
@@ -132,11 +142,7 @@ def test_blown_up_lanes_count_as_diverged():
 
 def test_search_beside_a_divergence_edge_finds_the_optimum():
     runs = _sweeps(_exploding_valley, trials=40)
-    config = _config()
-    estimates = [_estimate(evaluated, config) for evaluated, _, _ in runs]
-    covered = np.mean([e.contains(OPTIMUM) for e in estimates])
-    widths = [e.high / e.low for e in estimates]
-    errors = [abs(e.lr / OPTIMUM - 1) for e in estimates]
+    covered, widths, errors = _coverage_and_widths(runs)
     assert covered >= 0.9, covered
     assert np.median(widths) < 3.0, np.median(widths)
     assert np.median(errors) < 0.15, np.median(errors)
@@ -227,11 +233,7 @@ def _heavy_tailed(values, trial: int) -> np.ndarray:
 
 
 def test_heavy_tailed_seed_noise_keeps_the_interval_honest_and_useful():
-    runs = _sweeps(_heavy_tailed, trials=40)
-    config = _config()
-    estimates = [_estimate(evaluated, config) for evaluated, _, _ in runs]
-    covered = np.mean([e.contains(OPTIMUM) for e in estimates])
-    widths = [e.high / e.low for e in estimates]
+    covered, widths, _ = _coverage_and_widths(_sweeps(_heavy_tailed, trials=40))
     assert covered >= 0.85, covered
     assert np.median(widths) < 4.0, np.median(widths)
 
