@@ -7,11 +7,13 @@ import importlib as _importlib
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
+from . import callbacks as callbacks
 from ._result import Evaluation as Evaluation
 from ._result import Stage as Stage
 from ._result import SweepResult as SweepResult
 from ._result import load as load
 from ._warnings import SearchRangeWarning as SearchRangeWarning
+from .callbacks import Callback as Callback
 from .plots import plot as plot
 from .report import report as report
 
@@ -57,6 +59,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "Callback",
     "CheckpointWarning",
     "ConfigurationMismatchError",
     "Evaluation",
@@ -65,6 +68,7 @@ __all__ = [
     "SearchRangeWarning",
     "Stage",
     "SweepResult",
+    "callbacks",
     "columns",
     "is_writer",
     "load",

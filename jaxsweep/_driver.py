@@ -3,12 +3,14 @@
 ``drive(setup)`` opens the checkpoints (a mismatch fails before anything compiles), builds the
 stage programs, and runs :func:`sweep`, whose loop reads as the search itself: plan a stage
 from the history (pure), train its lanes, turn their metrics into records, apply the stop
-rule. The progress bar and the checkpoints are hooks the loop calls at fixed points; they
-never decide anything.
+rule. Everything that watches the sweep is a callback (:mod:`jaxsweep.callbacks`), called
+through one list at fixed points: the checkpoint saver, the progress bar, then the user's own.
+They never decide anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -23,12 +25,13 @@ from ._config import SweepConfig
 from ._data import take
 from ._environment import describe
 from ._history import History, Running, StageCost, collect_evaluations
-from ._progress import BarProgress, SilentProgress
+from ._progress import BarProgress, ProgressBar
 from ._result import SweepResult
 from ._setup import Setup
 from ._stage import StageLanes, StagePrograms, lane_inputs
 from ._train import EpochMetrics
 from ._warnings import SearchRangeWarning, warn
+from .callbacks import Callback, Lane, Resumed, StageEnd, SweepInfo, Validation
 
 
 def drive(setup: Setup) -> SweepResult:
@@ -39,27 +42,27 @@ def drive(setup: Setup) -> SweepResult:
         stored = checkpoints.stored_result()
         for note in stored.warnings:  # the same call warns the same, trained or stored
             warn(note, SearchRangeWarning)
+        with _Callbacks(setup, None, None) as callbacks:  # told, though nothing trains
+            callbacks.stored(stored)
         return stored
     try:
         if checkpoints is not None:
             checkpoints.check_resumable()
         engine = build_stage_programs(setup)
         # one bar per sweep: under jax.distributed only the writing process shows it
-        show = setup.progress and setup.hosts.writer
-        config = setup.config
-        reporter = SilentProgress()
-        if show:
+        config, reporter = setup.config, None
+        if setup.progress and setup.hosts.writer:
             reporter = BarProgress(
                 config.stages, setup.budget.total, config.hyperparam, config.scale
             )
-        with reporter, _cache.compilation_cache(setup.compilation_cache) as cache:
-            with _cache.CompileLog() as compiles:
-                hooks = _Hooks(reporter, checkpoints, config, setup.budget)
-                hooks.programs = lambda: {
-                    "lanes": {"strategy": str(engine.strategy), "reason": engine.reason},
-                    "compilation_cache": {**cache.describe(), **compiles.describe()},
-                }
-                return sweep(setup, engine, hooks)
+        with _Callbacks(setup, checkpoints, reporter) as callbacks:
+            with _cache.compilation_cache(setup.compilation_cache) as cache:
+                with _cache.CompileLog() as compiles:
+                    callbacks.programs = lambda: {
+                        "lanes": {"strategy": str(engine.strategy), "reason": engine.reason},
+                        "compilation_cache": {**cache.describe(), **compiles.describe()},
+                    }
+                    return sweep(setup, engine, callbacks)
     finally:
         if checkpoints is not None:  # a pending save completes even when the sweep fails
             checkpoints.close()
@@ -104,13 +107,16 @@ def _model_traits(setup: Setup) -> _lanes.ModelTraits:
 
 
 def sweep(
-    setup: Setup, engine: StagePrograms, hooks: _Hooks, search: _search.Search | None = None
+    setup: Setup,
+    engine: StagePrograms,
+    callbacks: _Callbacks,
+    search: _search.Search | None = None,
 ) -> SweepResult:
-    """The stage loop: plan, train, record, stop; progress and checkpoints are hooks. Where
-    to look and when to stop is the search's alone (``search``: the hierarchical one)."""
+    """The stage loop: plan, train, record, stop; progress and checkpoints are callbacks.
+    Where to look and when to stop is the search's alone (``search``: the hierarchical one)."""
     config = setup.config
     search = search or _search.hierarchical()
-    resumed = hooks.resume(engine)
+    resumed = callbacks.sweep_start(engine)
     # the sweep's clock started with run's checks: all before the first stage is set-up
     setup_seconds = time.perf_counter() - setup.started
     history = History() if resumed is None else resumed.history
@@ -121,30 +127,28 @@ def sweep(
         _check_plan(plan, engine.budget)
         if plan.expansion is not None:  # said before the stage it concerns starts
             history = _warned(history, _expansion_note(stage, plan, config))
-        hooks.start_stage(stage, plan.points)
+        callbacks.stage_start(stage, plan.points)
         part = resumed if resumed is not None and resumed.stage == stage else None
-        lanes, running = _train_stage(engine, stage, plan, config, hooks, part, history)
+        lanes, running = _train_stage(engine, stage, plan, config, callbacks, part, history)
         memory = engine.memory(lanes, _sharding.first_local(setup.devices))
         history = _with_stage(history, stage, plan, config, running, memory, engine.budget)
-        hooks.stage_done(stage, history)
+        callbacks.stage_end(stage, history)
         stop_reason = search.stop(history.evaluated(), config)
         if stop_reason is not None:
             break
-        hooks.save_stage(stage, history)
+        callbacks.stage_kept(stage, history)
         stage += 1
-    if stop_reason != "completed":
-        hooks.stop_early()
     summary = search.summary(history.evaluated(), config)
     for note in summary.notes:
         history = _warned(history, note)
     result = history.result(
         setup.record,
-        environment=hooks.environment(setup.devices),
+        environment=callbacks.environment(setup.devices),
         param_count=setup.param_count,
         stop_reason=stop_reason,
         setup_seconds=setup_seconds,
     )
-    hooks.finish(stage, result, history)
+    callbacks.sweep_end(stage, result, history)
     return result
 
 
@@ -163,7 +167,7 @@ def _train_stage(
     stage: int,
     plan: _selector.StagePlan,
     config: SweepConfig,
-    hooks: _Hooks,
+    callbacks: _Callbacks,
     resumed: ResumePoint | None,
     history: History,
 ) -> tuple[StageLanes, Running]:
@@ -183,12 +187,13 @@ def _train_stage(
         )
     first = len(running.epoch_metrics)
     segment_started = time.perf_counter()
-    for segment, trained, metrics in engine.train(lanes, state, first, on_steps=hooks.steps_done):
+    on_steps = callbacks.steps_done
+    for segment, trained, metrics in engine.train(lanes, state, first, on_steps=on_steps):
         now = time.perf_counter()
         running = running.after_epoch(metrics, now - segment_started, now - started)
         # the stacked lane state is made only for a checkpoint save
         stacked = functools.partial(engine.stacked, lanes, trained)
-        hooks.epoch_done(stage, segment + 1, stacked, lanes, running, history)
+        callbacks.validation(stage, segment, metrics, stacked, lanes, running)
         segment_started = time.perf_counter()  # the next segment trained meanwhile
     return lanes, running
 
@@ -224,69 +229,173 @@ def _lane_template(engine: StagePrograms, config: SweepConfig) -> LaneTemplate:
     )
 
 
-class _Hooks:
-    """The edges the loop reports to: the progress bar, and the checkpoints when there are."""
+class _Callbacks:
+    """The one list the loop reports to, in order: the checkpoint saver (when there are
+    checkpoints), the progress bar (when shown), then the user's callbacks.
 
-    def __init__(self, reporter, checkpoints: SweepCheckpoints | None, config, budget: Budget):
-        self.reporter, self.checkpoints, self.config = reporter, checkpoints, config
-        self.budget = budget
-        self.epochs_trained = 0  # validation segments trained in this process
-        self.programs = dict  # () -> how the programs ran: lane strategy, compilations
+    Each callback runs in the writing process only unless it says ``all_processes = True``
+    (the saver does: every process writes its own shards). The loop's points become the
+    records of :mod:`jaxsweep.callbacks`; the engine's own callbacks (``_engine = True``)
+    are also handed what they need of the loop (keywords), and the engine's own events
+    (``_on_steps``, ``_on_stage_kept``) go to those that have them. Exceptions propagate;
+    :meth:`close` closes every callback, also when the sweep fails.
+    """
 
-    def resume(self, engine: StagePrograms) -> ResumePoint | None:
-        """Where the checkpoints say to continue; every key and batch order derives from
-        (seed, epoch), so the rest trains exactly as it would have."""
-        if self.checkpoints is None:
-            return None
-        point = self.checkpoints.resume_point(_lane_template(engine, self.config))
-        if point is None:
-            return None
-        for note in point.history.notes:  # the same call warns the same, interrupted or not
-            warn(note, SearchRangeWarning)
-        budget = self.budget
-        self.reporter.message(
-            f"resumed from {self.checkpoints.directory}: stage {point.stage}, "
-            f"{point.epoch} of {budget.validations} validations done"
+    def __init__(self, setup: Setup, checkpoints: SweepCheckpoints | None, reporter):
+        self.setup, self.config, self.budget = setup, setup.config, setup.budget
+        self.saver = None if checkpoints is None else _CheckpointSaver(checkpoints)
+        own = [c for c in (self.saver, reporter and ProgressBar(reporter)) if c is not None]
+        writer = setup.hosts.writer
+        self.items = tuple(
+            c for c in (*own, *setup.callbacks) if writer or getattr(c, "all_processes", False)
         )
-        done = budget.validation_steps()[point.epoch - 1] if point.epoch else 0
-        self.reporter.steps_done(point.stage * budget.total + done)  # the bar counts them
-        self.reporter.epoch_done(point.history.best()[1])
+        self.programs = dict  # () -> how the programs ran: lane strategy, compilations
+        self._lanes: tuple[Lane, ...] = ()
+        self._steps = self.budget.validation_steps()
+
+    def __enter__(self) -> _Callbacks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, name: str, *args, **engine) -> None:
+        for callback in self.items:
+            method = getattr(callback, name, None)
+            if method is None:
+                continue
+            if getattr(callback, "_engine", False):
+                method(*args, **engine)
+            else:
+                method(*args)
+
+    def close(self) -> None:
+        """Closes every callback (each one, even when another's ``close`` raises)."""
+        with contextlib.ExitStack() as stack:
+            for callback in reversed(self.items):  # the stack closes the first one first
+                close = getattr(callback, "close", None)
+                if close is not None:
+                    stack.callback(close)
+
+    def info(self, resumed: Resumed | None = None, finished: bool = False) -> SweepInfo:
+        config, checkpoint = self.config, self.setup.checkpoint
+        return SweepInfo(
+            hyperparam=config.hyperparam,
+            scale=config.scale,
+            value_range=tuple(config.value_range),
+            metric=config.metric,
+            mode=config.mode,
+            stages=config.stages,
+            seeds=config.seeds,
+            steps=self.budget.total,
+            validation_steps=tuple(int(s) for s in self._steps),
+            config=self.setup.record,
+            checkpoint_dir=checkpoint.directory,
+            resumed=resumed,
+            finished=finished,
+        )
+
+    def stored(self, result: SweepResult) -> None:
+        """A finished sweep's stored result, returned without training."""
+        self._call("on_sweep_start", self.info(finished=True))
+        self._call("on_sweep_end", result)
+
+    def sweep_start(self, engine: StagePrograms) -> ResumePoint | None:
+        """Where the checkpoints say to continue (every key and batch order derives from
+        (seed, epoch), so the rest trains exactly as it would have); then the sweep starts."""
+        point = None if self.saver is None else self.saver.resume(engine, self.config)
+        resumed = None
+        if point is not None:
+            for note in point.history.notes:  # the same call warns the same, interrupted or not
+                warn(note, SearchRangeWarning)
+            done = int(self._steps[point.epoch - 1]) if point.epoch else 0
+            resumed = Resumed(
+                self.saver.checkpoints.directory,
+                point.stage,
+                point.epoch,
+                done,
+                *point.history.best(),
+            )
+        self._call("on_sweep_start", self.info(resumed))
         return point
 
-    def start_stage(self, stage: int, values) -> None:
-        self.reporter.start_stage(stage, self.config.stages, values, self.budget.total)
+    def stage_start(self, stage: int, values) -> None:
+        seeds = self.config.seeds
+        self._lanes = tuple(Lane(float(v), s) for v in values for s in range(seeds))
+        self._call("on_stage_start", stage, tuple(float(v) for v in values))
 
     def steps_done(self, steps: int) -> None:
-        self.reporter.steps_done(steps)
+        self._call("_on_steps", steps)
 
-    def epoch_done(self, stage, epoch, lane_state, lanes: StageLanes, running, history) -> None:
+    def validation(self, stage, segment, metrics: EpochMetrics, lane_state, lanes, running):
         """``lane_state()`` gives the stacked lane state (made only when a save is due)."""
-        self.epochs_trained += 1
-        if self.checkpoints is not None:
-            self.checkpoints.epoch_done(stage, epoch, lane_state, lanes.inputs, running)
-        self.reporter.epoch_done(
-            _running_best(running.epoch_metrics[-1], history.best()[1], self.config)
+        event = Validation(
+            stage=stage,
+            segment=segment,
+            step=int(self._steps[segment]),
+            lanes=self._lanes,
+            train_loss=np.asarray(metrics.train_loss),
+            val_loss=np.asarray(metrics.val_loss),
+            val_aux={name: np.asarray(v) for name, v in metrics.val_aux.items()},
+            diverged=np.asarray(metrics.diverged, bool),
+        )
+        self._call(
+            "on_validation", event, lane_state=lane_state, inputs=lanes.inputs, running=running
         )
 
-    def stage_done(self, stage: int, history: History) -> None:
-        self.reporter.stage_done(stage, *history.best())
+    def stage_end(self, stage: int, history: History) -> None:
+        record = history.stages[-1]
+        end = StageEnd(
+            stage=stage,
+            values=tuple(record.values),
+            evaluations=tuple(e for e in history.evaluations if e.stage == stage),
+            best_value=record.best_value,
+            best_score=record.best_score,
+            seconds=record.seconds,
+        )
+        self._call("on_stage_end", stage, end)
 
-    def stop_early(self) -> None:
-        self.reporter.finish_early()
-
-    def save_stage(self, stage: int, history: History) -> None:
-        if self.checkpoints is not None:
-            self.checkpoints.stage_done(stage, history)
+    def stage_kept(self, stage: int, history: History) -> None:
+        """The sweep goes on after ``stage``: its boundary is saved."""
+        self._call("_on_stage_kept", stage, history)
 
     def environment(self, devices) -> dict:
         environment = {**describe(devices), **self.programs()}
-        if self.checkpoints is not None:
-            environment["checkpoint"] = self.checkpoints.describe(self.epochs_trained)
+        if self.saver is not None:
+            environment["checkpoint"] = self.saver.describe()
         return environment
 
-    def finish(self, stage: int, result: SweepResult, history: History) -> None:
-        if self.checkpoints is not None:  # a rerun of a finished sweep returns this as is
-            self.checkpoints.finish(stage, result, history)
+    def sweep_end(self, stage: int, result: SweepResult, history: History) -> None:
+        self._call("on_sweep_end", result, stage=stage, history=history)
+
+
+class _CheckpointSaver(Callback):
+    """The sweep's checkpoints as a callback: a save after validations (when due), at every
+    stage boundary the sweep goes on from, and the finished result."""
+
+    all_processes = True  # every process writes the shards of its own devices
+    _engine = True  # handed the lane state and the history
+
+    def __init__(self, checkpoints: SweepCheckpoints):
+        self.checkpoints = checkpoints
+        self.trained = 0  # validation segments trained in this process
+
+    def resume(self, engine: StagePrograms, config: SweepConfig) -> ResumePoint | None:
+        return self.checkpoints.resume_point(_lane_template(engine, config))
+
+    def on_validation(self, event: Validation, *, lane_state, inputs, running) -> None:
+        self.trained += 1
+        self.checkpoints.epoch_done(event.stage, event.segment + 1, lane_state, inputs, running)
+
+    def _on_stage_kept(self, stage: int, history: History) -> None:
+        self.checkpoints.stage_done(stage, history)
+
+    def on_sweep_end(self, result: SweepResult, *, stage: int, history: History) -> None:
+        # a rerun of a finished sweep returns this as is
+        self.checkpoints.finish(stage, result, history)
+
+    def describe(self) -> dict:
+        return self.checkpoints.describe(self.trained)
 
 
 def _open_checkpoints(setup: Setup) -> SweepCheckpoints | None:
@@ -319,12 +428,3 @@ def _expansion_note(stage: int, plan: _selector.StagePlan, config: SweepConfig) 
 
 def _in_words(hyperparam: str) -> str:
     return hyperparam.replace("_", " ")
-
-
-def _running_best(metrics: EpochMetrics, best_score: float, config: SweepConfig) -> float:
-    """The best score known after an epoch, for the progress bar (diverged lanes ignored)."""
-    name = config.metric.removeprefix("val_")
-    values = metrics.val_loss if config.metric == "val_loss" else metrics.val_aux[name]
-    signed = config.sign * np.asarray(values, np.float64)
-    signed = np.where(np.asarray(metrics.diverged), np.inf, signed)
-    return config.sign * float(min(config.sign * best_score, np.nanmin(signed, initial=np.inf)))

@@ -1,12 +1,17 @@
 """Progress display at the edge: a rich progress bar, or nothing when ``progress=False``.
 
 Stages count from 0, as in the result and the report; the bar names the swept
-hyperparameter and its scale (``momentum (linear)``), never assuming a learning rate.
+hyperparameter and its scale (``momentum (linear)``), never assuming a learning rate. The
+driver reaches the bar through :class:`ProgressBar`, one of the sweep's callbacks.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
+
+from .callbacks import Callback, StageEnd, SweepInfo, Validation
 
 
 class SilentProgress:
@@ -116,3 +121,63 @@ def _rate_column():
             return Text("- steps/s" if speed is None else f"{speed:.3g} steps/s")
 
     return RateColumn()
+
+
+class ProgressBar(Callback):
+    """The sweep's callback that drives a bar (:class:`BarProgress`, or any object with its
+    methods): stage lines, steps within a segment, the best score so far."""
+
+    def __init__(self, reporter):
+        self.reporter = reporter
+        self._entered = False
+        self._info: SweepInfo | None = None
+        self._best = math.inf  # the best score of the finished stages (the metric itself)
+
+    def on_sweep_start(self, info: SweepInfo) -> None:
+        self._info, self._best = info, _worst(info.mode)
+        self.reporter.__enter__()
+        self._entered = True
+        resumed = info.resumed
+        if resumed is not None:
+            self.reporter.message(
+                f"resumed from {resumed.directory}: stage {resumed.stage}, "
+                f"{resumed.segment} of {len(info.validation_steps)} validations done"
+            )
+            self.reporter.steps_done(resumed.stage * info.steps + resumed.steps)
+            self._best = resumed.best_score
+            self.reporter.epoch_done(resumed.best_score)
+
+    def on_stage_start(self, stage: int, values) -> None:
+        self.reporter.start_stage(stage, self._info.stages, values, self._info.steps)
+
+    def _on_steps(self, steps: int) -> None:  # the engine's own: after every training call
+        self.reporter.steps_done(steps)
+
+    def on_validation(self, event: Validation) -> None:
+        self.reporter.epoch_done(running_best(event, self._best, self._info))
+
+    def on_stage_end(self, stage: int, end: StageEnd) -> None:
+        self._best = end.best_score
+        self.reporter.epoch_done(end.best_score)  # the best score itself (mean over seeds)
+        self.reporter.stage_done(stage, end.best_value, end.best_score)
+
+    def on_sweep_end(self, result) -> None:
+        if result.stop_reason != "completed":
+            self.reporter.finish_early()
+
+    def close(self) -> None:
+        if self._entered:
+            self._entered = False
+            self.reporter.__exit__(None, None, None)
+
+
+def running_best(event: Validation, best_score: float, info: SweepInfo) -> float:
+    """The best score known after a validation (diverged lanes ignored)."""
+    sign = 1.0 if info.mode == "min" else -1.0
+    signed = sign * np.asarray(event.metric(info.metric), np.float64)
+    signed = np.where(np.asarray(event.diverged), np.inf, signed)
+    return sign * float(min(sign * best_score, np.nanmin(signed, initial=np.inf)))
+
+
+def _worst(mode: str) -> float:
+    return math.inf if mode == "min" else -math.inf

@@ -49,6 +49,7 @@ def run(
     diagnostics: bool = True,
     precision: float | None = None,
     max_lanes: int | None = None,
+    callbacks=None,
 ) -> SweepResult:
     """Finds the best learning rate of a Flax model with a coarse-to-fine sweep.
 
@@ -170,6 +171,11 @@ def run(
         (``result.precision``).
       max_lanes: the most lanes (values x seeds) the sweep may train; a stage that would pass
         it is not started (``stop_reason == "budget"``, the reached precision reported).
+      callbacks: objects told as the sweep goes (:mod:`jaxsweep.callbacks`: the sweep's and
+        each stage's start and end, every validation of every lane), on the host and in the
+        writing process only unless one says ``all_processes = True``;
+        ``jaxsweep.callbacks.TensorBoard(logdir)`` writes TensorBoard event files. A
+        callback's exception stops the sweep and propagates.
 
     Returns:
       A :class:`SweepResult`; ``result.best_value`` is the value (a rate unless

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from . import _cache, _checkpoint, _hosts, _lanes, _schedules, _sharding
+from . import callbacks as _callbacks
 from ._budget import Budget, make_budget
 from ._config import SweepConfig, make_config
 from ._data import Split, prepare, shapes, take
@@ -60,6 +61,7 @@ class Setup:
     start: Start | None = None  # given (pretrained) values every lane starts from; None: fresh
     lanes: _lanes.Strategy | None = None  # a forced lane strategy; None: chosen by the rule
     compilation_cache: Any = None  # run's argument, checked (see ``_cache.resolve``)
+    callbacks: tuple = ()  # the user's callbacks (``jaxsweep.callbacks``), in call order
 
     @property
     def param_count(self) -> int:
@@ -84,6 +86,7 @@ def setup(
     lanes,
     compilation_cache,
     init,
+    callbacks,
     **settings,
 ) -> Setup:
     """Checks every argument of :func:`jaxsweep.run` (same names, no defaults): a Setup.
@@ -102,6 +105,7 @@ def setup(
     )
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected True or False, got {progress!r}")
+    watchers = _callbacks.check(callbacks)
     checkpoint = CheckpointArgs(
         *_checkpoint.check_arguments(checkpoint_dir, resume, checkpoint_every_seconds)
     )
@@ -111,7 +115,9 @@ def setup(
     _cache.resolve(compilation_cache)  # a bad value fails here, before anything runs
     arguments = (model_fn, data, loss, optimizer, devices, checkpoint, progress, schedule)
     checked = _with_data(config, *arguments, init=init, started=started)
-    return dataclasses.replace(checked, lanes=strategy, compilation_cache=compilation_cache)
+    return dataclasses.replace(
+        checked, lanes=strategy, compilation_cache=compilation_cache, callbacks=watchers
+    )
 
 
 def _with_data(
