@@ -81,7 +81,20 @@ def _real(name: str, value) -> float:
     return float(value)
 
 
-def _range(name: str, value, scale: str) -> tuple[float, float]:
+# hyperparameters of optax's optimizers whose valid values are known: [low, high)
+KNOWN_RANGES = {
+    "b1": (0.0, 1.0),
+    "b2": (0.0, 1.0),
+    "momentum": (0.0, 1.0),
+    "decay": (0.0, 1.0),
+    "weight_decay": (0.0, math.inf),
+    "eps": (0.0, math.inf),
+}
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: injected values are float32
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _range(name: str, value, scale: str, hyperparam: str = "learning_rate") -> tuple:
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"{name}: expected a pair (low, high), got {value!r}")
     low, high = (_real(name, v) for v in value)
@@ -89,6 +102,27 @@ def _range(name: str, value, scale: str) -> tuple[float, float]:
         raise ValueError(f"{name}: both ends must be positive on a log scale, got {value!r}")
     if low >= high:
         raise ValueError(f"{name}: low must be below high, got ({low}, {high})")
+    # the optimizer holds the swept value in float32: a value that rounds to 0 (or overflows)
+    # there would train as a different value than the one reported
+    for end in (low, high):
+        if end != 0 and not FLOAT32_TINY <= abs(end) <= FLOAT32_MAX:
+            raise ValueError(
+                f"{name}: {end:g} is not a normal float32 number (the optimizer holds the value "
+                f"in float32, where it would be {'0' if abs(end) < 1 else 'inf'}); choose values "
+                f"between {FLOAT32_TINY:.3g} and {FLOAT32_MAX:.3g} in size"
+            )
+    if hyperparam == "learning_rate" and low <= 0:
+        raise ValueError(
+            f"{name}: a learning rate must be positive, got {low:g} (a linear sweep of rates "
+            "starts above zero)"
+        )
+    if hyperparam in KNOWN_RANGES:
+        valid_low, valid_high = KNOWN_RANGES[hyperparam]
+        if low < valid_low or high >= valid_high:
+            raise ValueError(
+                f"{name}: {hyperparam} must lie in [{valid_low:g}, {valid_high:g}), got "
+                f"({low:g}, {high:g})"
+            )
     return low, high
 
 
@@ -165,7 +199,7 @@ def make_config(
             )
     return SweepConfig(
         hyperparam=hyperparam,
-        value_range=_range(range_name, value_range, scale),
+        value_range=_range(range_name, value_range, scale, hyperparam),
         scale=scale,
         points_per_stage=points,
         stages=_integer("stages", stages, 1),

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _noise
 from ._confidence import MIN_CURVE_POINTS
+from ._config import KNOWN_RANGES
 from ._scale import Scale, distance, fill, from_axis, spaced, to_axis
 
 if TYPE_CHECKING:
@@ -452,7 +453,7 @@ def plan_stage(
     if stage == 0:
         grid = initial_points(config.value_range, config.points_per_stage, config.scale)
         return StagePlan(grid, (), None)
-    return next_stage(
+    plan = next_stage(
         points,
         scores,
         count=config.points_per_stage,
@@ -463,6 +464,22 @@ def plan_stage(
         seed_scores=seed_scores,
         value_range=config.value_range,
     )
+    return _within_valid(plan, points, config)
+
+
+def _within_valid(plan: StagePlan, points, config: SweepConfig) -> StagePlan:
+    """An expansion kept short of a bound the hyperparameter may not reach (``b1`` < 1):
+    beyond the edge, at most half way to the bound on the sweep's axis."""
+    valid_high = KNOWN_RANGES.get(config.hyperparam, (0.0, math.inf))[1]
+    if plan.expansion != "up" or not math.isfinite(valid_high):
+        return plan
+    low, high = plan.intervals[0]
+    if high < valid_high:
+        return plan
+    edge = to_axis(max(points), config.scale)
+    high = from_axis(edge + (to_axis(valid_high, config.scale) - edge) / 2, config.scale)
+    new = fill(low, high, config.points_per_stage, config.scale)
+    return StagePlan(tuple(sorted(new)), ((low, high),), "up")
 
 
 def improvement(previous_best: float, new_best: float) -> float:
