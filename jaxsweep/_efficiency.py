@@ -41,6 +41,9 @@ class Efficiency:
     one_time_seconds: float  # sweep_seconds - evaluations * seconds_per_evaluation
     sweep_seconds: float  # measured: ``result.seconds`` (set-up, compilation, training)
     grid_seconds: float  # estimated: one_time_seconds + grid_evaluations * seconds_per_evaluation
+    # False when no evaluation trained without diverging: the sweep resolved nothing, so no
+    # grid "at the resolution it reached" exists and nothing can be said to be saved
+    comparable: bool = True
 
     @property
     def evaluations_saved(self) -> float:
@@ -54,8 +57,51 @@ class Efficiency:
             return 0.0
         return 1.0 - self.sweep_seconds / self.grid_seconds
 
+    @property
+    def ahead(self) -> bool:
+        """Whether the sweep needed fewer evaluations than the grid."""
+        return self.comparable and self.evaluations < self.grid_evaluations
+
+    @property
+    def faster(self) -> bool:
+        """Whether the sweep's measured time is below the grid's estimated one."""
+        return self.comparable and self.sweep_seconds < self.grid_seconds
+
+    def evaluations_words(self) -> str:
+        """The evaluations against the grid's, said the way they compare (never a negative
+        saving): ``15 evaluations, 46.7% fewer than the 28 of a grid at the resolution it
+        reached``; ``15 evaluations, more than the 8 of ...``; ``as many as``."""
+        used = f"{self.evaluations} evaluation{'s' if self.evaluations != 1 else ''}"
+        if not self.comparable:
+            return f"{used}, none of which trained without diverging, so no grid compares"
+        grid = f"the {self.grid_evaluations} of a grid at the resolution it reached"
+        if self.evaluations < self.grid_evaluations:
+            return f"{used}, {100 * self.evaluations_saved:.1f}% fewer than {grid}"
+        if self.evaluations > self.grid_evaluations:
+            return f"{used}, more than {grid}"
+        return f"{used}, as many as {grid}"
+
+    def seconds_words(self) -> str:
+        """The measured wall time against the grid's estimate, said the way they compare:
+        ``10.1 s measured, 17.9% less than the estimated 12.3 s of the grid``, or ``more
+        than``."""
+        measured = f"{self.sweep_seconds:.1f} s measured"
+        if not self.comparable:
+            return f"{measured}; no grid compares (every evaluation diverged)"
+        grid = f"the estimated {self.grid_seconds:.1f} s of the grid"
+        if self.sweep_seconds < self.grid_seconds:
+            return f"{measured}, {100 * self.seconds_saved:.1f}% less than {grid}"
+        if self.sweep_seconds > self.grid_seconds:
+            return f"{measured}, more than {grid}"
+        return f"{measured}, the same as {grid}"
+
     def method(self) -> str:
         """One paragraph saying how the grid was sized and timed, with this run's numbers."""
+        if not self.comparable:
+            return (
+                f"Every one of the {self.evaluations} evaluations diverged, so the sweep resolved "
+                f"no {self.name} and there is no grid of the same resolution to compare with."
+            )
         spacing = _scale.describe_spacing(self.spacing, self.scale)
         resolved = (
             "the width of the interval it reports for the optimum"
@@ -101,6 +147,7 @@ def efficiency(result: SweepResult) -> Efficiency:
         per_evaluation_source=source,
         one_time_seconds=one_time,
         sweep_seconds=result.seconds,
+        comparable=any(not e.diverged for e in result.evaluations),
     )
 
 

@@ -300,6 +300,114 @@ def search_path(result: SweepResult):
     return figure
 
 
+def curve_words(fit) -> str:
+    """The fitted curve's kind in words, from its number of terms (``SeedCurveFit``: 4, a
+    ``cubic``; ``QuadraticFit``: 3, a ``quadratic``); ``cubic`` without a fit (the seeds'
+    curve is a cubic unless the result says otherwise)."""
+    if fit is None:
+        return "cubic"
+    terms = getattr(fit, "terms", 3)
+    return {2: "straight line", 3: "quadratic", 4: "cubic"}.get(
+        int(terms), f"polynomial of degree {int(terms) - 1}"
+    )
+
+
+def fit_kind(result: SweepResult) -> str:
+    """``a cubic per seed, averaged over the 3 seeds`` or ``a quadratic fit to one seed``."""
+    fit = result.confidence.refined.fit
+    words = curve_words(fit)
+    if fit is not None and hasattr(fit, "seeds"):  # a SeedCurveFit: one curve per seed
+        return f"the {words} fitted to each seed's scores and averaged over the {fit.seeds} seeds"
+    return f"the {words} fit"
+
+
+class Extrapolation(NamedTuple):
+    """The fitted curve's minimum against what was observed."""
+
+    curve_best: float  # the fitted curve's best score in its window (the metric's sign)
+    at: float  # where
+    observed_best: float  # the best seed-averaged score observed in the window
+    spread: float  # the seeds' spread: median over the window's values of their seeds' std
+    gap: float  # how far the curve's best lies beyond every observed mean (objective sign)
+
+
+def extrapolation(result: SweepResult) -> Extrapolation | None:
+    """Where the fitted curve's best lies beyond every observed mean by more than the seeds'
+    spread (the curve promises a score no value delivered), else None."""
+    fit = result.confidence.refined.fit
+    if fit is None:
+        return None
+    low, high = fit.window
+    inside = [e for e in result.evaluations if low <= e.value <= high and not e.diverged]
+    if not inside:
+        return None
+    grid = np.asarray(_scale.spaced(low, high, 400, result.scale))
+    curve = np.asarray(fit.predict(grid), np.float64)  # objective sign: lower is better
+    index = int(np.argmin(curve))
+    observed = min(result.objective(e.score) for e in inside)
+    stds = [
+        float(np.std(e.seed_scores, ddof=1))
+        for e in inside
+        if len(e.seed_scores) > 1 and np.isfinite(e.seed_scores).all()
+    ]
+    if not stds:
+        return None  # one seed: no spread to compare with
+    spread = float(np.median(stds))
+    gap = observed - float(curve[index])
+    if gap <= spread:
+        return None
+    return Extrapolation(
+        result.objective(float(curve[index])),
+        float(grid[index]),
+        result.objective(observed),
+        spread,
+        gap,
+    )
+
+
+def extrapolation_note(result: SweepResult) -> str:
+    """The caption's note when the fitted curve's best lies beyond every observed mean by more
+    than the seeds' spread; ``""`` otherwise."""
+    found = extrapolation(result)
+    if found is None:
+        return ""
+    better = "below" if result.mode == "min" else "above"
+    return (
+        f"The fitted curve's best, {found.curve_best:.4g} at {result.value_name} "
+        f"{found.at:.4g}, lies {found.gap:.3g} {better} every seed-averaged score observed "
+        f"(best {found.observed_best:.4g}), more than the seeds' spread ({found.spread:.3g}): "
+        "no evaluated value scored that well, so read the curve's depth as extrapolation."
+    )
+
+
+def _lr_curve_caption(result: SweepResult) -> str:
+    fit = result.confidence.refined.fit
+    seeds = int(result.config.get("seeds", 1))
+    dots = (
+        "small dots the scores of each seed, larger ones their means, coloured by stage"
+        if seeds > 1
+        else "coloured by stage"
+    )
+    if fit is None:
+        curve = "; no curve was fitted (the interval comes from the evaluated values)."
+    else:
+        band = (
+            " with the band where 95% of the seed-averaged scores fall if the fit holds"
+            if hasattr(fit, "seeds")
+            else " with the band where 95% of scores fall if the fit holds"
+        )
+        curve = (
+            f", and {fit_kind(result)} that refines it,{band} (a note says when the fit and "
+            "the points disagree)."
+        )
+    text = (
+        f"Score against {result.value_name} ({result.scale} scale), {dots}; the best value "
+        f"with its interval{curve}"
+    )
+    note = extrapolation_note(result)
+    return text + (f" {note}" if note else "")
+
+
 class _FitQuality(NamedTuple):
     """How well the fitted curve describes the scores it was fitted to."""
 
@@ -379,11 +487,23 @@ def lr_curve(result: SweepResult):
     top, bottom = figure.subfigures(2, 1, height_ratios=(5, 4)) if extras else (figure, None)
     axes = top.subplots(1, 2)
     colours = matplotlib.colormaps["tab10"]
+    seeds = int(result.config.get("seeds", 1))
     finite = _finite([e.score for e in result.evaluations])
     log_y = len(finite) > 0 and finite.min() > 0 and finite.max() / finite.min() > 10
     for ax, limits in zip(axes, [_span(result, 0.05), _fit_limits(result)], strict=True):
         for stage in result.stages:
             chosen = [e for e in result.evaluations if e.stage == stage.index and not e.diverged]
+            if seeds > 1:  # every seed's score, small, behind the means
+                each = [(e.value, s) for e in chosen for s in e.seed_scores if math.isfinite(s)]
+                if each:
+                    ax.scatter(
+                        *zip(*each, strict=True),
+                        color=colours(stage.index % 10),
+                        s=7,
+                        alpha=0.55,
+                        linewidths=0,
+                        zorder=2,
+                    )
             ax.scatter(
                 [e.value for e in chosen],
                 [e.score for e in chosen],
@@ -391,7 +511,7 @@ def lr_curve(result: SweepResult):
                 s=30,
                 edgecolors="black",
                 linewidths=0.4,
-                label=f"stage {stage.index}",
+                label=f"stage {stage.index}" + (" (mean over seeds)" if seeds > 1 else ""),
                 zorder=3,
             )
         diverged = [e.value for e in result.evaluations if e.diverged]
@@ -438,11 +558,14 @@ def lr_curve(result: SweepResult):
     axes[0].set_title("Every evaluation")
     axes[1].set_title("Around the best value (points outside the view are clipped)")
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, framealpha=0.9)
-    if quality is not None and quality.poor:
+    notes = [_fit_note(result, quality)] if quality is not None and quality.poor else []
+    if extrapolation_note(result):
+        notes.append(extrapolation_note(result))
+    if notes:
         axes[1].text(
             1.03,
             0.0,
-            textwrap.fill(_fit_note(result, quality), 48),
+            "\n\n".join(textwrap.fill(note, 48) for note in notes),
             transform=axes[1].transAxes,
             va="bottom",
             ha="left",
@@ -622,6 +745,28 @@ def _loss_limits(result: SweepResult) -> tuple[float, float]:
     return positive.min() / 1.3, high
 
 
+def _evaluations_title(eff) -> str:
+    """``Evaluations: 46.7% fewer than the grid``, or ``more than`` (never a negative saving)."""
+    if not eff.comparable:
+        return "Evaluations: every one diverged (no grid compares)"
+    if eff.evaluations < eff.grid_evaluations:
+        return f"Evaluations: {100 * eff.evaluations_saved:.1f}% fewer than the grid"
+    if eff.evaluations > eff.grid_evaluations:
+        return f"Evaluations: {eff.evaluations}, more than the grid's {eff.grid_evaluations}"
+    return "Evaluations: as many as the grid"
+
+
+def _seconds_title(eff) -> str:
+    """``Wall time: 17.9% less than the grid (estimated)``, or ``more than``."""
+    if not eff.comparable:
+        return "Wall time: measured only (no grid compares)"
+    if eff.sweep_seconds < eff.grid_seconds:
+        return f"Wall time: {100 * eff.seconds_saved:.1f}% less than the grid (estimated)"
+    if eff.sweep_seconds > eff.grid_seconds:
+        return "Wall time: more than the grid's estimate"
+    return "Wall time: the same as the grid's estimate"
+
+
 def efficiency_figure(result: SweepResult):
     """Evaluations and wall time of the sweep against the equivalent grid, method in the text."""
     from matplotlib.patches import Patch
@@ -636,7 +781,7 @@ def efficiency_figure(result: SweepResult):
     bars = left.bar(names, [eff.evaluations, eff.grid_evaluations], color=colours)
     left.bar_label(bars, labels=[f"{eff.evaluations}", f"{eff.grid_evaluations}"], padding=2)
     left.set_ylabel(f"{result.value_name} values trained")
-    left.set_title(f"Evaluations: {100 * eff.evaluations_saved:.1f}% fewer")
+    left.set_title(_evaluations_title(eff))
     one_time = [eff.one_time_seconds, eff.one_time_seconds]
     training = [eff.sweep_seconds - eff.one_time_seconds, eff.grid_seconds - eff.one_time_seconds]
     right.bar(names, one_time, color="0.92", edgecolor="0.4", hatch="//")
@@ -647,7 +792,7 @@ def efficiency_figure(result: SweepResult):
         padding=2,
     )
     right.set_ylabel("wall time (seconds)")
-    right.set_title(f"Wall time: {100 * eff.seconds_saved:.1f}% less")
+    right.set_title(_seconds_title(eff))
     right.legend(
         handles=[
             Patch(facecolor="0.92", edgecolor="0.4", hatch="//", label="set-up and compilation"),
@@ -681,7 +826,9 @@ class FigureSpec(NamedTuple):
     """One figure: what draws it, and its caption in the report."""
 
     draw: Callable[[SweepResult], object]  # result -> matplotlib Figure
-    caption: str  # {name} and {scale}: the swept hyperparameter in words, and its scale
+    # {name} and {scale}: the swept hyperparameter in words, and its scale; or a function of
+    # the result, for a caption that depends on what the run found (the fitted curve's kind)
+    caption: str | Callable[[SweepResult], str]
 
 
 FIGURES: dict[str, FigureSpec] = {
@@ -696,12 +843,7 @@ FIGURES: dict[str, FigureSpec] = {
         "value after each stage joined; right, a zoom on the final stages (its window dotted "
         "on the left).",
     ),
-    "lr_curve": FigureSpec(
-        lr_curve,
-        "Score against {name} ({scale} scale), coloured by stage; the best value with its "
-        "interval, and the quadratic fit that refines it with the band where 95% of scores "
-        "fall if the fit holds (a note says when the fit and the points disagree).",
-    ),
+    "lr_curve": FigureSpec(lr_curve, _lr_curve_caption),
     "loss_curves": FigureSpec(
         loss_curves,
         "Training and validation loss per epoch for every {name} evaluated, coloured by value "
@@ -718,7 +860,10 @@ FIGURES: dict[str, FigureSpec] = {
 
 def caption(name: str, result: SweepResult) -> str:
     """The report's caption of figure ``name`` for ``result``."""
-    return FIGURES[name].caption.format(name=result.value_name, scale=result.scale)
+    text = FIGURES[name].caption
+    if callable(text):
+        return text(result)
+    return text.format(name=result.value_name, scale=result.scale)
 
 
 def _save(figure, folder: str, name: str) -> str:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
+from . import _selector
 from ._efficiency import efficiency
 from ._result import SweepResult
-from .plots import FIGURE_DIR, FIGURES, caption, metric_name
+from .plots import FIGURE_DIR, FIGURES, caption, curve_words, metric_name
 
 # What ``result.seconds`` covers, in the words every output uses.
 TIME_COVERS = "set-up, compilation and training"
@@ -48,14 +50,22 @@ def _plateau_words(result: SweepResult) -> str:
     return f"values {at} {_g(plateau.bound, 3)} score alike with the best"
 
 
+def _t_words(result: SweepResult) -> str:
+    """``Student's t, 2 degrees of freedom``: the seeds' test, with its degrees of freedom."""
+    df = int(result.config.get("seeds", 1)) - 1
+    return f"Student's t, {df} degree{'s' if df != 1 else ''} of freedom"
+
+
 def method_name(method: str, result: SweepResult) -> str:
     """An interval method in words, for ``result``'s hyperparameter and scale."""
     if method == "plateau":
         return f"plateau ({_plateau_words(result)}; no bound on that side)"
     return {
-        "seed_curve": f"cubic in {_axis_words(result)} fitted to each seed's scores, the values "
-        "where the seed-averaged slope is not significantly different from zero",
-        "not_worse": "values not significantly worse than the best over seeds (paired t test)",
+        "seed_curve": f"{curve_words(result.confidence.best.fit)} in {_axis_words(result)} "
+        "fitted to each seed's scores, the values where the seed-averaged slope is not "
+        f"significantly different from zero ({_t_words(result)})",
+        "not_worse": "values not significantly worse than the best over seeds (paired "
+        f"{_t_words(result)})",
         "quadratic_fit": f"quadratic fit of one seed's score against {_axis_words(result)} "
         "(Fieller interval)",
         "neighbours": "evaluated neighbours of the best value",
@@ -103,6 +113,225 @@ def _headline_interval(result: SweepResult) -> str:
     )
 
 
+def all_diverged(result: SweepResult) -> bool:
+    """Whether every evaluation diverged (in at least one seed): no value trained cleanly."""
+    return all(e.diverged for e in result.evaluations)
+
+
+def _seeds_diverged(evaluation) -> str:
+    """``in 1 of 3 seeds`` for an evaluation that diverged, as far as the result records."""
+    flags = evaluation.seed_diverged or tuple(not math.isfinite(s) for s in evaluation.seed_scores)
+    count, seeds = sum(flags), len(evaluation.seed_scores)
+    return f"in {count} of {seeds} seeds" if 0 < count and seeds > 1 else ""
+
+
+def _number(value: float) -> str:
+    """A value for plain text (4 significant digits)."""
+    return _g(value)
+
+
+def diverged_end_sentence(result: SweepResult, number=_number) -> str:
+    """Says when an end of the interval shown is a value that diverged (``""`` otherwise).
+
+    The interval is reported as the result computes it (``result.value_interval``, the same in
+    ``result.json``, ``jaxsweep show`` and here); an end that diverged is named as such, with
+    the last value on that side that trained without diverging, rather than moved.
+    """
+    best = result.confidence.best
+    if best.method in ("none", "plateau") or all_diverged(result):
+        return ""
+    sentences = []
+    for side, end in (("lower", best.low), ("upper", best.high)):
+        hit = [
+            e
+            for e in result.evaluations
+            if e.diverged and math.isfinite(end) and math.isclose(e.value, end, rel_tol=1e-9)
+        ]
+        if not hit:
+            continue
+        clean = [e.value for e in result.evaluations if not e.diverged]
+        inward = [v for v in clean if (v > end if side == "lower" else v < end)]
+        last = (min if side == "lower" else max)(inward) if inward else None
+        where = _seeds_diverged(hit[0])
+        sentence = (
+            f"The interval's {side} end, {number(end)}, is an evaluated value that diverged"
+            + (f" ({where})" if where else "")
+        )
+        if last is not None:
+            sentence += (
+                f"; the {'smallest' if side == 'lower' else 'largest'} value inside the interval "
+                f"that trained without diverging is {number(last)}"
+            )
+        sentences.append(sentence + ".")
+    return " ".join(sentences)
+
+
+def _starting_range(result: SweepResult) -> tuple[float, float] | None:
+    cfg = result.config
+    span = cfg.get("value_range") or cfg.get("lr_range") or cfg.get("hyperparam_range")
+    return (float(span[0]), float(span[1])) if span else None
+
+
+def outside_range_sentence(result: SweepResult, number=_number) -> str:
+    """Says when the best (or the refined) value lies outside the stated starting range."""
+    span = _starting_range(result)
+    if span is None or all_diverged(result):
+        return ""
+    low, high = span
+    name, sentences = result.value_name, []
+    candidates = [("best evaluated", result.best_value)]
+    if result.confidence.best.method != "plateau":
+        candidates.append(("refined", result.confidence.refined.lr))
+    for what, value in candidates:
+        if not math.isfinite(value) or low <= value <= high:
+            continue
+        side = "below" if value < low else "above"
+        sentences.append(
+            f"The {what} {name}, {number(value)}, lies {side} the starting range "
+            f"({number(low)} to {number(high)}): later stages searched beyond it."
+        )
+    return " ".join(sentences)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+class StageKind(NamedTuple):
+    """What a stage did, read back from the result (see :func:`stage_kinds`)."""
+
+    kind: str  # "grid" | "expansion" | "precision" | "refined" | "unrecorded"
+    best_ranked: bool | None  # refined: whether the kept intervals are the best-ranked ones
+    ranked: tuple[tuple[float, float], ...]  # refined: the best-ranked intervals, as many
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-300)
+
+
+def _neighbours(interval: tuple[float, float], before: list[float]) -> bool:
+    """Whether ``interval`` runs between two neighbouring values evaluated before."""
+    low, high = interval
+    ends = any(_close(low, v) for v in before) and any(_close(high, v) for v in before)
+    return ends and not any(low < v < high and not _close(v, low) for v in before)
+
+
+def stage_kinds(result: SweepResult) -> list[StageKind]:
+    """For each stage: the grid, an expansion beyond the evaluated values, a precision stage
+    (values spread over the interval and a margin), or a refinement of kept intervals (and
+    whether they were the best-ranked by score), from the stages' recorded intervals."""
+    kinds = []
+    precision = result.config.get("precision") is not None
+    for number, stage in enumerate(result.stages):
+        before = [e for e in result.evaluations if e.stage < stage.index]
+        if number == 0 and not before:
+            kinds.append(StageKind("grid", None, ()))
+        elif stage.expansion:
+            kinds.append(StageKind("expansion", None, ()))
+        elif not stage.intervals:
+            kinds.append(StageKind("unrecorded", None, ()))
+        elif precision and not all(
+            _neighbours(iv, [e.value for e in before]) for iv in stage.intervals
+        ):
+            kinds.append(StageKind("precision", None, ()))
+        else:
+            values = [e.value for e in before]
+            scores = [result.objective(e.score) for e in before]
+            ranked = _selector.rank_intervals(values, scores)[: len(stage.intervals)]
+            top = tuple(sorted((iv.low, iv.high) for iv in ranked))
+            kept = tuple(sorted(stage.intervals))
+            same = len(top) == len(kept) and all(
+                _close(a[0], b[0]) and _close(a[1], b[1]) for a, b in zip(top, kept, strict=True)
+            )
+            kinds.append(StageKind("refined", same, top))
+    return kinds
+
+
+def _spans(intervals, number) -> str:
+    words = [f"{number(a)} to {number(b)}" for a, b in intervals]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' if n != 1 else ''}"
+
+
+def stage_sentences(result: SweepResult, number=_number, stage_word: str = "stage ") -> list[str]:
+    """One sentence per stage after the first: what it searched, in this run's numbers (the
+    words need no escaping in LaTeX; ``number`` formats the values)."""
+    sentences = []
+    seeds = int(result.config.get("seeds", 1))
+    for stage, kind in zip(result.stages, stage_kinds(result), strict=True):
+        head = f"{stage_word}{stage.index}"
+        new = _count(len(stage.values), "value")
+        if kind.kind == "grid":
+            continue
+        if kind.kind == "expansion":
+            edge = "largest" if stage.expansion == "up" else "smallest"
+            where = f", {_spans(stage.intervals, number)}" if stage.intervals else ""
+            sentences.append(f"{head} searched beyond the {edge} evaluated value{where} ({new}).")
+        elif kind.kind == "unrecorded":
+            low, high = min(stage.values), max(stage.values)
+            sentences.append(
+                f"{head} trained {new} from {number(low)} to {number(high)} (the intervals they "
+                "refine were not recorded)."
+            )
+        elif kind.kind == "precision":
+            sentences.append(
+                f"{head} spread {new} over {_spans(stage.intervals, number)}: the interval for "
+                f"the optimum after the stage before, with a margin on each side, for the "
+                f"requested precision (values spread for the fit rather than packed at the best)."
+            )
+        elif kind.best_ranked:
+            kept = len(stage.intervals)
+            which = "the best-ranked interval" if kept == 1 else f"the {kept} best-ranked intervals"
+            sentences.append(
+                f"{head} refined {which} between neighbouring evaluated values "
+                f"({_spans(stage.intervals, number)}) with {new}."
+            )
+        else:
+            sentences.append(
+                f"{head} refined {_spans(stage.intervals, number)} with {new}: not the "
+                f"best-ranked by score ({_spans(kind.ranked, number)}), but intervals next to the "
+                f"values tied with the best over the {seeds} seeds, chosen by the noise-aware "
+                "rule."
+            )
+    return [s[0].upper() + s[1:] for s in sentences]
+
+
+def _lanes_words(strategy: str) -> str:
+    if strategy == "vmap":
+        return (
+            "All lanes of a stage (every value with every seed) were trained simultaneously in "
+            "one vectorised program (jax.vmap)."
+        )
+    if strategy == "map":
+        return (
+            "The lanes of a stage (every value with every seed) were trained one after another "
+            "inside one compiled program (lax.map)."
+        )
+    if strategy.startswith("chunks:"):
+        size = strategy.partition(":")[2]
+        return (
+            f"The lanes of a stage (every value with every seed) were trained in groups of "
+            f"{size}, each group vectorised (jax.vmap), the groups one after another inside one "
+            "compiled program (lax.map)."
+        )
+    if strategy == "separate":
+        return (
+            "Each lane of a stage (one value with one seed) was trained by its own call of one "
+            "compiled one-lane program."
+        )
+    return f"The lanes of a stage ran with the lane strategy {strategy}."
+
+
+def lanes_sentence(result: SweepResult) -> str:
+    """How the lanes of a stage ran, from ``environment["lanes"]``; ``""`` where the result
+    does not record it (results written before it was)."""
+    lanes = result.environment.get("lanes")
+    strategy = lanes.get("strategy") if isinstance(lanes, dict) else None
+    return _lanes_words(str(strategy)) if strategy else ""
+
+
 def lanes_trained(result: SweepResult) -> int:
     """Lanes (value x seed pairs) the sweep trained."""
     return sum(len(e.seed_scores) for e in result.evaluations)
@@ -145,11 +374,9 @@ def precision_sentence(result: SweepResult) -> str:
     )
 
 
-def _saved(fraction: float) -> str:
-    """'80.0% fewer' or, when the grid would have been smaller, '25.0% more'."""
-    if fraction >= 0:
-        return f"{100 * fraction:.1f}% fewer"
-    return f"{-100 * fraction:.1f}% more"
+def _saved_cell(saved: float, ahead: bool, more: str) -> str:
+    """The table's ``saved`` cell: ``80.0%``, or ``none (7 more)`` where the sweep was behind."""
+    return f"{100 * saved:.1f}%" if ahead else f"none ({more})"
 
 
 def _md_escape(text: str) -> str:
@@ -163,10 +390,19 @@ def _stage_rows(result: SweepResult) -> list[str]:
         "| best score after stage | seconds (compile) |",
         "|---:|---|---|---:|---:|---:|",
     ]
-    for stage in result.stages:
-        kept = ", ".join(_interval(a, b) for a, b in stage.intervals) or "(initial grid)"
-        if stage.expansion:
-            kept += f" (beyond the evaluated range, {stage.expansion})"
+    for stage, kind in zip(result.stages, stage_kinds(result), strict=True):
+        kept = ", ".join(_interval(a, b) for a, b in stage.intervals)
+        if kind.kind == "grid":
+            kept = "(initial grid)"
+        elif kind.kind == "expansion":
+            edge = "largest" if stage.expansion == "up" else "smallest"
+            kept = f"beyond the {edge} evaluated value: {kept}"
+        elif kind.kind == "precision":
+            kept = f"spread over {kept} (precision)"
+        elif kind.kind == "unrecorded":
+            kept = "(not recorded)"
+        elif not kind.best_ranked:
+            kept += " (not the best-ranked: noise-aware)"
         rows.append(
             f"| {stage.index} | {', '.join(_g(v, 3) for v in stage.values)} | {kept} "
             f"| {_g(stage.best_value)} | {_g(stage.best_score)} "
@@ -189,6 +425,15 @@ def budget_phrase(config: dict) -> str:
     if epochs is not None:
         return f"{int(epochs)} epoch{'s' if int(epochs) != 1 else ''}"
     return f"{int(config.get('steps', 0))} training steps"
+
+
+def training_phrase(config: dict) -> str:
+    """``3 epochs (18 training steps) with batch size 32``: the budget and the batch."""
+    phrase = budget_phrase(config)
+    steps = config.get("steps")
+    if config.get("epochs") is not None and steps:
+        phrase += f" ({int(steps)} training steps)"
+    return phrase + f" with batch size {int(config.get('batch_size', 0))}"
 
 
 REPORTED_VALUES = 5  # rows of the report's validation-metrics table
@@ -238,6 +483,12 @@ def _best_lines(result: SweepResult) -> list[str]:
     """The best value, its interval and the refined value, each with its method."""
     best, refined = result.confidence.best, result.confidence.refined
     name = result.value_name
+    if all_diverged(result):
+        return [
+            f"- no {name} trained without diverging: all {len(result.evaluations)} evaluations "
+            "diverged (in at least one seed), so there is no best value, interval or refined "
+            "value.",
+        ]
     lines = [
         f"- best evaluated {name}: **{_g(result.best_value)}**, score {_g(result.best_score)}",
         f"- {best.label}: **{_interval(best.low, best.high)}**, method: "
@@ -245,6 +496,9 @@ def _best_lines(result: SweepResult) -> list[str]:
         f"- {covers(result)}",
         f"- refined {name} (optimum of the fitted curve): **{_g(refined.lr)}**.",
     ]
+    for extra in (diverged_end_sentence(result), outside_range_sentence(result)):
+        if extra:
+            lines.append(f"- {extra}")
     fit = refined.fit
     if fit is not None and hasattr(fit, "curvature_t"):
         lines.append(
@@ -254,7 +508,8 @@ def _best_lines(result: SweepResult) -> list[str]:
         )
     elif fit is not None:
         lines.append(
-            f"- fit: a cubic per seed over {fit.points} values from {_g(fit.window[0])} to "
+            f"- fit: a {curve_words(fit)} per seed over {fit.points} values from "
+            f"{_g(fit.window[0])} to "
             f"{_g(fit.window[1])}, residual standard deviation of the seed-averaged scores "
             f"{fit.residual_std:.3g}."
         )
@@ -263,16 +518,28 @@ def _best_lines(result: SweepResult) -> list[str]:
 
 def _efficiency_lines(result: SweepResult) -> list[str]:
     eff = efficiency(result)
+    covered = (
+        f"The sweep's wall time covers {TIME_COVERS} ({result.setup_seconds:.2f} s before the "
+        "first stage, then the stages' own times in the table above). "
+    )
+    if not eff.comparable:
+        return [
+            f"The sweep used {eff.evaluations} evaluations in {eff.sweep_seconds:.2f} s "
+            "(measured); no saving is claimed. " + covered + eff.method()
+        ]
+    more_evaluations = f"{eff.evaluations - eff.grid_evaluations} more"
+    more_seconds = f"{eff.sweep_seconds - eff.grid_seconds:.2f} s more"
     return [
         "| | this sweep | equivalent grid | saved |",
         "|---|---:|---:|---:|",
         f"| evaluations | {eff.evaluations} | {eff.grid_evaluations} "
-        f"| {_saved(eff.evaluations_saved)} |",
+        f"| {_saved_cell(eff.evaluations_saved, eff.ahead, more_evaluations)} |",
         f"| wall time (s) | {eff.sweep_seconds:.2f} (measured) | {eff.grid_seconds:.2f} "
-        f"(estimated) | {100 * eff.seconds_saved:.1f}% |",
+        f"(estimated) | {_saved_cell(eff.seconds_saved, eff.faster, more_seconds)} |",
         "",
-        f"The sweep's wall time covers {TIME_COVERS} ({result.setup_seconds:.2f} s before the "
-        "first stage, then the stages' own times in the table above). " + eff.method(),
+        f"The sweep used {eff.evaluations_words()}; its wall time: {eff.seconds_words()}. "
+        + covered
+        + eff.method(),
     ]
 
 
@@ -285,6 +552,29 @@ def _figure_lines(result: SweepResult, figures) -> list[str]:
     return lines
 
 
+def _headline(result: SweepResult, eff, name: str, seeds: int) -> str:
+    """The report's first paragraph: the answer, what it cost, how precise it is."""
+    spent = f"{len(result.stages)} stages and {result.seconds:.2f} s ({TIME_COVERS})"
+    if all_diverged(result):
+        values = [e.value for e in result.evaluations]
+        return (
+            f"No {name} trained without diverging: all {len(values)} evaluations, from "
+            f"{_g(min(values))} to {_g(max(values))}, diverged (in at least one of the {seeds} "
+            f"seed{'s' if seeds != 1 else ''}), in {spent}. There is no best value and no "
+            "interval, and no saving against a grid is claimed: try a lower range or a "
+            "different optimizer."
+        )
+    outside = outside_range_sentence(result)
+    return (
+        f"Best {name} **{_g(result.best_value)}** ({metric_name(result.metric)} "
+        f"{_g(result.best_score)}, mean over {seeds} seed{'s' if seeds != 1 else ''}), "
+        + _headline_interval(result)
+        + (outside + " " if outside else "")
+        + f"The sweep used {eff.evaluations_words()}, in {spent}. "
+        + precision_sentence(result)
+    )
+
+
 def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(FIGURES)) -> str:
     """The Markdown report of ``result``, linking the named figures under ``figures/``."""
     eff = efficiency(result)
@@ -293,13 +583,7 @@ def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(F
     lines = [
         "# jaxsweep report",
         "",
-        f"Best {name} **{_g(result.best_value)}** ({metric_name(result.metric)} "
-        f"{_g(result.best_score)}, mean over {seeds} seed{'s' if seeds != 1 else ''}), "
-        + _headline_interval(result)
-        + f"{eff.evaluations} evaluations in {len(result.stages)} stages and "
-        f"{result.seconds:.2f} s ({TIME_COVERS}), where an equivalent grid at the resolution "
-        f"reached needs {eff.grid_evaluations} ({_saved(eff.evaluations_saved)}). "
-        + precision_sentence(result),
+        _headline(result, eff, name, seeds),
         "",
         "## Configuration",
         "",
@@ -322,6 +606,8 @@ def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(F
         "",
         *_stage_rows(result),
         "",
+        *[f"- {sentence}" for sentence in stage_sentences(result)],
+        *([""] if len(result.stages) > 1 else []),
         "## Validation metrics",
         "",
         "The best values by score, with every metric measured on the validation set after "
@@ -376,29 +662,59 @@ def tex_number(value: float, digits: int = 3) -> str:
     return f"${mantissa:.{digits - 1}f}\\times10^{{{exponent}}}$"
 
 
+def _tex_t(result: SweepResult) -> str:
+    """``Student's $t$, 2 degrees of freedom`` for the seeds' tests."""
+    df = int(result.config.get("seeds", 1)) - 1
+    return f"Student's $t$, {df} degree{'s' if df != 1 else ''} of freedom"
+
+
+def _tex_data(result: SweepResult) -> str:
+    """``192 training and 48 held-out validation examples`` where the result records them."""
+    cfg = result.config
+    if "n_train" not in cfg or "n_val" not in cfg:
+        return f"{int(cfg.get('n_val', 0))} held-out examples" if "n_val" in cfg else ""
+    return f"{int(cfg['n_train'])} training and {int(cfg['n_val'])} held-out validation examples"
+
+
+def _tex_model(result: SweepResult) -> str:
+    cfg = result.config
+    model = f"the {tex_escape(cfg.get('model', 'model'))} model"
+    if result.param_count:
+        model += f" ({result.param_count:,} parameters)"
+    return model
+
+
 def _tex_search(result: SweepResult) -> str:
-    """The first paragraph: what was searched, how, and on which scale."""
+    """The first paragraph: what was searched, on which data, how, stage by stage."""
     cfg, name = result.config, result.value_name
-    span = cfg.get("value_range") or cfg.get("lr_range") or cfg.get("hyperparam_range")
-    low, high = span or (math.nan, math.nan)
+    low, high = _starting_range(result) or (math.nan, math.nan)
     seeds = int(cfg.get("seeds", 1))
-    points, top_k = int(cfg.get("points_per_stage", 0)), int(cfg.get("top_k", 0))
+    points = int(cfg.get("points_per_stage", len(result.stages[0].values)))
     spaced = "log-uniformly" if result.scale == "log" else "uniformly"
+    data = _tex_data(result)
+    stages = " ".join(stage_sentences(result, tex_number, "stage~"))
+    lanes = tex_escape(lanes_sentence(result))
+    if str(cfg.get("init", "fresh")).startswith("given"):
+        start = "every lane started from the given initial parameters and each seed fixed the "
+        start += "batch order, the same at every value"
+    else:
+        start = "each seed fixed the initial parameters and the batch order, the same at every "
+        start += "value"
     return (
-        f"We selected the {name} of the {tex_escape(cfg.get('model', 'model'))} model "
-        f"(optimizer {tex_escape(cfg.get('optimizer', ''))}, loss "
-        f"{tex_escape(cfg.get('loss', ''))}, {budget_phrase(cfg)}, batch size "
-        f"{int(cfg.get('batch_size', 0))}, {seeds} seed{'s' if seeds != 1 else ''}) with a "
+        f"We selected the {name} of {_tex_model(result)}, trained with the optimizer "
+        f"{tex_escape(cfg.get('optimizer', ''))} and the loss {tex_escape(cfg.get('loss', ''))} "
+        f"for {training_phrase(cfg)}"
+        + (f" on {data}" if data else "")
+        + f", every value with the same seeds ({seeds} seed{'s' if seeds != 1 else ''}), by a "
         f"hierarchical coarse-to-fine search. The score of a {name} is its "
         f"{tex_escape(metric_name(result.metric))} after the last epoch"
-        f"{'' if result.mode == 'min' else ', higher being better'} (mean over seeds; "
-        f"{int(cfg.get('n_val', 0))} held-out examples). "
+        f"{'' if result.mode == 'min' else ', higher being better'} (mean over seeds, on the "
+        "held-out examples). "
         f"Stage~0 trained {points} values spaced {spaced} from {tex_number(low)} to "
-        f"{tex_number(high)}; each later stage kept the {top_k} best intervals between "
-        f"neighbouring evaluated values and trained {points} new values inside them, spaced "
-        f"{spaced}, following the optimum beyond the evaluated range when the best value lay on "
-        "its edge. All values of a stage were trained simultaneously in one vectorised program, "
-        "each starting from the same initial parameters and seeing the same batches."
+        f"{tex_number(high)}."
+        + (f" {stages}" if stages else "")
+        + (f" {lanes}" if lanes else "")
+        + f" Within a stage, {start}."
         + _schedule_sentence(result, tex_escape)
     )
 
@@ -423,20 +739,22 @@ def _tex_interval_method(result: SweepResult, method: str) -> str:
         at = "at or below" if plateau.direction == "down" else "at or above"
         return (
             f"taking the evaluated values whose mean score over the {seeds} seeds is not "
-            "significantly worse than the best one's (paired one-sided $t$ test at 95\\%): "
+            f"significantly worse than the best one's (paired one-sided test at 95\\%, "
+            f"{_tex_t(result)}): "
             f"every value {at} {tex_number(plateau.bound)}, evaluated out to "
             f"{tex_number(plateau.edge)}, scored alike with the best, a plateau the search "
             "stopped following, so no interval bounds the optimum on that side"
         )
     return {
-        "seed_curve": f"fitting a cubic in {against} to each of the {seeds} seeds' {metric} "
-        "around the best value and keeping the values where the seed-averaged slope is within "
-        f"Student's $t$ ({seeds - 1} degrees of freedom) standard errors of zero (the standard "
+        "seed_curve": f"fitting a {curve_words(result.confidence.best.fit)} in {against} to "
+        f"each of the {seeds} seeds' {metric} around the best value and keeping the values "
+        "where the seed-averaged slope is within $t$ standard errors of zero ($t$ the 97.5\\% "
+        f"quantile of {_tex_t(result)}; the standard "
         "error from the spread of the slopes between seeds, at least what the seeds' scatter "
         f"about their cubics implies, and the fit's misfit){moved}",
         "not_worse": f"taking the evaluated values whose mean score over the {seeds} seeds is "
-        "not significantly worse than the best one's (paired one-sided $t$ test at 95\\%) and "
-        "the evaluated values just beyond them",
+        f"not significantly worse than the best one's (paired one-sided test at 95\\%, "
+        f"{_tex_t(result)}) and the evaluated values just beyond them",
         "quadratic_fit": "Fieller's interval for the vertex of a parabola fitted by least squares "
         f"to the {tex_escape(metric_name(result.metric))} against {against} around the best "
         f"evaluated value, {widened}",
@@ -455,44 +773,79 @@ def _tex_outcome(result: SweepResult) -> str:
         "min_improvement": "stopped early because a stage improved the best score by less than "
         f"{100 * float(result.config.get('min_improvement', 0)):.3g}\\%",
         "resolution": "stopped early because no interval next to the values tied with the best "
-        f"had significantly different ends with {seeds} seeds (finer values could not be told "
-        "apart)",
+        f"had significantly different ends with {seeds} seeds (paired tests, {_tex_t(result)}; "
+        "finer values could not be told apart)",
         "precision": "stopped once the interval reached the requested precision of "
         f"{tex_number(float(result.config.get('precision') or math.nan))}",
         "budget": "stopped at its budget (the stage bound or max\\_lanes) before reaching the "
         f"requested precision of {tex_number(float(result.config.get('precision') or math.nan))}",
     }.get(result.stop_reason, f"stopped ({tex_escape(result.stop_reason)})")
-    return (
+    spent = (
         f"The search {stop}: {len(result.stages)} stages, {len(result.evaluations)} evaluations "
-        f"in {result.seconds:.1f}~s of wall time ({TIME_COVERS}). The best evaluated "
+        f"in {result.seconds:.1f}~s of wall time ({TIME_COVERS})."
+    )
+    if all_diverged(result):
+        return spent + (
+            f" Every evaluation diverged (in at least one seed), so no {result.value_name} was "
+            "selected and no interval can be given."
+        )
+    extras = " ".join(
+        x
+        for x in (
+            diverged_end_sentence(result, tex_number),
+            outside_range_sentence(result, tex_number),
+        )
+        if x
+    )
+    return (
+        f"{spent} The best evaluated "
         f"{result.value_name} was {tex_number(result.best_value)} "
         f"({tex_escape(metric_name(result.metric))} {tex_number(result.best_score, 4)}), "
         f"with a {tex_escape(best.label)} from "
         f"{tex_number(best.low)} to {tex_number(best.high)}, obtained by "
         f"{_tex_interval_method(result, best.method)}. {tex_escape(covers(result))} "
+        + (f"{extras} " if extras else "")
         + (f"The refined optimum is {tex_number(refined.lr)}. " if best.method != "plateau" else "")
         + tex_escape(precision_sentence(result))
     )
 
 
 def _tex_efficiency(result: SweepResult) -> str:
-    """The third paragraph: the equivalent grid, on the sweep's own scale."""
+    """The third paragraph: the equivalent grid, on the sweep's own scale (never a negative
+    saving: a sweep that needed more than the grid says so)."""
     eff = efficiency(result)
+    if not eff.comparable:
+        return (
+            f"Every one of the {eff.evaluations} evaluations diverged, so the search resolved no "
+            f"{tex_escape(eff.name)} and no grid of the same resolution compares with it; no "
+            "saving is claimed."
+        )
     if eff.scale == "log":
         grid = "spaced log-uniformly"
         apart = f"a factor of {tex_number(eff.spacing, 4)} apart"
     else:
         grid = "spaced uniformly"
         apart = f"{tex_number(eff.spacing, 4)} apart"
+    if eff.ahead:
+        used = f"the search used {eff.evaluations}, {100 * eff.evaluations_saved:.1f}\\% fewer"
+    elif eff.evaluations > eff.grid_evaluations:
+        used = f"the search used {eff.evaluations}, more than that grid"
+    else:
+        used = f"the search used as many, {eff.evaluations}"
+    if eff.faster:
+        time = f"({100 * eff.seconds_saved:.1f}\\% less)"
+    elif eff.sweep_seconds > eff.grid_seconds:
+        time = "(the search took longer than that grid would)"
+    else:
+        time = "(the same)"
     return (
         f"A grid {grid} over the same span ({tex_number(eff.span[0])} to "
         f"{tex_number(eff.span[1])}) with the resolution the search resolved around its "
         f"optimum (neighbouring values {apart}) would need {eff.grid_evaluations} evaluations; "
-        f"the search used {eff.evaluations}, {tex_escape(_saved(eff.evaluations_saved))}. At the "
+        f"{used}. At the "
         f"measured {tex_number(eff.seconds_per_evaluation)}~s per evaluation plus the one-time "
         f"{eff.one_time_seconds:.1f}~s of set-up and compilation, that grid would take an "
-        f"estimated {eff.grid_seconds:.1f}~s against {eff.sweep_seconds:.1f}~s measured "
-        f"({100 * eff.seconds_saved:.1f}\\% saved)."
+        f"estimated {eff.grid_seconds:.1f}~s against {eff.sweep_seconds:.1f}~s measured {time}."
     )
 
 
