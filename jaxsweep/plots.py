@@ -503,6 +503,7 @@ def lr_curve(result: SweepResult):
                         alpha=0.55,
                         linewidths=0,
                         zorder=2,
+                        label="one seed's score" if stage.index == result.stages[0].index else None,
                     )
             ax.scatter(
                 [e.value for e in chosen],

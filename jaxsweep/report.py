@@ -185,6 +185,8 @@ def outside_range_sentence(result: SweepResult, number=_number) -> str:
     for what, value in candidates:
         if not math.isfinite(value) or low <= value <= high:
             continue
+        if what == "refined" and sentences and math.isclose(value, result.best_value):
+            continue  # the same value, said once
         side = "below" if value < low else "above"
         sentences.append(
             f"The {what} {name}, {number(value)}, lies {side} the starting range "
