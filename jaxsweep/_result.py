@@ -261,6 +261,67 @@ class SweepResult:
         """Same as ``value_interval`` (its older name)."""
         return self.value_interval
 
+    @property
+    def best_params(self) -> dict[str, float]:
+        """The best evaluated value by the swept hyperparameter's name, ready to pass on:
+        ``{"learning_rate": 0.021}`` (``best_value`` under its optimizer argument's name)."""
+        return {self.hyperparam: self.best_value}
+
+    def to_dataframe(self):
+        """One row per trained lane (a value with one seed), as a pandas DataFrame.
+
+        Columns: ``value`` (the swept hyperparameter's), ``seed`` (its index, from 0),
+        ``stage``, the final validation metric of that seed (named as ``metric``:
+        ``val_loss``, ``val_accuracy``, ...; with ``val_loss`` too when the metric is another),
+        ``train_loss`` (the value's final training loss, mean over seeds: the result keeps
+        no per-seed training loss), ``diverged`` (that seed) and ``score`` (the value's score:
+        the metric's mean over seeds, the worst possible where any seed diverged). So
+        ``df.groupby("value")[result.metric].mean()`` gives back every score that did not
+        diverge. Needs pandas (``pip install 'jaxsweep[dataframe]'``).
+        """
+        try:
+            import pandas
+        except ImportError as error:
+            raise ImportError(
+                "SweepResult.to_dataframe needs pandas: pip install 'jaxsweep[dataframe]'"
+            ) from error
+        metric, rows = self.metric, []
+        for e in self.evaluations:
+            flags = e.seed_diverged or (e.diverged,) * len(e.seed_scores)
+            for seed, final in enumerate(e.seed_scores):
+                row = {"value": e.value, "seed": seed, "stage": e.stage, metric: final}
+                if metric != "val_loss":
+                    row["val_loss"] = e.seed_val_loss[seed][-1] if e.seed_val_loss else math.nan
+                row["train_loss"] = e.train_loss[-1] if e.train_loss else math.nan
+                row.update(diverged=bool(flags[seed]), score=e.score)
+                rows.append(row)
+        columns = ["value", "seed", "stage", metric]
+        columns += [*(["val_loss"] if metric != "val_loss" else []), "train_loss"]
+        return pandas.DataFrame(rows, columns=[*columns, "diverged", "score"])
+
+    def __repr__(self) -> str:
+        """One line: the best value and score, the interval and precision, why it stopped,
+        the lanes trained and the time (``print(result)``, a notebook cell)."""
+        score = "diverged" if math.isinf(self.best_score) else f"{self.best_score:.4g}"
+        parts = [
+            f"best_value={self.best_value:.4g} ({self.hyperparam})",
+            f"best_score={score} ({self.metric})",
+        ]
+        try:  # a record too small to fit still shows the rest
+            low, high = self.value_interval
+            parts.append(f"interval=[{low:.3g}, {high:.3g}]")
+            parts.append(f"precision={self.precision:.3g}")
+        except Exception:
+            pass
+        lanes = sum(len(e.seed_scores) for e in self.evaluations)
+        parts += [
+            f"stop_reason={self.stop_reason!r}",
+            f"lanes={lanes}",
+            f"stages={len(self.stages)}",
+            f"seconds={self.seconds:.3g}",
+        ]
+        return f"SweepResult({', '.join(parts)})"
+
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, **encode(dataclasses.asdict(self))}
 

@@ -3,8 +3,10 @@
 ``jaxsweep demo`` sweeps an MLP on the bundled digits data and writes result, report and
 figures; ``jaxsweep run FILE.py:FACTORY --data FILE.npz`` does the same for your own model
 and data; ``jaxsweep report DIR`` rebuilds report and figures from ``DIR/result.json`` alone;
-``jaxsweep show DIR`` prints the per-stage table and the best value. Warnings print as one
-line each (``warning: ...``), without Python's source location. On a CPU, ``demo`` and
+``jaxsweep show DIR`` prints the per-stage table and the best value (both also take the
+``result.json`` path itself). Warnings print as one line each (``warning: ...``), without
+Python's source location, and Ctrl-C ends a sweep with one line saying how to go on (no
+traceback). On a CPU, ``demo`` and
 ``run`` train a stage's lanes in parallel, one JAX device per core
 (``jaxsweep.use_cpu_cores``; ``JAX_NUM_CPU_DEVICES=1`` keeps one device).
 """
@@ -175,15 +177,24 @@ def _write_outputs(result: SweepResult, folder: str) -> list[str]:
     ]
 
 
-def _load_dir(folder: str) -> SweepResult:
+def _result_path(given: str) -> tuple[str, str]:
+    """``(folder, result.json)`` from a folder holding result.json or the file itself."""
+    if os.path.isfile(given):
+        return os.path.dirname(given) or ".", given
+    if not os.path.isdir(given):
+        raise FileNotFoundError(f"{given}: no such folder or file")
+    path = os.path.join(given, "result.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not found (jaxsweep demo --out {given} writes one)")
+    return given, path
+
+
+def _load_dir(given: str) -> tuple[str, SweepResult]:
+    """The folder and the result of ``jaxsweep report/show DIR`` (or ``DIR/result.json``)."""
     from ._result import load
 
-    path = os.path.join(folder, "result.json")
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{folder}: no such folder")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: not found (jaxsweep demo --out {folder} writes one)")
-    return load(path)
+    folder, path = _result_path(given)
+    return folder, load(path)
 
 
 def _best_lines(result: SweepResult, with_best: bool = False) -> str:
@@ -214,15 +225,15 @@ def _best_lines(result: SweepResult, with_best: bool = False) -> str:
 
 
 def _report(args) -> int:
-    result = _load_dir(args.dir)
-    _check_writable(args.dir)
-    written = _write_outputs(result, args.dir)
-    _console().print(f"rebuilt from {os.path.join(args.dir, 'result.json')}: {', '.join(written)}")
+    folder, result = _load_dir(args.dir)
+    _check_writable(folder)
+    written = _write_outputs(result, folder)
+    _console().print(f"rebuilt from {_result_path(args.dir)[1]}: {', '.join(written)}")
     return 0
 
 
 def _show(args) -> int:
-    result = _load_dir(args.dir)
+    _, result = _load_dir(args.dir)
     console = _console()
     console.print(stage_table(result))
     console.print(_best_lines(result, with_best=True))
@@ -279,10 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = commands.add_parser(
         "report", help="rebuild report.md, methods.tex and figures from DIR/result.json"
     )
-    rebuild.add_argument("dir", metavar="DIR", help="folder holding result.json")
+    rebuild.add_argument(
+        "dir", metavar="DIR", help="folder holding result.json (or the result.json itself)"
+    )
     rebuild.set_defaults(handler=_report)
     show = commands.add_parser("show", help="print the per-stage table and the best value")
-    show.add_argument("dir", metavar="DIR", help="folder holding result.json")
+    show.add_argument(
+        "dir", metavar="DIR", help="folder holding result.json (or the result.json itself)"
+    )
     show.set_defaults(handler=_show)
     return parser
 
@@ -354,6 +369,21 @@ def main(argv=None) -> int:
         except (ValueError, TypeError, OSError) as error:
             print(f"jaxsweep {args.command}: error: {error}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+            print(_interrupted_line(args), file=sys.stderr)
+            return 130
+
+
+def _interrupted_line(args) -> str:
+    """What Ctrl-C leaves behind, and how to go on from it."""
+    if args.command not in _TRAINING_COMMANDS:
+        return "interrupted"
+    if args.checkpoint_dir is None:
+        return "interrupted: nothing was saved (pass --checkpoint-dir to make a sweep resumable)"
+    return (
+        "interrupted: rerun the same command to resume from the checkpoint in "
+        f"{args.checkpoint_dir}"
+    )
 
 
 if __name__ == "__main__":
