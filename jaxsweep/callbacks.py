@@ -193,10 +193,11 @@ class TensorBoard(Callback):
 
     Each lane is a run ``LOGDIR/<hyperparam>=<value>/seed=<seed>`` (``learning_rate=1.00e-03
     /seed=0``) with the scalars ``train/loss``, ``val/loss`` and ``val/<name>`` for every
-    auxiliary entry of the loss, against the lane's training step. When its stage ends, the
-    lane's value, seed and stage are recorded with TensorBoard's HParams plugin, with the
-    final validation metric (``hparam/<metric>``), so the HParams view compares the lanes by
-    value. Needs ``tensorboardX`` (``pip install 'jaxsweep[tensorboard]'``).
+    auxiliary entry of the loss, against the lane's training step. When its stage ends, each
+    lane is recorded with TensorBoard's HParams plugin: the swept value and the stage as
+    hparams, the final validation metric as ``hparam/<metric>``, and the seeds of one value
+    in one session group, so the HParams view compares the values (over their seeds). Needs
+    ``tensorboardX`` (``pip install 'jaxsweep[tensorboard]'``).
 
     Args:
       logdir: the folder to write into (created); ``tensorboard --logdir LOGDIR`` shows it.
@@ -243,10 +244,12 @@ class TensorBoard(Callback):
                 lane = Lane(evaluation.value, seed)
                 writer = self._writer(lane)
                 step = self._last.get(lane, evaluation.steps[-1] if evaluation.steps else 0)
-                values = {self._hyperparam: evaluation.value, "seed": seed, "stage": stage}
+                values = {self._hyperparam: evaluation.value, "stage": stage}
                 diverged = _seed_diverged(evaluation, seed)
                 final = math.nan if diverged else float(score)
-                for summary in hparams(values, {metric_tag: final}):
+                experiment, start, end = hparams(values, {metric_tag: final})
+                group = self.run_name(lane).rpartition("/")[0]  # the value's seeds together
+                for summary in (experiment, _in_group(start, group), end):
                     writer.file_writer.add_summary(summary)
                 writer.add_scalar(metric_tag, final, step)
         self._close_writers()
@@ -276,6 +279,18 @@ class TensorBoard(Callback):
                 break
         self._names[value] = text
         return text
+
+
+def _in_group(session_start, group: str):
+    """A session-start summary put in the HParams view's group ``group`` (the lanes of one
+    value, one session per seed)."""
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+
+    plugin_data = session_start.value[0].metadata.plugin_data
+    content = HParamsPluginData.FromString(plugin_data.content)
+    content.session_start_info.group_name = group
+    plugin_data.content = content.SerializeToString()
+    return session_start
 
 
 def _seed_diverged(evaluation: Evaluation, seed: int) -> bool:

@@ -238,11 +238,8 @@ def test_tensorboard_records_the_swept_value_as_an_hparam(tensorboard_sweep):
                 content["_hparams_/session_start_info"]
             ).session_start_info
             hparams = {k: v.number_value for k, v in session.hparams.items()}
-            assert hparams == {
-                "learning_rate": evaluation.value,
-                "seed": seed,
-                "stage": evaluation.stage,
-            }
+            assert hparams == {"learning_rate": evaluation.value, "stage": evaluation.stage}
+            assert session.group_name == f"learning_rate={evaluation.value:.2e}"  # both seeds
             (final,) = run.Scalars("hparam/val_loss")
             assert final.step == evaluation.steps[-1]
             np.testing.assert_allclose(final.value, evaluation.seed_scores[seed], rtol=1e-6)
