@@ -18,6 +18,7 @@ from .plots import plot as plot
 from .report import report as report
 
 if TYPE_CHECKING:
+    from ._checkpoint import CheckpointInUseError as CheckpointInUseError
     from ._checkpoint import CheckpointWarning as CheckpointWarning
     from ._checkpoint import ConfigurationMismatchError as ConfigurationMismatchError
     from ._cores import use_cpu_cores as use_cpu_cores
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 # Names whose modules import JAX, Flax and Orbax load on first use: reading a saved result
 # (``jaxsweep.load``, ``jaxsweep report DIR``, ``jaxsweep show DIR``) then costs no JAX import.
 _FROM_JAX_MODULES = {
+    "CheckpointInUseError": "._checkpoint",
     "CheckpointWarning": "._checkpoint",
     "ConfigurationMismatchError": "._checkpoint",
     "ProcessLostError": "._hosts",
@@ -60,6 +62,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree
 
 __all__ = [
     "Callback",
+    "CheckpointInUseError",
     "CheckpointWarning",
     "ConfigurationMismatchError",
     "Evaluation",

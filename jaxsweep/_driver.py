@@ -126,7 +126,7 @@ def sweep(
         plan = search.plan(history.evaluated(), config)
         _check_plan(plan, engine.budget)
         if plan.expansion is not None:  # said before the stage it concerns starts
-            history = _warned(history, _expansion_note(stage, plan, config))
+            history = _warned(history, _expansion_note(stage, plan, config, history))
         callbacks.stage_start(stage, plan.points)
         part = resumed if resumed is not None and resumed.stage == stage else None
         lanes, running = _train_stage(engine, stage, plan, config, callbacks, part, history)
@@ -414,14 +414,23 @@ def _open_checkpoints(setup: Setup) -> SweepCheckpoints | None:
     )
 
 
-def _expansion_note(stage: int, plan: _selector.StagePlan, config: SweepConfig) -> str:
-    """Says that (and where) a stage searches beyond what was evaluated."""
+def _expansion_note(
+    stage: int, plan: _selector.StagePlan, config: SweepConfig, history: History
+) -> str:
+    """Says that (and where) a stage searches beyond what was evaluated, and why: the best
+    value is at the edge, or (several seeds) values not significantly worse than it reach it."""
     (low, high), (range_low, range_high) = plan.intervals[0], config.value_range
     edge = "largest" if plan.expansion == "up" else "smallest"
     outside = low < range_low or high > range_high
+    name = _in_words(config.hyperparam)
+    best = _selector.edge_of_best(history.points, history.scores) == plan.expansion
+    why = (
+        f"the best {name} was the {edge} evaluated"
+        if best
+        else f"values not significantly worse than the best {name} reach the {edge} evaluated"
+    )
     return (
-        f"stage {stage}: the best {_in_words(config.hyperparam)} was the {edge} evaluated, so "
-        f"this stage searches beyond it ({low:.3g} to {high:.3g})"
+        f"stage {stage}: {why}, so this stage searches beyond it ({low:.3g} to {high:.3g})"
         + (", outside the given range" if outside else "")
     )
 

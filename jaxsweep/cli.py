@@ -282,7 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=3)
     demo.add_argument("--stages", type=int, default=None, help=_STAGES_HELP)
     demo.add_argument(
-        "--seeds", type=int, default=3, help="initialisations per rate (1: no interval)"
+        "--seeds",
+        type=int,
+        default=3,
+        help="initialisations per rate (1: a one-seed interval, blind to seed-to-seed noise)",
     )
     _add_sweep_options(demo, min_improvement=0.0)
     demo.set_defaults(handler=_demo)
@@ -334,13 +337,16 @@ def _add_run_parser(commands) -> None:
     run.add_argument(
         "--metric",
         default="val_loss",
-        help="the validation metric that ranks the values: val_loss, or an entry of the "
-        "loss's dict such as val_accuracy",
+        help="the validation metric that ranks the values: val_loss (the --loss on the "
+        "validation set; the command's built-in losses record no other entry)",
     )
     run.add_argument("--mode", default="min", choices=("min", "max"), help="which way is better")
     run.add_argument("--stages", type=int, default=None, help=_STAGES_HELP)
     run.add_argument(
-        "--seeds", type=int, default=3, help="initialisations per value (1: no interval)"
+        "--seeds",
+        type=int,
+        default=3,
+        help="initialisations per value (1: a one-seed interval, blind to seed-to-seed noise)",
     )
     run.add_argument("--seed", type=int, default=0)
     _add_sweep_options(run, min_improvement=None)

@@ -133,3 +133,21 @@ def test_the_searchs_own_summary_agrees_with_the_result(valley, flat):
         summary = _search.hierarchical().summary(evaluated, config)
         assert summary.precision == result.precision
         assert summary.plateaus == result.plateaus
+
+
+def test_the_expansion_warning_says_why_the_search_left_the_range():
+    from types import SimpleNamespace
+
+    from jaxsweep._driver import _expansion_note
+    from jaxsweep._selector import StagePlan
+
+    config = _config()
+    plan = StagePlan((0.0178, 0.0316), ((0.01, 0.1),), "up")
+    at_edge = SimpleNamespace(points=(1e-3, 3e-3, 1e-2), scores=(0.5, 0.4, 0.3))
+    note = _expansion_note(1, plan, config, at_edge)
+    assert "the best learning rate was the largest evaluated" in note
+    assert "outside the given range" in note
+    inside = SimpleNamespace(points=(1e-3, 3e-3, 1e-2), scores=(0.5, 0.3, 0.31))
+    note = _expansion_note(1, plan, config, inside)
+    assert "was the largest" not in note
+    assert "values not significantly worse than the best learning rate reach the largest" in note
