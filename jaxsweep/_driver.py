@@ -429,9 +429,8 @@ def _expansion_note(
         if best
         else f"values not significantly worse than the best {name} reach the {edge} evaluated"
     )
-    return (
-        f"stage {stage}: {why}, so this stage searches beyond it ({low:.3g} to {high:.3g})"
-        + (", outside the given range" if outside else "")
+    return f"stage {stage}: {why}, so this stage searches beyond it ({low:.3g} to {high:.3g})" + (
+        ", outside the given range" if outside else ""
     )
 
 

@@ -242,6 +242,7 @@ def test_a_cubic_that_misses_noise_free_scores_reaches_out_to_the_evaluated_valu
     assert estimate.low in values and estimate.high in values
     assert estimate.contains(truth) and abs(estimate.lr / truth - 1) < 0.01
 
+
 def test_not_worse_keeps_the_tied_run_around_the_best_and_its_neighbours():
     values = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
     seed_scores = [
