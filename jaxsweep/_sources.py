@@ -86,10 +86,30 @@ def columns(dataset, x: str = "x", y: str = "y"):
 
 
 def is_source(value) -> bool:
-    """True for a random-access dataset (``len`` and ``[i]``), false for arrays and pairs."""
+    """True for a random-access dataset (``len`` and ``[i]``), false for arrays and pairs.
+
+    Raises:
+      TypeError: ``value`` is a dataset jaxsweep cannot train on as it is: an iterator
+        without random access (grain's ``IterDataset``), or a dataset of batches (grain's
+        ``.batch(...)``), with what to pass instead.
+    """
     if isinstance(value, (tuple, list, dict, str, bytes, np.ndarray)) or hasattr(value, "shape"):
         return False
-    return hasattr(value, "__len__") and hasattr(value, "__getitem__")
+    random_access = hasattr(value, "__len__") and hasattr(value, "__getitem__")
+    if not random_access and hasattr(value, "__iter__"):
+        raise TypeError(
+            f"data: a {type(value).__name__} is read in order only; jaxsweep needs random "
+            "access (len and [i]) to give every lane the same batches in the order it draws. "
+            "Pass the grain MapDataset before .to_iter_dataset() (or any dataset with len and "
+            "[i], or arrays)"
+        )
+    grain_batches = type(value).__module__.startswith("grain") and "Batch" in type(value).__name__
+    if random_access and grain_batches:
+        raise TypeError(
+            f"data: a {type(value).__name__} yields batches, and jaxsweep batches the examples "
+            "itself (batch_size=); pass the dataset before .batch(...), one example per item"
+        )
+    return random_access
 
 
 class Subset:
@@ -137,8 +157,24 @@ def read_batch(source, indices: Sequence[int], part: str = "train") -> tuple[Any
     except ValueError as error:
         raise ValueError(
             f"data: the {part} examples at {list(indices)[:4]}... differ in shape or structure "
-            f"({error})"
+            f"({error})" + _batches_hint(items)
         ) from None
+
+
+def _batches_hint(items) -> str:
+    """A hint when the items look like batches: leading axes alike but for a shorter one."""
+    sizes = [
+        leaf.shape[0]
+        for item in items
+        for leaf in jax.tree.leaves(item[1])[:1]
+        if getattr(leaf, "ndim", 0) >= 1
+    ]
+    if len(sizes) < 2 or len(set(sizes)) < 2 or max(sizes) < 2:
+        return ""
+    return (
+        f"; the items look like batches (targets with {max(sizes)} rows, some fewer): "
+        "jaxsweep batches the examples itself, so give it one example per item"
+    )
 
 
 def read_all(source, part: str, batch: int = 1024) -> tuple[Any, Any]:
