@@ -794,6 +794,8 @@ def efficiency_figure(result: SweepResult):
     )
     right.set_ylabel("wall time (seconds)")
     right.set_title(_seconds_title(eff))
+    # headroom above the bars' labels for the legend, so neither hides the other
+    right.set_ylim(0, 1.5 * max(eff.sweep_seconds, eff.grid_seconds, 1e-9))
     right.legend(
         handles=[
             Patch(facecolor="0.92", edgecolor="0.4", hatch="//", label="set-up and compilation"),
