@@ -176,6 +176,28 @@ def resolve_loss(
     return LOSS_FOR_TARGETS[(loss, kind)], loss, kind
 
 
+# validation metrics that are better when higher, by name: ranking them with mode "min"
+# would pick the worst value
+HIGHER_IS_BETTER = frozenset(
+    {"accuracy", "acc", "top1", "top5", "f1", "auc", "precision", "recall", "iou", "miou"}
+    | {"dice", "bleu", "r2", "map", "top_1_accuracy", "top_5_accuracy"}
+)
+
+
+def check_mode(metric: str, mode: str) -> None:
+    """Refuses ranking a metric known to be better when higher with ``mode="min"``.
+
+    >>> check_mode("val_loss", "min"), check_mode("val_accuracy", "max")
+    (None, None)
+    """
+    name = metric.removeprefix("val_").lower()
+    if mode == "min" and name in HIGHER_IS_BETTER:
+        raise ValueError(
+            f"mode: {metric!r} is better when higher, but mode is 'min', which would pick the "
+            f"value with the lowest {name}; pass mode='max'"
+        )
+
+
 def resolve_metric(metric: str, aux_names) -> str:
     """The validation metric that ranks the values, by its recorded name.
 

@@ -21,7 +21,7 @@ from ._budget import Budget, make_budget
 from ._config import SweepConfig, make_config
 from ._data import Split, prepare, shapes, take
 from ._environment import versions
-from ._losses import TARGET_NAMES, resolve_loss, resolve_metric, split_loss
+from ._losses import TARGET_NAMES, check_mode, resolve_loss, resolve_metric, split_loss
 from ._model import ModelFunctions, Start, adapt, count_parameters, module_names, output_shape
 from ._optim import describe_optimizer, resolve_optimizer
 from ._sources import is_source_column
@@ -156,9 +156,11 @@ def _with_data(
     start = None if init is None else model.start(init)
     n_val = len(split.y_val)
     eval_batch = config.eval_batch_size or default_eval_batch_size(n_val, config.batch_size)
+    metric = resolve_metric(config.metric, aux_names)
+    check_mode(metric, config.mode)
     config = dataclasses.replace(
         config,
-        metric=resolve_metric(config.metric, aux_names),
+        metric=metric,
         eval_batch_size=min(eval_batch, n_val),  # never more than the examples there are
         steps=budget.total,
         eval_every=budget.eval_every,

@@ -131,6 +131,8 @@ def test_a_result_with_a_metric_survives_json(by_accuracy, tmp_path):
         (dict(loss=with_accuracy, metric="val_f1"), ValueError, "['val_loss', 'val_accuracy']"),
         (dict(loss=with_accuracy, metric="train_accuracy"), ValueError, "training batches"),
         (dict(mode="maximum"), ValueError, "mode: expected 'min' or 'max'"),
+        # mode left at "min" for accuracy would pick the least accurate value
+        (dict(loss=with_accuracy, metric="accuracy"), ValueError, "pass mode='max'"),
         (dict(metric=3), TypeError, "metric: expected a name"),
     ],
 )
