@@ -64,7 +64,7 @@ def _demo(args) -> int:
     from jaxsweep.models import MLP
 
     console = _console()
-    _check_writable(args.out)  # fail before the sweep, not after it
+    _check_writable(args.out, args.overwrite)  # fail before the sweep, not after it
     x, y = load_digits()
     console.print(f"digits: {len(x)} images of 8x8 pixels, 10 classes")
     return _sweep_and_write(
@@ -95,7 +95,7 @@ def _run(args) -> int:
     model_fn = load_factory(args.model)
     data = load_npz(args.data)
     optimizer = parse_optimizer(args.optimizer)
-    _check_writable(args.out)
+    _check_writable(args.out, args.overwrite)
     options = {"lr_range": tuple(args.lr_range)} if args.lr_range else {}
     return _sweep_and_write(
         console,
@@ -153,8 +153,13 @@ def _resume_line(record: dict) -> str:
     )
 
 
-def _check_writable(folder: str) -> None:
-    """Creates ``folder`` if needed; OSError with the folder's name when it cannot be written."""
+def _check_writable(folder: str, overwrite: bool, keep: tuple[str, ...] = ()) -> None:
+    """Creates ``folder`` if needed; OSError with the folder's name when it cannot be written,
+    FileExistsError when it holds files of the outputs' names that jaxsweep did not write
+    (unless ``overwrite``)."""
+    from ._outputs import check_outputs
+
+    check_outputs(folder, overwrite, keep)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
@@ -225,9 +230,12 @@ def _best_lines(result: SweepResult, with_best: bool = False) -> str:
 
 
 def _report(args) -> int:
+    from .report import markdown, methods_tex
+
     folder, result = _load_dir(args.dir)
-    _check_writable(folder)
-    written = _write_outputs(result, folder)
+    _check_writable(folder, args.overwrite, keep=("result.json",))
+    markdown(result), methods_tex(result)  # a result that cannot be reported fails here,
+    written = _write_outputs(result, folder)  # before any file is replaced
     _console().print(f"rebuilt from {_result_path(args.dir)[1]}: {', '.join(written)}")
     return 0
 
@@ -241,6 +249,10 @@ def _show(args) -> int:
 
 
 _STAGES_HELP = "the most stages (default 5, or 20 with --precision)"
+_OVERWRITE_HELP = (
+    "replace files of the outputs' names that jaxsweep did not write (its own outputs are "
+    "always replaced)"
+)
 
 
 def _add_sweep_options(parser: argparse.ArgumentParser, min_improvement: float | None) -> None:
@@ -267,6 +279,7 @@ def _add_sweep_options(parser: argparse.ArgumentParser, min_improvement: float |
         help="the most lanes (values x seeds) the sweep may train",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     parser.add_argument(
         "--checkpoint-dir",
         default=None,
@@ -296,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument(
         "dir", metavar="DIR", help="folder holding result.json (or the result.json itself)"
     )
+    rebuild.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     rebuild.set_defaults(handler=_report)
     show = commands.add_parser("show", help="print the per-stage table and the best value")
     show.add_argument(
