@@ -9,8 +9,10 @@ are drawn by :func:`jaxsweep.plot`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import re
 from typing import NamedTuple
 
 from . import _selector
@@ -382,7 +384,27 @@ def _saved_cell(saved: float, ahead: bool, more: str) -> str:
 
 
 def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|")
+    """Text for a Markdown table cell or a code span: no cell break, no closing backtick, no
+    HTML a renderer would run (a result file may come from anywhere)."""
+    text = str(text).replace("|", "\\|").replace("`", "'")
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_PLAIN = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _displayable(result: SweepResult) -> SweepResult:
+    """``result`` with a swept name that is safe in Markdown and LaTeX text and labels.
+
+    A hyperparameter is an optimizer's keyword argument, so a real one is a Python name; a
+    result file holding anything else (``\\immediate\\write18{...}``) is shown with those
+    characters as ``?``, never passed on to TeX or a Markdown renderer as they are.
+    """
+    name = result.hyperparam
+    plain = _PLAIN.sub("?", name)
+    if plain == name:
+        return result
+    return dataclasses.replace(result, config={**result.config, "hyperparam": plain})
 
 
 def _stage_rows(result: SweepResult) -> list[str]:
@@ -475,9 +497,10 @@ def _schedule_sentence(result: SweepResult, escape) -> str:
 def _environment_lines(result: SweepResult) -> list[str]:
     env = dict(result.environment)
     versions = env.pop("versions", {}) or {}
-    lines = [f"- {key}: {value}" for key, value in env.items()]
+    lines = [f"- {_md_escape(key)}: {_md_escape(value)}" for key, value in env.items()]
     if versions:
-        lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+        listed = ", ".join(f"{k} {v}" for k, v in versions.items())
+        lines.append("- versions: " + _md_escape(listed))
     return lines
 
 
@@ -579,6 +602,7 @@ def _headline(result: SweepResult, eff, name: str, seeds: int) -> str:
 
 def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(FIGURES)) -> str:
     """The Markdown report of ``result``, linking the named figures under ``figures/``."""
+    result = _displayable(result)
     eff = efficiency(result)
     name = result.value_name
     seeds = int(result.config.get("seeds", 1))
@@ -589,8 +613,9 @@ def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(F
         "",
         "## Configuration",
         "",
-        f"Model `{result.config.get('model', '?')}` with optimizer "
-        f"`{result.config.get('optimizer', '?')}`, loss `{result.config.get('loss', '?')}`"
+        f"Model `{_md_escape(result.config.get('model', '?'))}` with optimizer "
+        f"`{_md_escape(result.config.get('optimizer', '?'))}`, "
+        f"loss `{_md_escape(result.config.get('loss', '?'))}`"
         + (f" on {result.config['targets']} targets" if "targets" in result.config else "")
         + f"; {name} searched on a {result.scale} scale; stop reason: {result.stop_reason}."
         + _schedule_sentence(result, _md_escape),
@@ -853,6 +878,7 @@ def _tex_efficiency(result: SweepResult) -> str:
 
 def methods_tex(result: SweepResult) -> str:
     """A LaTeX ``\\subsection`` describing the search, with this run's numbers."""
+    result = _displayable(result)
     name = result.value_name
     title = "Learning-rate" if result.hyperparam == "learning_rate" else name.capitalize()
     label = "lr" if result.hyperparam == "learning_rate" else result.hyperparam.replace("_", "-")

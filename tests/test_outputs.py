@@ -60,3 +60,23 @@ def test_a_sweep_is_refused_before_it_trains(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(jaxsweep, "run", lambda *a, **k: pytest.fail("trained"))
     assert cli.main(["demo", "--out", str(tmp_path), "--quiet"]) == 2
     assert "methods.tex exist and were not written by jaxsweep" in capsys.readouterr().err
+
+
+def test_hostile_strings_of_a_result_file_never_reach_tex_or_markdown(folder):
+    from jaxsweep.report import markdown, methods_tex
+
+    record = json.loads((folder / "result.json").read_text())
+    record["config"]["hyperparam"] = "\\immediate\\write18{rm -rf ~}"
+    record["config"]["model"] = "<script>alert(1)</script>`x`"
+    record["config"]["optimizer"] = "adam | <img src=x onerror=alert(1)>"
+    record["environment"]["backend"] = "<iframe src=x>"
+    (folder / "result.json").write_text(json.dumps(record))
+    result = jaxsweep.load(folder / "result.json")
+    tex, text = methods_tex(result), markdown(result)
+    assert "\\immediate" not in tex and "\\write18" not in tex and "{rm" not in tex
+    assert "<script>" not in text and "<img" not in text and "write18{" not in text
+    assert "<iframe" not in text
+    assert "&lt;script&gt;" in text  # shown, as text
+    # a real name is untouched
+    plain = jaxsweep.load(DATA)
+    assert "learning rate" in markdown(plain)
