@@ -207,7 +207,7 @@ def measure(problem: Problem, seed: int, trials: int) -> dict:
         "found": found,
         "relative_error": {k: abs(v - truth) / truth for k, v in found.items()},
         "sweep_evaluations": int(len(rates)),
-        "sweep_lanes": int(sum(len(e.seed_scores) for e in result.evaluations)),
+        "sweep_lanes": result.lanes,
         "sweep_interval": list(result.value_interval),
         "sweep_interval_holds_optimum": bool(
             result.value_interval[0] <= truth <= result.value_interval[1]

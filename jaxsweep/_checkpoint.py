@@ -603,12 +603,8 @@ def _written_by_jaxsweep(directory: str, names: set[str]) -> bool:
 
 
 def _is_progress(path: str) -> bool:
-    try:
-        with open(path) as handle:
-            record = json.load(handle)
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and "fingerprint" in record and "stage" in record
+    record = _json.read_dict(path)
+    return record is not None and "fingerprint" in record and "stage" in record
 
 
 _MARKER_PARTIAL = f".{MARKER}.partial"

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import _search, _selector
-from ._result import Evaluation, Stage, SweepResult, from_dict
+from ._result import Evaluation, Stage, SweepResult, count_lanes, from_dict
 from ._train import EpochMetrics
 
 
@@ -68,7 +68,7 @@ class History:
             scores=self.scores,
             seed_scores=self.seed_scores,
             stage_bests=tuple(self.sign * stage.best_score for stage in self.stages),
-            lanes=sum(len(e.seed_scores) for e in self.evaluations),
+            lanes=count_lanes(self.evaluations),
         )
 
     def best_objective(self) -> float:

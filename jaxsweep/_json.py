@@ -7,12 +7,24 @@ lists, numpy scalars as Python numbers and mapping keys as strings.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _ARRAY_KEYS = {"dtype", "shape", "values"}
+
+
+def read_dict(path: str) -> dict | None:
+    """The JSON object in the file at ``path``, or None where there is none to read (missing,
+    unreadable, not JSON, not an object): for telling whose a file is, not for loading it."""
+    try:
+        with open(path) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def encode_float(value: float) -> float | str:

@@ -160,10 +160,9 @@ def worse(
     more than :func:`every_seed_margin` standard deviations of a paired difference at the
     floor's noise. One erratic seed (a lane at 1e4 among lanes near 2.7) inflates the t
     test's own standard error until nothing is worse; it cannot hide a difference that
-    every seed shows. A value that diverged in a seed
-    where the other did not is worse; two values that both diverged somewhere cannot be
-    told apart. With identical differences in every seed (no noise, no floor) any positive
-    difference counts.
+    every seed shows. A value that diverged in a seed where the other did not is worse; two
+    values that both diverged somewhere cannot be told apart. With identical differences in
+    every seed (no noise, no floor) any positive difference counts.
     """
     a, b = matrix[i], matrix[j]
     a_bad, b_bad = not np.isfinite(a).all(), not np.isfinite(b).all()

@@ -9,8 +9,9 @@ paragraph's label, matplotlib's name in a figure's metadata.
 
 from __future__ import annotations
 
-import json
 import os
+
+from ._json import read_dict
 
 _SNIFF_BYTES = 1 << 16
 
@@ -46,12 +47,8 @@ def written_by_jaxsweep(path: str) -> bool:
 
 
 def _is_result(path: str) -> bool:
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "evaluations" in data and "format_version" in data
+    record = read_dict(path)
+    return record is not None and "evaluations" in record and "format_version" in record
 
 
 def foreign_outputs(folder: str, keep: tuple[str, ...] = ()) -> list[str]:

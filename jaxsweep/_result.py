@@ -228,6 +228,11 @@ class SweepResult:
         )
 
     @property
+    def lanes(self) -> int:
+        """Lanes (value x seed pairs) the sweep trained."""
+        return count_lanes(self.evaluations)
+
+    @property
     def precision(self) -> float:
         """How precisely the optimum is located: the reported interval's relative half-width
         (``0.5``: it lies within ``value / 1.5`` to ``value * 1.5`` on a log scale, within
@@ -313,10 +318,9 @@ class SweepResult:
             parts.append(f"precision={self.precision:.3g}")
         except Exception:
             pass
-        lanes = sum(len(e.seed_scores) for e in self.evaluations)
         parts += [
             f"stop_reason={self.stop_reason!r}",
-            f"lanes={lanes}",
+            f"lanes={self.lanes}",
             f"stages={len(self.stages)}",
             f"seconds={self.seconds:.3g}",
         ]
@@ -339,6 +343,11 @@ class SweepResult:
         if not isinstance(other, SweepResult):
             return NotImplemented
         return self.to_dict() == other.to_dict()  # NaN-safe: compares encoded text
+
+
+def count_lanes(evaluations) -> int:
+    """Lanes (value x seed pairs) behind ``evaluations``: one per seed score."""
+    return sum(len(e.seed_scores) for e in evaluations)
 
 
 def _renamed(record: dict) -> dict:

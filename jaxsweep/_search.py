@@ -29,8 +29,6 @@ from . import _confidence, _scale, _selector
 if TYPE_CHECKING:
     from ._config import SweepConfig
 
-STOP_REASONS = ("completed", "min_improvement", "resolution", "precision", "budget")
-
 
 class Evaluated(NamedTuple):
     """A sweep's history as a search reads it: lower scores are better, diverged is +inf."""
@@ -73,26 +71,24 @@ def plateaus(evaluated: Evaluated, config: SweepConfig) -> tuple[_selector.Plate
     width = _selector.expansion_width(
         config.value_range, config.points_per_stage, config.top_k, config.scale
     )
-    count = config.points_per_stage  # every stage evaluates this many values, in order
     return _selector.plateaus(
         evaluated.points,
         evaluated.seed_scores,
         value_range=config.value_range,
         width=width,
         scale=config.scale,
-        stages=[i // count for i in range(len(evaluated.points))],
+        stages=_selector.stage_indices(len(evaluated.points), config.points_per_stage),
     )
 
 
 def confidence(evaluated: Evaluated, config: SweepConfig) -> _confidence.Confidence:
     """The interval the result will report for this history (the same computation: see
     ``SweepResult.confidence``)."""
-    count = config.points_per_stage  # every stage evaluates this many values, in order
     return _confidence.sweep_confidence(
         evaluated.points,
         evaluated.scores,
         evaluated.seed_scores,
-        [i // count for i in range(len(evaluated.points))],
+        _selector.stage_indices(len(evaluated.points), config.points_per_stage),
         config.scale,
         plateaus(evaluated, config),
         stable=config.precision is not None,

@@ -167,7 +167,7 @@ class Plateau(NamedTuple):
     """A flat end: toward ``direction``, every value evaluated scores alike with the best."""
 
     direction: Direction  # "down": values at or below ``bound`` score alike; "up": at or above
-    bound: float  # the tied run's inner end: the last value (from the edge) tied with the best
+    bound: float  # the far end of the last band inward that scores like the edge's band
     edge: float  # the farthest value evaluated that way
 
 
@@ -218,7 +218,7 @@ def plateaus(
         if flat is not None:
             found.append(Plateau("down", flat, view.points[0]))
     if view.points[-1] > value_range[1]:
-        flat = _flat_end(view, axis - axis[-1] + 0.0, width, upward=True)
+        flat = _flat_end(view, axis - axis[-1], width, upward=True)
         if flat is not None:
             found.append(Plateau("up", flat, view.points[-1]))
     return tuple(found)
@@ -350,10 +350,16 @@ def _direction(
     return None if direction in flat else direction  # a flat end is not followed
 
 
+def stage_indices(count: int, per_stage: int) -> list[int]:
+    """The stage of each of ``count`` values in evaluation order: every stage evaluates
+    exactly ``per_stage`` of them (:func:`next_stage` places that many)."""
+    return [i // per_stage for i in range(count)]
+
+
 def _flat(points, seed_scores, value_range, width, scale, count) -> tuple[Direction, ...]:
     if value_range is None:
         return ()
-    stages = [i // count for i in range(len(points))]  # every stage evaluates ``count`` points
+    stages = stage_indices(len(points), count)
     found = plateaus(
         points, seed_scores, value_range=value_range, width=width, scale=scale, stages=stages
     )

@@ -336,14 +336,9 @@ def lanes_sentence(result: SweepResult) -> str:
     return _lanes_words(str(strategy)) if strategy else ""
 
 
-def lanes_trained(result: SweepResult) -> int:
-    """Lanes (value x seed pairs) the sweep trained."""
-    return sum(len(e.seed_scores) for e in result.evaluations)
-
-
 def precision_sentence(result: SweepResult) -> str:
     """How precisely the optimum is located, and what asking for more would cost."""
-    reached, lanes = result.precision, lanes_trained(result)
+    reached, lanes = result.precision, result.lanes
     wanted = result.config.get("precision")
     if math.isinf(reached):
         why = (
