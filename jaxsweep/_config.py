@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from . import _scale
@@ -39,6 +39,10 @@ class SweepConfig:
     # stop once the interval lies within best / (1 + precision) .. best * (1 + precision)
     precision: float | None = None
     max_lanes: int | None = None  # the most lanes (values x seeds) the whole sweep may train
+    # the horizon check: the steps of the run the user will do (None: no check); given as
+    # epochs, ``target_epochs`` keeps them and the setup turns them into steps
+    target_steps: int | None = None
+    target_epochs: int | None = None
 
     @property
     def lanes_per_stage(self) -> int:
@@ -59,6 +63,14 @@ class SweepConfig:
         data = asdict(self)
         data["value_range"] = list(self.value_range)
         return data
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> SweepConfig:
+        """The settings back from a result's ``config`` record (:meth:`to_json`'s fields)."""
+        names = {f.name for f in fields(cls)}
+        data = {k: v for k, v in record.items() if k in names}
+        data["value_range"] = tuple(float(v) for v in data["value_range"])
+        return cls(**data)
 
 
 def _integer(name: str, value, minimum: int) -> int:
@@ -150,6 +162,8 @@ def make_config(
     diagnostics=True,
     precision=None,
     max_lanes=None,
+    target_steps=None,
+    target_epochs=None,
 ) -> SweepConfig:
     """Checks every scalar argument of ``run`` and returns them as a :class:`SweepConfig`.
 
@@ -197,6 +211,20 @@ def make_config(
                 f"max_lanes: a stage trains points_per_stage x seeds = {lanes} lanes, so at least "
                 f"{lanes} are needed, got {max_lanes}"
             )
+    target_steps, target_epochs = (
+        _optional("target_steps", target_steps),
+        _optional("target_epochs", target_epochs),
+    )
+    if target_steps is not None and target_epochs is not None:
+        raise ValueError(
+            "target_steps: give the target run's length once, as target_steps or as "
+            "target_epochs, not both"
+        )
+    if (target_steps or target_epochs) and scale != "log":
+        raise ValueError(
+            "target_steps: the horizon check fits a power law of the optimum in the steps, "
+            'which needs scale="log" (a linear sweep has no such law); leave the target out'
+        )
     return SweepConfig(
         hyperparam=hyperparam,
         value_range=_range(range_name, value_range, scale, hyperparam),
@@ -219,4 +247,6 @@ def make_config(
         eval_every=_optional("eval_every", eval_every),
         precision=precision,
         max_lanes=max_lanes,
+        target_steps=target_steps,
+        target_epochs=target_epochs,
     )

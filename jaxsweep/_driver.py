@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from . import _cache, _lanes, _search, _selector, _sharding, _train
+from . import _cache, _horizon, _lanes, _search, _selector, _setup, _sharding, _train
 from ._budget import Budget
 from ._checkpoint import LaneTemplate, ResumePoint, SweepCheckpoints
 from ._config import SweepConfig
@@ -116,22 +116,26 @@ def sweep(
     Where to look and when to stop is the search's alone (``search``: the hierarchical one)."""
     config = setup.config
     search = search or _search.hierarchical()
+    if config.target_steps is not None:  # the horizon check follows the search
+        search = _horizon.with_horizon(search)
+    engines = _Engines(setup, engine)
     resumed = callbacks.sweep_start(engine)
     # the sweep's clock started with run's checks: all before the first stage is set-up
     setup_seconds = time.perf_counter() - setup.started
     history = History() if resumed is None else resumed.history
-    history = dataclasses.replace(history, sign=config.sign)  # the metric's direction
+    # the metric's direction, and the steps of the sweep's own stages
+    history = dataclasses.replace(history, sign=config.sign, steps=engine.budget.total)
     stage = 0 if resumed is None else resumed.stage
     while True:
         plan = search.plan(history.evaluated(), config)
-        _check_plan(plan, engine.budget)
-        if plan.expansion is not None:  # said before the stage it concerns starts
+        trainer = engines.at(plan.steps)
+        if plan.expansion is not None and trainer is engine:  # said before the stage starts
             history = _warned(history, _expansion_note(stage, plan, config, history))
-        callbacks.stage_start(stage, plan.points)
+        callbacks.stage_start(stage, plan.points, trainer.budget)
         part = resumed if resumed is not None and resumed.stage == stage else None
-        lanes, running = _train_stage(engine, stage, plan, config, callbacks, part, history)
-        memory = engine.memory(lanes, _sharding.first_local(setup.devices))
-        history = _with_stage(history, stage, plan, config, running, memory, engine.budget)
+        lanes, running = _train_stage(trainer, stage, plan, config, callbacks, part, history)
+        memory = trainer.memory(lanes, _sharding.first_local(setup.devices))
+        history = _with_stage(history, stage, plan, config, running, memory, trainer.budget)
         callbacks.stage_end(stage, history)
         stop_reason = search.stop(history.evaluated(), config)
         if stop_reason is not None:
@@ -152,14 +156,23 @@ def sweep(
     return result
 
 
-def _check_plan(plan: _selector.StagePlan, budget: Budget) -> None:
-    """A stage trains with the sweep's compiled programs: a plan asking for another training
-    budget needs programs this engine does not build (yet), so it is refused, not ignored."""
-    if plan.budget is not None and plan.budget != budget:
-        raise NotImplementedError(
-            "the search planned a stage with its own training budget; this engine trains every "
-            "stage with the sweep's budget"
-        )
+class _Engines:
+    """The stage programs for each training length a search plans: the sweep's own, and one
+    more per longer horizon (built, and compiled, when first planned)."""
+
+    def __init__(self, setup: Setup, engine: StagePrograms):
+        self.setup, self.engine = setup, engine
+        self._longer: dict[int, StagePrograms] = {}
+
+    def at(self, steps: int | None) -> StagePrograms:
+        if steps is None or steps == self.engine.budget.total:
+            return self.engine
+        if steps not in self._longer:
+            longer = build_stage_programs(_setup.at_steps(self.setup, steps))
+            if longer.budget.validations != self.engine.budget.validations:
+                raise RuntimeError(f"{steps} steps: the validations differ from the sweep's")
+            self._longer[steps] = longer
+        return self._longer[steps]
 
 
 def _train_stage(
@@ -319,9 +332,11 @@ class _Callbacks:
         self._call("on_sweep_start", self.info(resumed))
         return point
 
-    def stage_start(self, stage: int, values) -> None:
+    def stage_start(self, stage: int, values, budget: Budget) -> None:
+        """A stage starts (``budget``: its steps and validations: a horizon stage's own)."""
         seeds = self.config.seeds
         self._lanes = tuple(Lane(float(v), s) for v in values for s in range(seeds))
+        self._steps = budget.validation_steps()
         self._call("on_stage_start", stage, tuple(float(v) for v in values))
 
     def steps_done(self, steps: int) -> None:

@@ -38,6 +38,11 @@ class History:
     stages: tuple[Stage, ...] = ()
     notes: tuple[str, ...] = ()  # warnings, in the order they were given
     sign: float = 1.0  # +1 when a lower metric is better (mode "min"), -1 when higher is
+    # what stages with a budget of their own trained (longer horizons, after the search);
+    # kept apart, so that everything about the sweep's answer reads the sweep's stages only
+    horizon_evaluations: tuple[Evaluation, ...] = ()
+    horizon_stages: tuple[Stage, ...] = ()
+    steps: int = 0  # training steps per lane of the sweep's own stages (0: not said)
 
     @property
     def points(self) -> tuple[float, ...]:
@@ -62,13 +67,24 @@ class History:
         return value, self.sign * objective
 
     def evaluated(self) -> _search.Evaluated:
-        """What a search reads: the history as numbers, lower is better, diverged +inf."""
+        """What a search reads: the history as numbers, lower is better, diverged +inf; each
+        longer horizon trained after the search as one more :class:`_search.Evaluated`."""
+        horizons = sorted({_total_steps(e) for e in self.horizon_evaluations})
         return _search.Evaluated(
             points=self.points,
             scores=self.scores,
             seed_scores=self.seed_scores,
             stage_bests=tuple(self.sign * stage.best_score for stage in self.stages),
             lanes=count_lanes(self.evaluations),
+            steps=self.steps,
+            longer=tuple(
+                _evaluated(
+                    [e for e in self.horizon_evaluations if _total_steps(e) == steps],
+                    self.sign,
+                    steps,
+                )
+                for steps in horizons
+            ),
         )
 
     def best_objective(self) -> float:
@@ -81,11 +97,14 @@ class History:
     def with_stage(
         self, plan: _selector.StagePlan, evaluations: Sequence[Evaluation], cost: StageCost
     ) -> History:
-        """This history with one more finished stage."""
+        """This history with one more finished stage (a stage with steps of its own goes
+        with the horizon stages)."""
+        if plan.steps is not None and plan.steps != self.steps:
+            return self._with_horizon_stage(plan, evaluations, cost)
         grown = dataclasses.replace(self, evaluations=(*self.evaluations, *evaluations))
         best_value, best_score = grown.best()
         stage = Stage(
-            index=len(self.stages),
+            index=len(self.stages) + len(self.horizon_stages),
             values=tuple(plan.points),
             intervals=tuple(plan.intervals),
             expansion=plan.expansion,
@@ -94,6 +113,24 @@ class History:
             **dataclasses.asdict(cost),
         )
         return dataclasses.replace(grown, stages=(*self.stages, stage))
+
+    def _with_horizon_stage(self, plan, evaluations: Sequence[Evaluation], cost) -> History:
+        same = [e for e in self.horizon_evaluations if _total_steps(e) == plan.steps]
+        best = min([*same, *evaluations], key=lambda e: (self.sign * e.score, e.value))
+        stage = Stage(
+            index=len(self.stages) + len(self.horizon_stages),
+            values=tuple(plan.points),
+            intervals=tuple(plan.intervals),
+            expansion=plan.expansion,
+            best_value=best.value,
+            best_score=best.score,
+            **dataclasses.asdict(cost),
+        )
+        return dataclasses.replace(
+            self,
+            horizon_evaluations=(*self.horizon_evaluations, *evaluations),
+            horizon_stages=(*self.horizon_stages, stage),
+        )
 
     def result(self, config: dict[str, Any], **fields) -> SweepResult:
         """A :class:`SweepResult` of this history (``fields``: environment, stop reason, ...)."""
@@ -105,6 +142,8 @@ class History:
             stages=self.stages,
             config=dict(config),
             warnings=self.notes,
+            horizon_evaluations=self.horizon_evaluations,
+            horizon_stages=self.horizon_stages,
             **{"environment": {}, **fields},
         )
 
@@ -120,7 +159,35 @@ class History:
             return cls()
         partial = from_dict(record)
         sign = -1.0 if partial.config.get("mode", "min") == "max" else 1.0
-        return cls(partial.evaluations, partial.stages, partial.warnings, sign)
+        return cls(
+            partial.evaluations,
+            partial.stages,
+            partial.warnings,
+            sign,
+            partial.horizon_evaluations,
+            partial.horizon_stages,
+            int(partial.config.get("steps") or 0),
+        )
+
+
+def _total_steps(evaluation: Evaluation) -> int:
+    """The steps an evaluation's lanes trained (its last validation's step)."""
+    return int(evaluation.steps[-1]) if evaluation.steps else 0
+
+
+def _evaluated(evaluations: Sequence[Evaluation], sign: float, steps: int) -> _search.Evaluated:
+    """One horizon's evaluations as a search reads them; its stages' bests are the best
+    score after each of its stages (in the order trained)."""
+    stages = sorted({e.stage for e in evaluations})
+    bests = tuple(min(sign * e.score for e in evaluations if e.stage <= stage) for stage in stages)
+    return _search.Evaluated(
+        points=tuple(e.value for e in evaluations),
+        scores=tuple(sign * e.score for e in evaluations),
+        seed_scores=tuple(e.objective_seed_scores(sign) for e in evaluations),
+        stage_bests=bests,
+        lanes=count_lanes(evaluations),
+        steps=steps,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

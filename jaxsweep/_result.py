@@ -135,6 +135,10 @@ class SweepResult:
     stop_reason: str = "completed"
     warnings: tuple[str, ...] = ()
     setup_seconds: float = 0.0  # wall time of ``run`` before its first stage (0: not recorded)
+    # the horizon check (``run(target_steps=...)``): what the longer horizons trained after
+    # the search, apart from the sweep's own evaluations and stages
+    horizon_evaluations: tuple[Evaluation, ...] = ()
+    horizon_stages: tuple[Stage, ...] = ()
 
     @property
     def metric(self) -> str:
@@ -179,7 +183,22 @@ class SweepResult:
         a resumed sweep it adds the stages trained before the interruption to the rerun's
         set-up. Report, methods paragraph, efficiency and CLI all state this number.
         """
-        return self.setup_seconds + sum(stage.seconds for stage in self.stages)
+        stages = (*self.stages, *self.horizon_stages)
+        return self.setup_seconds + sum(stage.seconds for stage in stages)
+
+    @functools.cached_property
+    def horizon(self):
+        """The optimum for the run the user will do (``run(target_steps=...)``): a
+        :class:`jaxsweep._horizon.Horizon` with ``value`` and ``interval`` at the target, the
+        ``exponent`` of the power law through every horizon's optimum, the ``horizons``
+        trained and ``note`` in words; None for a sweep without a target."""
+        if self.config.get("target_steps") is None or not self.evaluations:
+            return None
+        from . import _history, _horizon  # the result module stays free of the search
+        from ._config import SweepConfig
+
+        history = _history.History.from_record(self.to_dict())
+        return _horizon.estimate(history.evaluated(), SweepConfig.from_record(self.config))
 
     @functools.cached_property
     def confidence(self) -> _confidence.Confidence:
@@ -419,6 +438,8 @@ def from_dict(d: dict[str, Any]) -> SweepResult:
         stop_reason=str(d.get("stop_reason", "completed")),
         warnings=tuple(d.get("warnings", ())),
         setup_seconds=decode_float(d.get("setup_seconds", 0.0)),
+        horizon_evaluations=tuple(_evaluation(e) for e in d.get("horizon_evaluations", ())),
+        horizon_stages=tuple(_stage(s) for s in d.get("horizon_stages", ())),
     )
 
 

@@ -49,6 +49,8 @@ def run(
     diagnostics: bool = True,
     precision: float | None = None,
     max_lanes: int | None = None,
+    target_steps: int | None = None,
+    target_epochs: int | None = None,
     callbacks=None,
 ) -> SweepResult:
     """Finds the best learning rate of a Flax model with a coarse-to-fine sweep.
@@ -171,6 +173,16 @@ def run(
         (``result.precision``).
       max_lanes: the most lanes (values x seeds) the sweep may train; a stage that would pass
         it is not started (``stop_reason == "budget"``, the reached precision reported).
+      target_steps: the length of the run the sweep is for, when it is longer (or shorter)
+        than the sweep's own (``target_epochs``: the same in epochs). After the search, the
+        values around its optimum are retrained, every seed, at 2x and 4x the sweep's steps
+        (the target itself where it is within 4x), each horizon placed where the ones before
+        predict the optimum and refined by the sweep's own rules, schedules stretched to each
+        horizon as a full run of that length has them; ``result.horizon`` holds the optimum
+        and interval at each, the power law ``optimum ~ steps**exponent`` through them, and
+        the value and 95% interval at the target (extrapolated beyond 4x, with the fit's
+        uncertainty). The horizon stages cost at most 3x the search's lane-steps; log scale
+        only; custom schedule callables cannot stretch and are refused.
       callbacks: objects told as the sweep goes (:mod:`jaxsweep.callbacks`: the sweep's and
         each stage's start and end, every validation of every lane), on the host and in the
         writing process only unless one says ``all_processes = True``;

@@ -180,6 +180,12 @@ def resolve(schedule, total_steps: int) -> Resolved | None:
     return Resolved(schedule, f"a custom schedule ({name}, over {total_steps} steps)")
 
 
+def stretches(schedule) -> bool:
+    """Whether ``schedule`` can be built for any length (None, a name or a :class:`Shape`):
+    a custom callable is fixed in its steps."""
+    return schedule is None or isinstance(schedule, (str, Shape))
+
+
 def _peak(schedule: Callable, total_steps: int) -> float:
     """The largest value of ``schedule`` over the steps ``0 .. total_steps - 1``."""
     try:

@@ -38,11 +38,23 @@ class Evaluated(NamedTuple):
     seed_scores: tuple[tuple[float, ...], ...]  # per value, per seed (+inf where it diverged)
     stage_bests: tuple[float, ...]  # the best score after each finished stage
     lanes: int  # lanes (values x seeds) trained so far
+    steps: int = 0  # training steps of each of these lanes (0: not said)
+    # the same, for each longer training horizon trained after the search, shortest first
+    longer: tuple[Evaluated, ...] = ()
 
     @property
     def stages(self) -> int:
         """Stages finished."""
         return len(self.stage_bests)
+
+    def at(self, steps: int) -> Evaluated:
+        """What was trained at ``steps`` steps per lane: this, a longer horizon, or nothing."""
+        if steps == self.steps:
+            return self
+        for horizon in self.longer:
+            if horizon.steps == steps:
+                return horizon
+        return Evaluated((), (), (), (), 0, steps)
 
 
 class SearchSummary(NamedTuple):

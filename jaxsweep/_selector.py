@@ -50,8 +50,8 @@ class StagePlan(NamedTuple):
     points: tuple[float, ...]  # new, distinct, sorted values to evaluate
     intervals: tuple[tuple[float, float], ...]  # the kept intervals (or the expansion span)
     expansion: Direction | None  # set when the search left the evaluated range
-    # the stage's own training budget (a ``_budget.Budget``); None: the sweep's
-    budget: object | None = None
+    # training steps per lane of this stage (a longer horizon); None: the sweep's own
+    steps: int | None = None
 
 
 def clean_score(score: float) -> float:

@@ -62,6 +62,9 @@ class Setup:
     lanes: _lanes.Strategy | None = None  # a forced lane strategy; None: chosen by the rule
     compilation_cache: Any = None  # run's argument, checked (see ``_cache.resolve``)
     callbacks: tuple = ()  # the user's callbacks (``jaxsweep.callbacks``), in call order
+    # run's optimizer factory and schedule as given: a longer horizon builds its own from them
+    optimizer_factory: Callable | None = None
+    schedule: Any = None
 
     @property
     def param_count(self) -> int:
@@ -142,6 +145,7 @@ def _with_data(
             f"batch_size: {config.batch_size} is larger than the {n_train} training examples"
         )
     budget = make_budget(config.epochs, config.steps, config.eval_every, n_train, config.batch_size)
+    config = _with_target(config, budget, schedule)
     scheduled = _schedules.resolve(schedule, budget.total)
     tx = resolve_optimizer(optimizer, config.hyperparam, scheduled and scheduled.fn)
     example = take(split.x_train, slice(0, min(2, n_train)))  # 2: batch statistics need it
@@ -194,7 +198,38 @@ def _with_data(
         fingerprint=fingerprint,
         started=started,
         budget=budget,
+        optimizer_factory=optimizer,
+        schedule=schedule,
     )
+
+
+def _with_target(config: SweepConfig, budget: Budget, schedule) -> SweepConfig:
+    """The target run's steps (``target_epochs`` become steps), checked against what the
+    horizon stages need: a schedule they can stretch."""
+    if config.target_epochs is not None:
+        config = dataclasses.replace(
+            config, target_steps=config.target_epochs * budget.steps_per_epoch
+        )
+    if config.target_steps is not None and not _schedules.stretches(schedule):
+        raise ValueError(
+            "schedule: a custom optax schedule is fixed in its steps, so the longer horizons "
+            "of target_steps cannot stretch it as a longer run would; give its shape instead "
+            "(a name such as 'warmup_cosine', or jaxsweep.schedules.warmup_cosine(...))"
+        )
+    return config
+
+
+def at_steps(setup: Setup, steps: int) -> Setup:
+    """The sweep trained for ``steps`` steps per lane instead (a longer horizon): the
+    validations as many as the sweep's, at proportionally later steps, and the schedule
+    stretched to the new length, as a full run of that length would have it."""
+    budget, config = setup.budget, setup.config
+    factor = steps / budget.total
+    every = max(1, min(steps, round(budget.eval_every * factor)))
+    longer = make_budget(None, steps, every, len(setup.split.y_train), config.batch_size)
+    scheduled = _schedules.resolve(setup.schedule, steps)
+    tx = resolve_optimizer(setup.optimizer_factory, config.hyperparam, scheduled and scheduled.fn)
+    return dataclasses.replace(setup, budget=longer, optimizer=tx)
 
 
 def _shared_fields(fingerprint, devices, checkpoint: CheckpointArgs) -> dict[str, Any]:

@@ -345,9 +345,22 @@ def test_a_search_plugs_into_the_driver_without_touching_it(monkeypatch, split_b
     assert result.stop_reason == "completed"
     assert sorted(e.value for e in result.evaluations) == sorted(sum(planned, ()))
 
-    def with_budget(evaluated, config):
-        return _selector.StagePlan((1e-3, 1e-2), (), None, budget="another budget")
+    # a stage with steps of its own trains that long, and stays apart from the sweep's own
+    def longer(evaluated, config):
+        if evaluated.stages == 0:
+            return _selector.StagePlan((1e-3, 1e-2), (), None)
+        return _selector.StagePlan((2e-3, 5e-3), (), None, steps=2 * evaluated.steps)
 
-    monkeypatch.setattr(_search, "hierarchical", lambda: custom._replace(plan=with_budget))
-    with pytest.raises(NotImplementedError, match="own training budget"):
-        jaxsweep.run(TinyMLP, split_blobs, epochs=1, batch_size=64, seeds=2, progress=False)
+    def twice(evaluated, config):
+        return "completed" if evaluated.longer else None
+
+    monkeypatch.setattr(_search, "hierarchical", lambda: custom._replace(plan=longer, stop=twice))
+    with pytest.warns(jaxsweep.SearchRangeWarning, match="2 values, my way"):
+        result = jaxsweep.run(
+            TinyMLP, split_blobs, epochs=1, batch_size=64, seeds=2, progress=False
+        )
+    assert [s.values for s in result.stages] == [(1e-3, 1e-2)]
+    assert [s.values for s in result.horizon_stages] == [(2e-3, 5e-3)]
+    sweep_steps = result.evaluations[0].steps[-1]
+    assert [e.steps[-1] for e in result.horizon_evaluations] == [2 * sweep_steps] * 2
+    assert len(result.horizon_evaluations[0].steps) == len(result.evaluations[0].steps)
