@@ -123,7 +123,8 @@ def comparable(result: dict) -> dict:
     """A saved result without what legitimately differs between runs: timings, memory, machine."""
     timing = {"seconds", "seconds_per_epoch", "compile_seconds", "memory_bytes", "memory_source"}
     kept = {k: v for k, v in result.items() if k not in {"environment", "setup_seconds", "seconds"}}
-    kept["stages"] = [{k: v for k, v in s.items() if k not in timing} for s in result["stages"]]
+    for stages in ("stages", "horizon_stages"):
+        kept[stages] = [{k: v for k, v in s.items() if k not in timing} for s in result[stages]]
     return kept
 
 
