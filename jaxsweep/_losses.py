@@ -3,7 +3,9 @@
 A loss is ``f(outputs, targets)`` returning a scalar, or a dict whose ``"loss"`` entry is
 optimised and whose other scalar entries are recorded. ``"auto"`` judges the targets against
 the model's outputs: cross-entropy for class labels and one-hot / probability targets, mean
-squared error for other float targets. Built-in losses compute in float32.
+squared error for other float targets. Built-in losses compute in float32. The built-in
+cross-entropy on class labels also records the ``accuracy`` (rank by it with
+``metric="accuracy", mode="max"``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,21 @@ def cross_entropy(outputs, targets):
     ).mean()
 
 
+def cross_entropy_and_accuracy(outputs, targets):
+    """:func:`cross_entropy` as the optimised ``"loss"``, with the ``"accuracy"`` recorded.
+
+    The accuracy is the fraction of examples whose largest output is the label (it carries no
+    gradient: the loss that is optimised is the cross-entropy alone).
+
+    >>> terms = cross_entropy_and_accuracy(jnp.array([[2.0, 0.0], [2.0, 0.0]]), jnp.array([0, 1]))
+    >>> round(float(terms["loss"]), 4), float(terms["accuracy"])
+    (1.1269, 0.5)
+    """
+    labels = targets[..., 0] if targets.ndim == outputs.ndim and targets.shape[-1] == 1 else targets
+    hits = jnp.argmax(outputs, axis=-1) == labels.astype(jnp.int32)
+    return {"loss": cross_entropy(outputs, targets), "accuracy": jnp.mean(hits, dtype=jnp.float32)}
+
+
 def soft_cross_entropy(outputs, targets):
     """Softmax cross-entropy against one-hot or probability targets, mean over the batch."""
     return optax.softmax_cross_entropy(float32(outputs), float32(targets)).mean()
@@ -57,7 +74,8 @@ BUILTIN_LOSSES: dict[str, Callable] = {"cross_entropy": cross_entropy, "mse": me
 LOSS_NAMES = ("auto", *BUILTIN_LOSSES)
 # the built-in loss for each kind of target (see :func:`target_kind`)
 LOSS_FOR_TARGETS: dict[tuple[str, str], Callable] = {
-    ("cross_entropy", "labels"): cross_entropy,
+    # class labels: the accuracy is recorded alongside (``val_accuracy``)
+    ("cross_entropy", "labels"): cross_entropy_and_accuracy,
     ("cross_entropy", "probabilities"): soft_cross_entropy,
     ("mse", "labels"): mean_squared_error,
     ("mse", "probabilities"): mean_squared_error,

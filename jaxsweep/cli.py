@@ -352,9 +352,15 @@ def _add_run_parser(commands) -> None:
         "--metric",
         default="val_loss",
         help="the validation metric that ranks the values: val_loss (the --loss on the "
-        "validation set; the command's built-in losses record no other entry)",
+        "validation set) or, with cross-entropy on integer class labels, val_accuracy "
+        "(with --mode max)",
     )
-    run.add_argument("--mode", default="min", choices=("min", "max"), help="which way is better")
+    run.add_argument(
+        "--mode",
+        default="min",
+        choices=("min", "max"),
+        help="which way is better: min for a loss, max for an accuracy",
+    )
     run.add_argument("--stages", type=int, default=None, help=_STAGES_HELP)
     run.add_argument(
         "--seeds",
