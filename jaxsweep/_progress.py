@@ -44,7 +44,8 @@ class SilentProgress:
 
 class BarProgress(SilentProgress):
     """One bar over every training step of the sweep (all stages), advancing within an epoch:
-    steps done, steps per second, time elapsed and left, the stage and the best score so far."""
+    steps done, steps per second, time elapsed and left, the stage and the best score so far
+    (a value's mean over its seeds, as ``result.best_score``)."""
 
     def __init__(
         self, total_stages: int, steps: int, hyperparam: str = "learning_rate", scale: str = "log"
@@ -75,7 +76,9 @@ class BarProgress(SilentProgress):
             console=self._console,
         )
         # every lane of a stage trains the same steps at once: a stage's steps are one lane's
-        self._task = self._bar.add_task("sweep", total=total_stages * steps, best="best: -")
+        self._task = self._bar.add_task(
+            "sweep", total=total_stages * steps, best=best_label(math.inf)
+        )
 
     def __enter__(self):
         self._bar.start()
@@ -94,12 +97,13 @@ class BarProgress(SilentProgress):
         self._bar.update(self._task, advance=steps)
 
     def epoch_done(self, best_score: float) -> None:
-        best = "best: -" if math.isinf(best_score) else f"best: {best_score:.4g}"
-        self._bar.update(self._task, best=best)
+        # the score of result.best_score: a value's mean over its seeds, never one lane's
+        self._bar.update(self._task, best=best_label(best_score))
 
     def stage_done(self, stage: int, best_value: float, best_score: float) -> None:
         self._bar.console.print(
-            f"stage {stage} done: best {self._name} {best_value:.4g} (score {best_score:.4g})"
+            f"stage {stage} done: best {self._name} {best_value:.4g} "
+            f"(score {best_score:.4g}, mean over seeds)"
         )
 
     def finish_early(self) -> None:
@@ -171,12 +175,29 @@ class ProgressBar(Callback):
             self.reporter.__exit__(None, None, None)
 
 
+def best_label(best_score: float) -> str:
+    """The bar's best score, named as what it is: the best value's mean over its seeds."""
+    shown = "-" if not math.isfinite(best_score) else f"{best_score:.4g}"
+    return f"best (seed mean): {shown}"
+
+
 def running_best(event: Validation, best_score: float, info: SweepInfo) -> float:
-    """The best score known after a validation (diverged lanes ignored)."""
+    """The best score known after a validation: the quantity of ``result.best_score``.
+
+    Each value's score is its metric at this validation, mean over its seeds (a value with a
+    diverged seed scores worst, as in the history); the best of these, or ``best_score`` (the
+    finished stages' best) when that is better. One lucky seed never shows as the best.
+    """
     sign = 1.0 if info.mode == "min" else -1.0
     signed = sign * np.asarray(event.metric(info.metric), np.float64)
-    signed = np.where(np.asarray(event.diverged), np.inf, signed)
-    return sign * float(min(sign * best_score, np.nanmin(signed, initial=np.inf)))
+    diverged = np.asarray(event.diverged, bool) | ~np.isfinite(signed)
+    values = event.values
+    best = sign * best_score if not math.isnan(best_score) else math.inf
+    for value in np.unique(values):
+        lanes = values == value
+        if not diverged[lanes].any():
+            best = min(best, float(np.mean(signed[lanes])))
+    return sign * best
 
 
 def _worst(mode: str) -> float:
