@@ -39,7 +39,7 @@ class Efficiency:
     seconds_per_evaluation: float  # measured, see per_evaluation_source
     per_evaluation_source: str  # how seconds_per_evaluation was measured, in words
     one_time_seconds: float  # sweep_seconds - evaluations * seconds_per_evaluation
-    sweep_seconds: float  # measured: ``result.seconds`` (set-up, compilation, training)
+    sweep_seconds: float  # measured: ``result.search_seconds`` (set-up, compilation, training)
     grid_seconds: float  # estimated: one_time_seconds + grid_evaluations * seconds_per_evaluation
     # False when no evaluation trained without diverging: the sweep resolved nothing, so no
     # grid "at the resolution it reached" exists and nothing can be said to be saved
@@ -133,7 +133,7 @@ def efficiency(result: SweepResult) -> Efficiency:
     else:
         spacing, count = (1.0 if scale == "log" else 0.0), 1
     per_evaluation, source = _seconds_per_evaluation(result)
-    one_time = max(result.seconds - per_evaluation * len(values), 0.0)
+    one_time = max(result.search_seconds - per_evaluation * len(values), 0.0)
     return Efficiency(
         name=result.value_name,
         evaluations=len(values),
@@ -146,7 +146,7 @@ def efficiency(result: SweepResult) -> Efficiency:
         seconds_per_evaluation=per_evaluation,
         per_evaluation_source=source,
         one_time_seconds=one_time,
-        sweep_seconds=result.seconds,
+        sweep_seconds=result.search_seconds,
         comparable=any(not e.diverged for e in result.evaluations),
     )
 

@@ -183,8 +183,12 @@ class SweepResult:
         a resumed sweep it adds the stages trained before the interruption to the rerun's
         set-up. Report, methods paragraph, efficiency and CLI all state this number.
         """
-        stages = (*self.stages, *self.horizon_stages)
-        return self.setup_seconds + sum(stage.seconds for stage in stages)
+        return self.search_seconds + sum(stage.seconds for stage in self.horizon_stages)
+
+    @property
+    def search_seconds(self) -> float:
+        """:attr:`seconds` without the horizon stages (what a grid search is compared to)."""
+        return self.setup_seconds + sum(stage.seconds for stage in self.stages)
 
     @functools.cached_property
     def horizon(self):
@@ -337,6 +341,9 @@ class SweepResult:
             parts.append(f"precision={self.precision:.3g}")
         except Exception:
             pass
+        horizon = self.horizon
+        if horizon is not None:
+            parts.append(f"at_target={horizon.value:.4g} ({horizon.target_steps} steps)")
         parts += [
             f"stop_reason={self.stop_reason!r}",
             f"lanes={self.lanes}",

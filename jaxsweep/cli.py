@@ -79,6 +79,8 @@ def _demo(args) -> int:
             min_improvement=args.min_improvement,
             precision=args.precision,
             max_lanes=args.max_lanes,
+            target_steps=args.target_steps,
+            target_epochs=args.target_epochs,
             progress=not args.quiet,
             checkpoint_dir=args.checkpoint_dir,
         ),
@@ -118,6 +120,8 @@ def _run(args) -> int:
             min_improvement=args.min_improvement,
             precision=args.precision,
             max_lanes=args.max_lanes,
+            target_steps=args.target_steps,
+            target_epochs=args.target_epochs,
             progress=not args.quiet,
             checkpoint_dir=args.checkpoint_dir,
             **options,
@@ -213,6 +217,8 @@ def _best_lines(result: SweepResult, with_best: bool = False) -> str:
         f"({refined.method.replace('_', ' ')}, {result.config.get('seeds', 1)} seeds)",
         precision_sentence(result),
     ]
+    if result.horizon is not None:
+        lines.append(f"for the target run: {result.horizon.note}")
     if with_best:
         score = "diverged" if math.isinf(result.best_score) else f"{result.best_score:.4f}"
         kind, count = (
@@ -277,6 +283,17 @@ def _add_sweep_options(parser: argparse.ArgumentParser, min_improvement: float |
         type=int,
         default=None,
         help="the most lanes (values x seeds) the sweep may train",
+    )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--target-steps",
+        type=int,
+        default=None,
+        help="the length of the run the rate is for: retrain around the optimum at 2x and 4x "
+        "the sweep's steps and give the rate for this many steps (result.horizon)",
+    )
+    target.add_argument(
+        "--target-epochs", type=int, default=None, help="the same as --target-steps, in epochs"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)

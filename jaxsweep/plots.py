@@ -822,6 +822,89 @@ def efficiency_figure(result: SweepResult):
     return figure
 
 
+def horizon_figure(result: SweepResult):
+    """The optimum against the training length: each horizon's optimum with its interval,
+    the fitted power law with its 95% band out to the target, the target's answer."""
+    from . import _horizon
+
+    horizon = result.horizon
+    figure = _figure(6.4, 4.2)
+    ax = figure.add_subplot()
+    trained = [o for o in horizon.horizons if math.isfinite(o.value)]
+    steps = np.array([o.steps for o in trained], float)
+    values = np.array([o.value for o in trained])
+    lows = np.array([min(o.interval[0], o.value) for o in trained])
+    highs = np.array([max(o.interval[1], o.value) for o in trained])
+    bounded = np.isfinite(highs) & (lows > 0)
+    ax.errorbar(
+        steps[bounded],
+        values[bounded],
+        yerr=[values[bounded] - lows[bounded], highs[bounded] - values[bounded]],
+        fmt="o",
+        color=INTERVAL_COLOUR,
+        capsize=3,
+        label="optimum at each horizon (95% interval)",
+    )
+    ax.plot(steps[~bounded], values[~bounded], "o", mfc="none", color=INTERVAL_COLOUR)
+    law = _horizon.fit_power_law(list(horizon.horizons))
+    span = np.geomspace(
+        steps.min() if steps.size else horizon.sweep_steps, horizon.target_steps, 60
+    )
+    if law is not None:
+        centre, error = np.array([law.predict(t) for t in span]).T
+        ax.plot(
+            span,
+            np.exp(centre),
+            color="0.3",
+            lw=1,
+            label=f"fit: optimum ~ steps^{law.exponent:.2f}",
+        )
+        ax.fill_between(
+            span,
+            np.exp(centre - _horizon.Z * error),
+            np.exp(centre + _horizon.Z * error),
+            color="0.3",
+            alpha=0.12,
+            lw=0,
+        )
+    low, high = horizon.interval
+    if math.isfinite(horizon.value) and 0 < low <= high < math.inf:
+        kind = "extrapolated" if horizon.extrapolated else "trained"
+        ax.errorbar(
+            [horizon.target_steps],
+            [horizon.value],
+            yerr=[[horizon.value - low], [high - horizon.value]],
+            fmt="*",
+            ms=12,
+            color=BEST_COLOUR,
+            capsize=4,
+            label=f"target, {kind} (95% interval)",
+        )
+    ax.axhline(
+        result.best_value,
+        color="0.5",
+        ls="--",
+        lw=0.8,
+        label=f"the sweep's best ({result.best_value:.3g})",
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training steps per lane (log scale)")
+    ax.set_ylabel(f"optimal {result.value_name} (log scale)")
+    ax.set_title(f"Optimal {result.value_name} against the training length")
+    ax.legend(fontsize=7, loc="best")
+    return figure
+
+
+def has_horizon(result: SweepResult) -> bool:
+    """Whether the result trained longer horizons (``run(target_steps=...)``)."""
+    return result.horizon is not None and len(result.horizon.horizons) > 1
+
+
+def _always(result: SweepResult) -> bool:
+    return True
+
+
 # ----------------------------------------------------------------------------- the list
 
 
@@ -832,6 +915,7 @@ class FigureSpec(NamedTuple):
     # {name} and {scale}: the swept hyperparameter in words, and its scale; or a function of
     # the result, for a caption that depends on what the run found (the fitted curve's kind)
     caption: str | Callable[[SweepResult], str]
+    applies: Callable[[SweepResult], bool] = _always  # drawn only for results it fits
 
 
 FIGURES: dict[str, FigureSpec] = {
@@ -858,7 +942,19 @@ FIGURES: dict[str, FigureSpec] = {
         "scale, that reaches the same resolution over the same span (method in the figure and "
         "below).",
     ),
+    "horizon": FigureSpec(
+        horizon_figure,
+        "Horizon check: the optimal {name} found at each training length (the sweep's own "
+        "first), the power law fitted through them with its 95% band, and the value for the "
+        "target run; the dashed line is the sweep's best.",
+        has_horizon,
+    ),
 }
+
+
+def figures_for(result: SweepResult) -> list[str]:
+    """The figures :func:`plot` draws for ``result``, in :data:`FIGURES` order."""
+    return [name for name, spec in FIGURES.items() if spec.applies(result)]
 
 
 def caption(name: str, result: SweepResult) -> str:
@@ -888,7 +984,8 @@ def plot(result: SweepResult, out_dir: str | os.PathLike) -> dict[str, str]:
 
     Returns:
       ``{name: png_path}`` for every figure of :data:`FIGURES` (``heatmap``, ``search_path``,
-      ``lr_curve``, ``loss_curves``, ``efficiency``), each with a ``.pdf`` beside it.
+      ``lr_curve``, ``loss_curves``, ``efficiency``, and ``horizon`` for a sweep with a
+      target), each with a ``.pdf`` beside it.
 
     Example::
 
@@ -900,4 +997,4 @@ def plot(result: SweepResult, out_dir: str | os.PathLike) -> dict[str, str]:
         raise ValueError("result: has no evaluations to plot")
     folder = os.path.join(os.fspath(out_dir), FIGURE_DIR)
     os.makedirs(folder, exist_ok=True)
-    return {name: _save(spec.draw(result), folder, name) for name, spec in FIGURES.items()}
+    return {name: _save(FIGURES[name].draw(result), folder, name) for name in figures_for(result)}

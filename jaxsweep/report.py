@@ -18,7 +18,7 @@ from typing import NamedTuple
 from . import _selector
 from ._efficiency import efficiency
 from ._result import SweepResult
-from .plots import FIGURE_DIR, FIGURES, caption, curve_words, metric_name
+from .plots import FIGURE_DIR, FIGURES, caption, curve_words, figures_for, metric_name
 
 # What ``result.seconds`` covers, in the words every output uses.
 TIME_COVERS = "set-up, compilation and training"
@@ -563,6 +563,34 @@ def _efficiency_lines(result: SweepResult) -> list[str]:
     ]
 
 
+def _horizon_lines(result: SweepResult) -> list[str]:
+    """The horizon check's section: each horizon's optimum, then the note (empty without a
+    target)."""
+    horizon = result.horizon
+    if horizon is None:
+        return []
+    lines = [
+        "## The run you will do",
+        "",
+        f"The target run trains {horizon.target_steps} steps per lane; the sweep trained "
+        f"{horizon.sweep_steps}.",
+        "",
+    ]
+    if len(horizon.horizons) > 1:
+        lines += [
+            f"| steps | optimal {result.value_name} | 95% interval | method |",
+            "|---:|---:|---|---|",
+            *[
+                f"| {o.steps} | {_g(o.value)} | {_interval(*o.interval)} | "
+                f"{o.method.replace('_', ' ')} |"
+                for o in horizon.horizons
+            ],
+            "",
+        ]
+    note = horizon.note[0].upper() + horizon.note[1:]
+    return [*lines, f"{note}.", ""]
+
+
 def _figure_lines(result: SweepResult, figures) -> list[str]:
     if not figures:
         return ["No figures were drawn: `jaxsweep.plot(result, out_dir)` draws them.", ""]
@@ -641,6 +669,7 @@ def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(F
         "",
         *_best_lines(result),
         "",
+        *_horizon_lines(result),
         "## Efficiency",
         "",
         *_efficiency_lines(result),
@@ -871,6 +900,48 @@ def _tex_efficiency(result: SweepResult) -> str:
     )
 
 
+def _tex_horizon(result: SweepResult) -> str:
+    """The horizon check in a paragraph: what was retrained, the law, the target's value."""
+    horizon, name = result.horizon, tex_escape(result.value_name)
+    target = horizon.target_steps
+    longer = horizon.horizons[1:]
+    if not longer:
+        return f"The target run's {target} steps are the sweep's own; nothing was retrained."
+    trained = ", ".join(str(o.steps) for o in longer)
+    text = (
+        f"Because the best {name} depends on the training length, the values around the "
+        f"optimum were retrained with every seed for {trained} steps (the sweep trained "
+        f"{horizon.sweep_steps}"
+        + ("; schedules stretched to each length" if result.config.get("schedule") else "")
+        + "), each length placed where the shorter ones predicted its optimum and refined "
+        "by the same rules; each optimum and its interval were found as above."
+    )
+    if math.isfinite(horizon.exponent):
+        low, high = horizon.exponent_interval
+        text += (
+            r" A power law $v^*(T) = B\,T^{\beta}$ in the training steps $T$, fitted by "
+            f"weighted least squares to the log optima of the {len(horizon.horizons)} lengths, "
+            f"gives $\\beta = {horizon.exponent:.2f}$ (95\\% interval {low:.2f} to {high:.2f})."
+        )
+    low, high = horizon.interval
+    if math.isfinite(horizon.value) and 0 < low and math.isfinite(high):
+        how = (
+            "extrapolated along the fitted law, its interval carrying each length's "
+            "uncertainty and the fit's"
+            if horizon.extrapolated
+            else "trained at that length"
+        )
+        text += (
+            f" For the target of {target} steps the {name} is {tex_number(horizon.value)} "
+            f"(95\\% interval {tex_number(low)} to {tex_number(high)}; {how})."
+        )
+    else:
+        text += f" No interval for {target} steps could be given: the optima are not bracketed."
+    if not horizon.ranking_held:
+        text += " The sweep's own best value lies outside the interval of a longer run."
+    return text
+
+
 def methods_tex(result: SweepResult) -> str:
     """A LaTeX ``\\subsection`` describing the search, with this run's numbers."""
     result = _displayable(result)
@@ -885,6 +956,7 @@ def methods_tex(result: SweepResult) -> str:
         "",
         _tex_outcome(result),
         "",
+        *([_tex_horizon(result), ""] if result.horizon is not None else []),
         _tex_efficiency(result),
         "",
     ]
@@ -918,8 +990,10 @@ def report(result: SweepResult, out_dir: str | os.PathLike) -> dict[str, str]:
         raise ValueError("result: has no evaluations to report")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    drawn = [
-        name for name in FIGURES if os.path.exists(os.path.join(out_dir, FIGURE_DIR, f"{name}.png"))
+    drawn = [  # a figure left from another result in this folder is not linked
+        name
+        for name in figures_for(result)
+        if os.path.exists(os.path.join(out_dir, FIGURE_DIR, f"{name}.png"))
     ]
     paths = {
         "report": os.path.join(out_dir, "report.md"),

@@ -124,15 +124,50 @@ def test_the_horizon_stages_cost_at_most_three_times_the_search(early_stopping):
     assert result.seconds >= sum(s.seconds for s in result.horizon_stages)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_an_optimum_capped_by_the_divergence_edge_stays_put(seed):
-    x, y, steps = _problem("edge", seed)
+@pytest.fixture(scope="module", params=[0, 1])
+def edge_capped(request):
+    x, y, steps = _problem("edge", request.param)
     result = _sweep({"train": (x, y), "val": (x, y)}, steps=steps, target_steps=16 * steps)
+    return (x, y, steps), result
+
+
+def test_an_optimum_capped_by_the_divergence_edge_stays_put(edge_capped):
+    (x, y, steps), result = edge_capped
     horizon, truth = result.horizon, _exact_optimum(x, y, 16 * steps)
     assert abs(horizon.value / truth - 1) < 0.1, (horizon.value, truth)
     assert horizon.interval[0] <= truth <= horizon.interval[1], (horizon.interval, truth)
     assert abs(horizon.exponent) < 0.1
     assert horizon.ranking_held and "stays inside" in horizon.note
+
+
+def test_the_report_and_methods_say_what_each_horizon_found(early_stopping, edge_capped):
+    from jaxsweep.plots import figures_for
+    from jaxsweep.report import markdown, methods_tex, tex_number
+
+    for result in (early_stopping[1], edge_capped[1]):
+        horizon = result.horizon
+        text, tex = markdown(result), methods_tex(result)
+        assert "## The run you will do" in text
+        for optimum in horizon.horizons:
+            assert f"| {optimum.steps} | {optimum.value:.4g} |" in text
+        assert f"$\\beta = {horizon.exponent:.2f}$" in tex
+        assert tex_number(horizon.value) in tex
+        # the sweep's best left behind is said only where it was
+        outside = "lies outside the interval of a longer run"
+        assert (outside in tex) == (not horizon.ranking_held)
+        assert "horizon" in figures_for(result)
+    plain = _sweep({"train": edge_capped[0][:2], "val": edge_capped[0][:2]}, steps=5)
+    assert plain.horizon is None and "The run you will do" not in markdown(plain)
+    assert "horizon" not in figures_for(plain) and "power law" not in methods_tex(plain)
+
+
+def test_the_command_passes_the_target_on():
+    from jaxsweep import cli
+
+    parsed = cli.build_parser().parse_args(["demo", "--target-epochs", "12"])
+    assert (parsed.target_epochs, parsed.target_steps) == (12, None)
+    with pytest.raises(SystemExit):  # one target, not two
+        cli.build_parser().parse_args(["demo", "--target-epochs", "12", "--target-steps", "9"])
 
 
 def test_a_target_within_reach_is_trained_and_read_off_directly(tmp_path):
