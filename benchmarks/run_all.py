@@ -5,6 +5,7 @@ python -m benchmarks.run_all --quick    # smaller, a few minutes (make bench-qui
 python -m benchmarks.run_all --only stage_throughput,cost_growth
 python -m benchmarks.run_all --dry      # tiny sizes on any backend: checks that it all runs
 python -m benchmarks.run_all --only coverage --suffix -coverage   # 6 (make bench-coverage)
+python -m benchmarks.run_all --only horizon --suffix -horizon     # 7 (make bench-horizon)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from . import (
     coverage,
     data_sources,
     engine_costs,
+    horizon,
     precision,
     stage_throughput,
     whole_sweep,
@@ -36,10 +38,11 @@ BENCHMARKS = {
         engine_costs,
         data_sources,
         coverage,
+        horizon,
     )
 }
-# the coverage benchmark trains hundreds of sweeps: asked for by name, into its own file
-DEFAULT = tuple(name for name in BENCHMARKS if name != "coverage")
+# the coverage and horizon benchmarks train many sweeps: asked for by name, into their own file
+DEFAULT = tuple(name for name in BENCHMARKS if name not in ("coverage", "horizon"))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
