@@ -10,6 +10,18 @@ Training works on nested dicts of arrays, whatever API defined the model:
   * ``eval_apply(params, state, x) -> outputs``: evaluation mode (``train=False``, NNX
     ``eval()``): reads the state and changes nothing.
 
+A collective over a named batch axis, as in Flax's ImageNet ResNet
+(``nn.BatchNorm(..., axis_name="batch")``, written for data-parallel ``pmap``), reduces over the
+replicas that share one batch; a lane trains on one batch of its own, so every axis name the
+module's collectives use is found by tracing (JAX names an unbound one in its error) and bound
+around each lane's call, init, training and evaluation alike (:func:`bind_axes`): a mean over
+one replica, the same numbers as the network without the axis name.
+
+An NNX ``__call__`` that takes ``rngs`` (Flax's MNIST CNN: ``def __call__(self, x, rngs)``, a
+positional argument or a keyword with a default) gets ``nnx.Rngs(key)`` while training, ``key``
+the step's key (a new one at every step, as a Linen stream's), and ``rngs=None`` at validation,
+where the module is in ``eval()`` mode (dropout off), as Flax's examples call it.
+
 Everything a model needs that the sweep cannot provide (an argument it does not know, a random
 stream at validation, a collection whose shape changes) is found here, abstractly, before
 anything compiles.
@@ -54,6 +66,9 @@ class ModelFunctions(NamedTuple):
     mode_flag: str | None  # the __call__ argument that switches train / eval, if any
     rng_streams: tuple[str, ...]  # Linen streams drawn while training (NNX: in the state)
     state_names: tuple[str, ...]  # Linen collections / NNX variable types carried per lane
+    axis_names: tuple[str, ...] = ()  # named batch axes bound to each lane's own batch
+    # (params, state) of one lane -> what the user holds: a Linen variables dict, an nnx.State
+    variables: Callable[[Any, Any], Any] | None = None
 
 
 # ----------------------------------------------------------------------------- factories
@@ -181,17 +196,22 @@ def _adapt_linen(module: linen.Module, x_example) -> ModelFunctions:
     name = type(module).__name__
     flag = _call_arguments(module.__call__, name)
 
-    def variables_of(key):
+    def unbound_variables_of(key):
         return dict(module.init(key, x_example, **_mode(flag, False)))
 
-    variables = _abstractly(variables_of, name, x_example, "initialised")
+    axes = _axes_needed(
+        lambda axes: jax.eval_shape(
+            lambda: bind_axes(unbound_variables_of, axes)(jax.random.key(0))
+        )
+    )
+    variables = _abstractly(bind_axes(unbound_variables_of, axes), name, x_example, "initialised")
     collections = tuple(sorted(c for c in variables if c not in ("params", *_DROPPED_COLLECTIONS)))
 
-    def init(key):
-        fresh = variables_of(key)
+    def unbound_init(key):
+        fresh = unbound_variables_of(key)
         return fresh.get("params", {}), {c: fresh[c] for c in collections}
 
-    def apply_training(streams):
+    def apply_training(streams, axes):
         def train_apply(params, state, x, key):
             rngs = {s: _stream_key(key, s) for s in streams}
             bound = {"params": params, **state}
@@ -202,46 +222,73 @@ def _adapt_linen(module: linen.Module, x_example) -> ModelFunctions:
             )
             return outputs, {c: updated[c] for c in collections}
 
-        return train_apply
+        return bind_axes(train_apply, axes)
 
-    def eval_apply(params, state, x):
+    def unbound_eval_apply(params, state, x):
         return module.apply({"params": params, **state}, x, **_mode(flag, False))
 
     params, state = variables.get("params", {}), {c: variables[c] for c in collections}
     _check_has_params(params, name)
-    streams = _linen_streams(apply_training, params, state, x_example, name, flag)
-    train_apply = apply_training(streams)
+    streams, axes = _linen_streams(apply_training, params, state, x_example, name, flag, axes)
+    axes = _axes_needed(
+        lambda axes: jax.eval_shape(bind_axes(unbound_eval_apply, axes), params, state, x_example),
+        axes,
+    )
+    init = bind_axes(unbound_init, axes)
+    train_apply = apply_training(streams, axes)
+    eval_apply = bind_axes(unbound_eval_apply, axes)
     _check_state_kept(train_apply, params, state, x_example, name, "collection")
-    _check_evaluation(eval_apply, params, state, x_example, name, flag, collections)
+    _check_evaluation(eval_apply, params, state, x_example, name, flag, collections, axes)
 
     def start(given) -> Start:
         return _linen_start(given, params, state)
 
+    def as_variables(params, state) -> dict:
+        return {"params": params, **state}
+
     return ModelFunctions(
-        init, train_apply, eval_apply, start, "linen", name, flag, streams, collections
+        init,
+        train_apply,
+        eval_apply,
+        start,
+        "linen",
+        name,
+        flag,
+        streams,
+        collections,
+        axes,
+        as_variables,
     )
 
 
-def _linen_streams(apply_training, params, state, x, name: str, flag) -> tuple[str, ...]:
-    """The random streams the module draws while training (``dropout``, ...), found by asking.
+def _linen_streams(
+    apply_training, params, state, x, name: str, flag, axes: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The random streams the module draws while training (``dropout``, ...) and the axis
+    names its collectives reduce over, both found by asking.
 
-    Flax names the first missing stream in its error; each is added until the call succeeds.
+    Flax names the first missing stream in its error, JAX the first unbound axis name; each is
+    added until the call succeeds.
     """
     streams: list[str] = []
+    axes_now = list(axes)
     while True:
         try:
-            _training_shapes(apply_training(tuple(streams)), params, state, x)
-            return tuple(streams)
+            _training_shapes(apply_training(tuple(streams), tuple(axes_now)), params, state, x)
+            return tuple(streams), tuple(axes_now)
         except flax_errors.InvalidRngError as error:
             match = re.search(r'needs PRNG for "([^"]+)"', str(error))
             if match is None or match.group(1) in streams:
-                raise _training_error(error, name, x, flag) from error
+                raise _training_error(error, name, x, flag, tuple(axes_now)) from error
             streams.append(match.group(1))
         except Exception as error:
-            raise _training_error(error, name, x, flag) from error
+            axis = _unbound_axis(error)
+            if axis is None or axis in axes_now:
+                raise _training_error(error, name, x, flag, tuple(axes_now)) from error
+            axes_now.append(axis)
 
 
-def _training_error(error: Exception, name: str, x, flag) -> ValueError:
+def _training_error(error: Exception, name: str, x, flag, axes: tuple[str, ...] = ()) -> ValueError:
     mode = f" ({flag}={MODE_FLAGS[flag]})" if flag else ""
     hint = ""
     if isinstance(
@@ -251,6 +298,7 @@ def _training_error(error: Exception, name: str, x, flag) -> ValueError:
             "; the sweep carries the collections that model.init creates: create every "
             "variable at init (with the same shapes)"
         )
+    hint += _axes_hint(error, axes)
     return ValueError(
         f"model_fn: {name} could not be applied in training mode{mode} to x of shape "
         f"{_shape_of(x)}: {_first_line(error)}{hint}"
@@ -308,7 +356,7 @@ def _adapt_nnx(model_fn: Callable, x_example) -> ModelFunctions:
         raise ValueError(f"model_fn: the NNX module could not be built: {error}") from error
     name = type(abstract).__name__
     flag = _call_arguments(abstract.__call__, name, extra=("rngs",))
-    call_takes_rngs = _takes(abstract.__call__, "rngs")
+    rngs_passing = _rngs_passing(abstract.__call__)
     abstract.train()
     train_graph, _, _ = nnx.split(abstract, nnx.Param, ...)
     abstract.eval()
@@ -344,37 +392,69 @@ def _adapt_nnx(model_fn: Callable, x_example) -> ModelFunctions:
     def init(key):
         return parts(build(key))
 
-    def train_apply(params, state, x, key):
+    def call(model, x, training: bool, rngs):
+        """``model(x)`` in the mode the sweep sets, with ``rngs`` where ``__call__`` takes them."""
+        mode = _mode(flag, training)
+        if rngs_passing is None:
+            return model(x, **mode)
+        if rngs_passing == "positional":  # def __call__(self, x, rngs, /)
+            return model(x, rngs, **mode)
+        return model(x, rngs=rngs, **mode)
+
+    def unbound_train_apply(params, state, x, key):
         model = merge(train_graph, params, state)
-        extra = {"rngs": nnx.Rngs(key)} if call_takes_rngs else {}
-        outputs = model(x, **_mode(flag, True), **extra)
+        outputs = call(model, x, True, nnx.Rngs(key))
         return outputs, parts(model)[1]
 
-    def eval_apply(params, state, x):
-        return merge(eval_graph, params, state)(x, **_mode(flag, False))
+    def unbound_eval_apply(params, state, x):
+        # eval() has switched dropout off; Flax's examples call such a model with rngs=None
+        return call(merge(eval_graph, params, state), x, False, None)
 
     params, state = _abstractly(init, name, x_example, "initialised")
     _check_has_params(params, name)
+    axes = _axes_needed(
+        lambda axes: _training_shapes(
+            bind_axes(unbound_train_apply, axes), params, state, x_example
+        )
+    )
+    axes = _axes_needed(
+        lambda axes: jax.eval_shape(bind_axes(unbound_eval_apply, axes), params, state, x_example),
+        axes,
+    )
+    train_apply = bind_axes(unbound_train_apply, axes)
+    eval_apply = bind_axes(unbound_eval_apply, axes)
     try:
         _training_shapes(train_apply, params, state, x_example)
     except Exception as error:
-        raise _training_error(error, name, x_example, flag) from error
+        raise _training_error(error, name, x_example, flag, axes) from error
     _check_state_kept(train_apply, params, state, x_example, name, "variable")
-    _check_evaluation(eval_apply, params, state, x_example, name, flag, ())
+    _check_evaluation(
+        eval_apply, params, state, x_example, name, flag, (), axes, rngs_passing is not None
+    )
     carried = nnx.state(abstract, nnx.Not(nnx.Param))
     state_names = tuple(sorted({type(v).__name__ for _, v in nnx.to_flat_state(carried)}))
 
     def start(given) -> Start:
         return _nnx_start(given, params, state, rng_paths)
 
-    return ModelFunctions(init, train_apply, eval_apply, start, "nnx", name, flag, (), state_names)
+    def as_variables(params, state) -> nnx.State:  # the whole model's state, keys typed
+        return nnx.state(merge(eval_graph, params, state))
+
+    return ModelFunctions(
+        init, train_apply, eval_apply, start, "nnx", name, flag, (), state_names, axes, as_variables
+    )
 
 
-def _takes(call: Callable, argument: str) -> bool:
+def _rngs_passing(call: Callable) -> str | None:
+    """How an NNX ``__call__`` takes call-time ``rngs``: None (it does not), ``"keyword"``
+    (``rngs`` or ``rngs=None``, as Flax's MNIST CNN), or ``"positional"`` (positional-only)."""
     try:
-        return argument in inspect.signature(call).parameters
+        parameter = inspect.signature(call).parameters.get("rngs")
     except (TypeError, ValueError):
-        return False
+        return None
+    if parameter is None or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+        return None
+    return "positional" if parameter.kind == parameter.POSITIONAL_ONLY else "keyword"
 
 
 def _key_bits(leaf):
@@ -426,6 +506,89 @@ def _int_path(path: tuple) -> tuple:
 
 def _path_text(path: tuple) -> str:
     return "/".join(str(k) for k in path)
+
+
+# ----------------------------------------------------------------------------- named axes
+
+# JAX names the first unbound axis of a collective: "Found an unbound axis name: batch. To fix
+# this, please call psum under `jax.shard_map`." or "unbound axis name: batch".
+_UNBOUND_AXIS = re.compile(r"unbound axis name: (.+?)(?:\. To fix\b|\s*$)")
+_MAX_AXES = 8  # a guard against a trace that keeps naming new axes
+
+
+def _unbound_axis(error: BaseException) -> str | None:
+    """The axis name an unbound-axis ``NameError`` names, or None for any other error."""
+    if not isinstance(error, NameError):
+        return None
+    match = _UNBOUND_AXIS.search(_first_line(error))
+    return match.group(1) if match else None
+
+
+def bind_axes(fn: Callable, axes: tuple[str, ...]) -> Callable:
+    """``fn`` with each named axis in ``axes`` bound to a lane's own batch.
+
+    Flax's data-parallel examples average batch statistics over the replicas of one global
+    batch (``nn.BatchNorm(axis_name="batch")`` under ``pmap``). A lane is one whole training
+    run on its own batch: each axis becomes a ``jax.vmap`` of size one over unbatched
+    arguments, so a collective over it reduces over a single replica (``pmean`` of one value:
+    itself) and the lane trains exactly as the network without the axis name. Works inside
+    every lane strategy (a vmap over lanes, ``lax.map``, one lane per call) and shadows an
+    outer axis of the same name.
+
+    >>> mean = lambda x: jax.lax.pmean(x.mean(), "batch")
+    >>> float(bind_axes(mean, ("batch",))(np.arange(4.0)))
+    1.5
+    """
+    if not axes:
+        return fn
+
+    def bound(*args):
+        inner = fn
+        for axis in axes:
+            inner = jax.vmap(inner, in_axes=None, axis_size=1, axis_name=axis)
+        outputs = inner(*args)
+        return jax.tree.map(lambda leaf: leaf[(0,) * len(axes)], outputs)
+
+    return bound
+
+
+def _axes_needed(trace: Callable[[tuple[str, ...]], Any], axes: tuple[str, ...] = ()):
+    """``axes`` and every further axis name ``trace(axes)`` finds unbound, found by asking.
+
+    JAX names the first unbound axis in its error; each is bound (:func:`bind_axes`) until the
+    trace succeeds or fails for another reason, which the checks that follow report.
+    """
+    axes = tuple(axes)
+    while len(axes) <= _MAX_AXES:
+        try:
+            trace(axes)
+            return axes
+        except Exception as error:
+            axis = _unbound_axis(error)
+            if axis is None or axis in axes:
+                return axes
+            axes = (*axes, axis)
+    return axes
+
+
+def _axes_hint(error: BaseException, axes: tuple[str, ...]) -> str:
+    """What to change when a collective over a named axis cannot run inside a lane."""
+    axis = _unbound_axis(error)
+    if axis is not None:
+        return (
+            f"; the sweep binds the axis names of a module's collectives to each lane's own "
+            f"batch, but could not bind {axis!r}: name the axis with a string "
+            "(nn.BatchNorm(axis_name='batch')), or drop the collective"
+        )
+    if axes:
+        names = ", ".join(repr(a) for a in axes)
+        return (
+            f"; the axis name{'s' if len(axes) > 1 else ''} {names} "
+            f"{'are' if len(axes) > 1 else 'is'} bound to each lane's own batch (one replica): "
+            "a collective that needs several replicas (axis_index_groups, ppermute between "
+            "devices) cannot run in a lane: drop it, or pass axis_name=None"
+        )
+    return ""
 
 
 # ----------------------------------------------------------------------------- checks
@@ -480,7 +643,17 @@ def _spec(leaf) -> str:
     return "nothing" if leaf is None else f"{leaf.dtype}{tuple(leaf.shape)}"
 
 
-def _check_evaluation(eval_apply, params, state, x, name: str, flag, collections) -> None:
+def _check_evaluation(
+    eval_apply,
+    params,
+    state,
+    x,
+    name: str,
+    flag,
+    collections,
+    axes: tuple[str, ...] = (),
+    call_takes_rngs: bool = False,
+) -> None:
     """Validation reads the state and draws no random numbers: say what to change if not."""
     try:
         jax.eval_shape(eval_apply, params, state, x)
@@ -495,9 +668,15 @@ def _check_evaluation(eval_apply, params, state, x, name: str, flag, collections
             + _flag_hint(flag, "use_running_average=not train")
         ) from error
     except Exception as error:
+        rngs_hint = (
+            "; at validation the sweep calls the module in eval() mode with rngs=None (as "
+            "Flax's examples do): it must draw no random numbers then"
+            if call_takes_rngs
+            else ""
+        )
         raise ValueError(
             f"model_fn: {name} could not be applied in evaluation mode to x of shape "
-            f"{_shape_of(x)}: {_first_line(error)}"
+            f"{_shape_of(x)}: {_first_line(error)}{rngs_hint}{_axes_hint(error, axes)}"
         ) from error
 
 
