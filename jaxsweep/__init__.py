@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from ._cores import use_cpu_cores as use_cpu_cores
     from ._hosts import ProcessLostError as ProcessLostError
     from ._hosts import ProcessMismatchError as ProcessMismatchError
+    from ._keep import load_variables as load_variables
+    from ._keep import save_variables as save_variables
     from ._run import run as run
     from ._sharding import is_writer as is_writer
     from ._sources import columns as columns
@@ -40,6 +42,8 @@ _FROM_JAX_MODULES = {
     "is_writer": "._sharding",
     "columns": "._sources",
     "use_cpu_cores": "._cores",
+    "save_variables": "._keep",
+    "load_variables": "._keep",
 }
 
 
@@ -75,8 +79,10 @@ __all__ = [
     "columns",
     "is_writer",
     "load",
+    "load_variables",
     "plot",
     "report",
     "run",
+    "save_variables",
     "use_cpu_cores",
 ]

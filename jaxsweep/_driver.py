@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from . import _cache, _horizon, _lanes, _search, _selector, _setup, _sharding, _train
+from . import _cache, _horizon, _keep, _lanes, _search, _selector, _setup, _sharding, _train
 from ._budget import Budget
 from ._checkpoint import LaneTemplate, ResumePoint, SweepCheckpoints
 from ._config import SweepConfig
@@ -28,7 +28,7 @@ from ._history import History, Running, StageCost, collect_evaluations
 from ._progress import BarProgress, ProgressBar
 from ._result import SweepResult
 from ._setup import Setup
-from ._stage import StageLanes, StagePrograms, lane_inputs
+from ._stage import StagePrograms, lane_inputs
 from ._train import EpochMetrics
 from ._warnings import SearchRangeWarning, warn
 from .callbacks import Callback, Lane, Resumed, StageEnd, SweepInfo, Validation
@@ -44,6 +44,8 @@ def drive(setup: Setup) -> SweepResult:
             warn(note, SearchRangeWarning)
         with _Callbacks(setup, None, None) as callbacks:  # told, though nothing trains
             callbacks.stored(stored)
+        if setup.keep is not None:  # the weights never go into checkpoints: trained again
+            stored = with_best_variables(setup, build_stage_programs(setup), stored)
         return stored
     try:
         if checkpoints is not None:
@@ -126,6 +128,7 @@ def sweep(
     # the metric's direction, and the steps of the sweep's own stages
     history = dataclasses.replace(history, sign=config.sign, steps=engine.budget.total)
     stage = 0 if resumed is None else resumed.stage
+    kept = None  # keep="best": (value, every seed's (params, model state)) of the best so far
     while True:
         plan = search.plan(history.evaluated(), config)
         trainer = engines.at(plan.steps)
@@ -133,9 +136,13 @@ def sweep(
             history = _warned(history, _expansion_note(stage, plan, config, history))
         callbacks.stage_start(stage, plan.points, trainer.budget)
         part = resumed if resumed is not None and resumed.stage == stage else None
-        lanes, running = _train_stage(trainer, stage, plan, config, callbacks, part, history)
+        lanes, running, trained = _train_stage(
+            trainer, stage, plan, config, callbacks, part, history
+        )
         memory = trainer.memory(lanes, _sharding.first_local(setup.devices))
         history = _with_stage(history, stage, plan, config, running, memory, trainer.budget)
+        if setup.keep is not None and trainer is engine:
+            kept = _kept_if_best(kept, history, plan, engine, lanes, trained, config.seeds)
         callbacks.stage_end(stage, history)
         stop_reason = search.stop(history.evaluated(), config)
         if stop_reason is not None:
@@ -153,7 +160,35 @@ def sweep(
         setup_seconds=setup_seconds,
     )
     callbacks.sweep_end(stage, result, history)
+    if setup.keep is not None:
+        result = with_best_variables(setup, engine, result, kept)
     return result
+
+
+def _kept_if_best(kept, history: History, plan, engine, lanes, trained, seeds: int):
+    """The best value's lanes, copied to the host when this stage brought it (else ``kept``)."""
+    best = history.best()[0]
+    if best not in plan.points:
+        return kept
+    stacked = engine.stacked(lanes, trained)
+    return best, _keep.seed_lanes(stacked, plan.points.index(best), seeds)
+
+
+def with_best_variables(setup: Setup, engine, result: SweepResult, kept=None) -> SweepResult:
+    """``result`` with ``best_variables``: the kept lanes of its best value, or (a resumed or
+    stored sweep, whose process did not train that stage) the best value retrained alone."""
+    config, best = setup.config, result.best_value
+    if not np.isfinite(result.best_score):  # every value diverged: no weights worth keeping
+        return dataclasses.replace(result, best_variables=())
+    if kept is None or kept[0] != best:
+        lanes = engine.start((best,), config.seed, config.seeds)
+        engine.compile(lanes)
+        trained = lanes.state
+        for _, state, _ in engine.train(lanes, lanes.state):
+            trained = state
+        kept = best, _keep.seed_lanes(engine.stacked(lanes, trained), 0, config.seeds)
+    variables = tuple(setup.model.variables(params, state) for params, state in kept[1])
+    return dataclasses.replace(result, best_variables=variables)
 
 
 class _Engines:
@@ -183,9 +218,9 @@ def _train_stage(
     callbacks: _Callbacks,
     resumed: ResumePoint | None,
     history: History,
-) -> tuple[StageLanes, Running]:
+):
     """Trains a stage's lanes segment by segment (a validation after each), continuing a
-    resumed part of it."""
+    resumed part of it: the stage's lanes, its records and the lanes' final state."""
     started = time.perf_counter()
     lanes = engine.start(plan.points, config.seed, config.seeds)
     running = Running(tuple(plan.points), compile_seconds=engine.compile(lanes))
@@ -208,7 +243,8 @@ def _train_stage(
         stacked = functools.partial(engine.stacked, lanes, trained)
         callbacks.validation(stage, segment, metrics, stacked, lanes, running)
         segment_started = time.perf_counter()  # the next segment trained meanwhile
-    return lanes, running
+        state = trained
+    return lanes, running, state
 
 
 def _with_stage(history, stage, plan, config, running: Running, memory, budget) -> History:

@@ -139,6 +139,9 @@ class SweepResult:
     # the search, apart from the sweep's own evaluations and stages
     horizon_evaluations: tuple[Evaluation, ...] = ()
     horizon_stages: tuple[Stage, ...] = ()
+    # ``run(keep="best")``: the best value's final variables, one per seed; never saved in
+    # the JSON (``jaxsweep.save_variables`` writes them), so a loaded result has None
+    best_variables: tuple | None = field(default=None, compare=False, repr=False)
 
     @property
     def metric(self) -> str:
@@ -353,7 +356,9 @@ class SweepResult:
         return f"SweepResult({', '.join(parts)})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, **encode(dataclasses.asdict(self))}
+        record = dataclasses.asdict(dataclasses.replace(self, best_variables=None))
+        del record["best_variables"]  # arrays: saved apart, never as JSON
+        return {"format_version": FORMAT_VERSION, **encode(record)}
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes JSON atomically (a temporary file renamed over the target)."""

@@ -51,6 +51,7 @@ def run(
     max_lanes: int | None = None,
     target_steps: int | None = None,
     target_epochs: int | None = None,
+    keep: str | None = None,
     callbacks=None,
 ) -> SweepResult:
     """Finds the best learning rate of a Flax model with a coarse-to-fine sweep.
@@ -183,6 +184,13 @@ def run(
         the value and 95% interval at the target (extrapolated beyond 4x, with the fit's
         uncertainty). The horizon stages cost at most 3x the search's lane-steps; log scale
         only; custom schedule callables cannot stretch and are refused.
+      keep: ``"best"`` gives back the trained weights of the best value: its final variables
+        for every seed, in seed order, as ``result.best_variables`` (a Linen variables dict
+        of numpy arrays, or an ``nnx.State`` for ``nnx.update(model, state)``), copied from
+        the stage that found it; a sweep resumed after that stage (or a finished one rerun)
+        retrains the best value alone for them. They stay out of ``result.json``:
+        :func:`jaxsweep.save_variables` / :func:`jaxsweep.load_variables` keep them (the
+        command's ``--keep-best`` writes ``best_variables/`` beside ``result.json``).
       callbacks: objects told as the sweep goes (:mod:`jaxsweep.callbacks`: the sweep's and
         each stage's start and end, every validation of every lane), on the host and in the
         writing process only unless one says ``all_processes = True``;

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import optax
 
-from . import _cache, _checkpoint, _hosts, _lanes, _schedules, _sharding
+from . import _cache, _checkpoint, _hosts, _keep, _lanes, _schedules, _sharding
 from . import callbacks as _callbacks
 from ._budget import Budget, make_budget
 from ._config import SweepConfig, make_config
@@ -65,6 +65,7 @@ class Setup:
     # run's optimizer factory and schedule as given: a longer horizon builds its own from them
     optimizer_factory: Callable | None = None
     schedule: Any = None
+    keep: str | None = None  # "best": the best value's final variables come back
 
     @property
     def param_count(self) -> int:
@@ -90,6 +91,7 @@ def setup(
     compilation_cache,
     init,
     callbacks,
+    keep,
     **settings,
 ) -> Setup:
     """Checks every argument of :func:`jaxsweep.run` (same names, no defaults): a Setup.
@@ -109,6 +111,7 @@ def setup(
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected True or False, got {progress!r}")
     watchers = _callbacks.check(callbacks)
+    keep = _keep.check(keep)
     checkpoint = CheckpointArgs(
         *_checkpoint.check_arguments(checkpoint_dir, resume, checkpoint_every_seconds)
     )
@@ -119,7 +122,11 @@ def setup(
     arguments = (model_fn, data, loss, optimizer, devices, checkpoint, progress, schedule)
     checked = _with_data(config, *arguments, init=init, started=started)
     return dataclasses.replace(
-        checked, lanes=strategy, compilation_cache=compilation_cache, callbacks=watchers
+        checked,
+        lanes=strategy,
+        compilation_cache=compilation_cache,
+        callbacks=watchers,
+        keep=keep,
     )
 
 
