@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 import warnings
 
@@ -65,6 +66,7 @@ def _demo(args) -> int:
 
     console = _console()
     _check_writable(args.out, args.overwrite)  # fail before the sweep, not after it
+    _check_keep(args)
     x, y = load_digits()
     console.print(f"digits: {len(x)} images of 8x8 pixels, 10 classes")
     return _sweep_and_write(
@@ -81,6 +83,7 @@ def _demo(args) -> int:
             max_lanes=args.max_lanes,
             target_steps=args.target_steps,
             target_epochs=args.target_epochs,
+            keep="best" if args.keep_best else None,
             progress=not args.quiet,
             checkpoint_dir=args.checkpoint_dir,
         ),
@@ -98,6 +101,7 @@ def _run(args) -> int:
     data = load_npz(args.data)
     optimizer = parse_optimizer(args.optimizer)
     _check_writable(args.out, args.overwrite)
+    _check_keep(args)
     options = {"lr_range": tuple(args.lr_range)} if args.lr_range else {}
     return _sweep_and_write(
         console,
@@ -122,6 +126,7 @@ def _run(args) -> int:
             max_lanes=args.max_lanes,
             target_steps=args.target_steps,
             target_epochs=args.target_epochs,
+            keep="best" if args.keep_best else None,
             progress=not args.quiet,
             checkpoint_dir=args.checkpoint_dir,
             **options,
@@ -140,8 +145,28 @@ def _sweep_and_write(console, args, sweep) -> int:
     console.print(stage_table(result))
     console.print(_best_lines(result, with_best=True))
     written = _write_outputs(result, args.out)
+    if result.best_variables:  # --keep-best: the weights beside the result
+        from ._keep import save_variables
+
+        target = os.path.join(args.out, BEST_VARIABLES)
+        if os.path.isdir(target):  # checked before training: --overwrite was given
+            shutil.rmtree(target)
+        written.append(f"{save_variables(result.best_variables, target)} (one per seed)")
     console.print(f"saved {path}, {', '.join(written)}")
     return 0
+
+
+BEST_VARIABLES = "best_variables"  # the folder --keep-best writes beside result.json
+
+
+def _check_keep(args) -> None:
+    """--keep-best never replaces weights of an earlier run without --overwrite."""
+    target = os.path.join(args.out, BEST_VARIABLES)
+    if getattr(args, "keep_best", False) and os.path.exists(target) and not args.overwrite:
+        raise FileExistsError(
+            f"{target}: exists (weights of an earlier run); pass --overwrite to replace them, "
+            "or another --out"
+        )
 
 
 def _resume_line(record: dict) -> str:
@@ -294,6 +319,12 @@ def _add_sweep_options(parser: argparse.ArgumentParser, min_improvement: float |
     )
     target.add_argument(
         "--target-epochs", type=int, default=None, help="the same as --target-steps, in epochs"
+    )
+    parser.add_argument(
+        "--keep-best",
+        action="store_true",
+        help="save the best value's trained weights (every seed) in OUT/best_variables "
+        "(Orbax; jaxsweep.load_variables reads them)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)

@@ -150,3 +150,19 @@ def test_keep_is_checked_and_off_by_default(split_blobs):
     plain = jaxsweep.run(BatchNormNet, split_blobs, **dict(OPTIONS, keep=None, stages=1))
     assert plain.best_variables is None
     assert not math.isnan(plain.best_score)
+
+
+@pytest.mark.slow
+def test_the_command_saves_the_weights_beside_the_result_and_never_over_them(tmp_path, capsys):
+    from jaxsweep import cli
+
+    out = tmp_path / "demo"
+    arguments = ["demo", "--out", str(out), "--keep-best", "--quiet", "--epochs", "1"]
+    assert cli.main([*arguments, "--stages", "1"]) == 0
+    result, saved = jaxsweep.load(out / "result.json"), out / "best_variables"
+    weights = jaxsweep.load_variables(saved)
+    assert len(weights) == result.config["seeds"] and "params" in weights[0]
+    before = sorted(p.name for p in saved.iterdir())
+    assert cli.main([*arguments, "--stages", "1"]) == 2  # refused before training
+    assert "--overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in saved.iterdir()) == before
