@@ -6,6 +6,7 @@ python -m benchmarks.run_all --only stage_throughput,cost_growth
 python -m benchmarks.run_all --dry      # tiny sizes on any backend: checks that it all runs
 python -m benchmarks.run_all --only coverage --suffix -coverage   # 6 (make bench-coverage)
 python -m benchmarks.run_all --only horizon --suffix -horizon     # 7 (make bench-horizon)
+python -m benchmarks.run_all --only peers --suffix -peers         # 8: grid, random search, TPE
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from . import (
     data_sources,
     engine_costs,
     horizon,
+    peers,
     precision,
     stage_throughput,
     whole_sweep,
@@ -39,10 +41,12 @@ BENCHMARKS = {
         data_sources,
         coverage,
         horizon,
+        peers,
     )
 }
-# the coverage and horizon benchmarks train many sweeps: asked for by name, into their own file
-DEFAULT = tuple(name for name in BENCHMARKS if name not in ("coverage", "horizon"))
+# the coverage, horizon and peers benchmarks train many sweeps: asked for by name, into their
+# own file
+DEFAULT = tuple(name for name in BENCHMARKS if name not in ("coverage", "horizon", "peers"))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 

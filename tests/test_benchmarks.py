@@ -25,6 +25,7 @@ from benchmarks import (  # noqa: E402
     coverage,
     data_sources,
     engine_costs,
+    peers,
     precision,
     stage_throughput,
     whole_sweep,
@@ -328,3 +329,29 @@ def test_data_sources_structure_same_work_and_bounded_validation():
     batched = [memory[n]["batched (default)"]["temporaries"] for n in (600, 2400)]
     whole = [memory[n]["one batch"]["temporaries"] for n in (600, 2400)]
     assert batched[1] < 1.5 * batched[0] < whole[1]  # batched stays flat, one batch grows
+
+
+def test_peers_get_the_sweeps_lanes_and_are_judged_on_the_same_seeds(tmp_path):
+    record = peers.run(mode="dry", truth_dir=str(tmp_path))
+    _check_record(record, "peers")
+    data = record["data"]["tiny"]
+    runs = data["runs"]
+    sweep = runs[peers.JAXSWEEP_BEST][0]["sweep"]
+    lanes, seeds = sweep["lanes"], sweep["seeds"]
+    assert lanes == sweep["evaluations"] * seeds
+    assert set(runs) == {peers.JAXSWEEP_BEST, peers.JAXSWEEP_REFINED, *peers.PEERS}
+    for name in ("log grid", "random search"):
+        (run,) = runs[name]
+        assert run["values"] == lanes // seeds and run["lanes"] == run["values"] * seeds
+    (tpe,) = runs["Optuna TPE"]
+    assert tpe["values"] == tpe["lanes"] == lanes  # one seed per trial
+    low, high = peers.SETTINGS["dry"]["lr_range"]
+    for name in peers.PEERS:
+        assert low <= runs[name][0]["chosen"] <= high
+    # the optimum itself, retrained on the seeds every chosen rate was retrained on
+    optimum = data["truth"]["optimum"]
+    again = peers.seed_means("tiny", np.asarray([optimum]), 2, peers.RETRAIN_KEY_BASE)[0]
+    assert data["optimum_retrained_loss"] == pytest.approx(again, rel=1e-5)
+    for method in runs.values():
+        (run,) = method
+        assert run["log_distance"] == pytest.approx(abs(math.log(run["chosen"] / optimum)))
