@@ -19,6 +19,11 @@ def with_accuracy(outputs, labels):
     return {"loss": loss, "accuracy": jnp.mean(jnp.argmax(outputs, -1) == labels)}
 
 
+def loss_alone(outputs, labels):
+    """A user's own loss returning a bare scalar: it records no accuracy."""
+    return optax.softmax_cross_entropy_with_integer_labels(outputs, labels).mean()
+
+
 @pytest.fixture(scope="module")
 def by_accuracy(split_blobs):
     with warnings.catch_warnings():
@@ -127,7 +132,8 @@ def test_a_result_with_a_metric_survives_json(by_accuracy, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, error, words",
     [
-        (dict(metric="accuracy"), ValueError, "'val_loss'"),  # the loss has no accuracy
+        # the built-in cross-entropy records accuracy; a user's bare loss does not
+        (dict(loss=loss_alone, metric="accuracy", mode="max"), ValueError, "'val_loss'"),
         (dict(loss=with_accuracy, metric="val_f1"), ValueError, "['val_loss', 'val_accuracy']"),
         (dict(loss=with_accuracy, metric="train_accuracy"), ValueError, "training batches"),
         (dict(mode="maximum"), ValueError, "mode: expected 'min' or 'max'"),
