@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install test test-fast lint demo bench bench-quick bench-coverage bench-coverage-search bench-horizon clean
+.PHONY: install test test-fast lint demo bench bench-quick bench-coverage bench-coverage-search bench-horizon bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench-coverage-search: $(STAMP)
 # the horizon check: the rate for a 12-epoch run from 3-epoch sweeps, against a truth trained without the engine
 bench-horizon: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all --only horizon --suffix=-horizon
+
+# the default sweep against a log grid, random search and Optuna's TPE with the lanes it spends
+bench-peers: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all --only peers --suffix=-peers
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
