@@ -113,8 +113,10 @@ def run(
         ``schedule(t)``; shapes stretch to the run's total steps.
       metric: what ranks the values (Ray Tune's name): ``"val_loss"``, the optimised loss on
         the validation set, or ``"val_<name>"`` (or ``"<name>"``) for an auxiliary entry of a
-        loss returning a dict, e.g. ``"val_accuracy"``. The score, the best value, the
-        intervals, the early stop, the figures and the report all follow it.
+        loss returning a dict, e.g. ``"val_accuracy"`` (the built-in cross-entropy on
+        integer class labels records it: ``metric="accuracy", mode="max"`` needs no loss of
+        your own). The score, the best value, the intervals, the early stop, the figures and
+        the report all follow it.
       mode: ``"min"`` (lower is better) or ``"max"`` (e.g. accuracy).
       seeds: initialisations (and batch orders) per rate; the score is their mean. With two
         or more the search measures the seed-to-seed noise as it goes, refines only
