@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ._run import run as run
     from ._sharding import is_writer as is_writer
     from ._sources import columns as columns
+    from ._training import Training as Training
 
 # Names whose modules import JAX, Flax and Orbax load on first use: reading a saved result
 # (``jaxsweep.load``, ``jaxsweep report DIR``, ``jaxsweep show DIR``) then costs no JAX import.
@@ -44,6 +45,7 @@ _FROM_JAX_MODULES = {
     "use_cpu_cores": "._cores",
     "save_variables": "._keep",
     "load_variables": "._keep",
+    "Training": "._training",
 }
 
 
@@ -75,6 +77,7 @@ __all__ = [
     "SearchRangeWarning",
     "Stage",
     "SweepResult",
+    "Training",
     "callbacks",
     "columns",
     "is_writer",

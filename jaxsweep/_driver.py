@@ -103,6 +103,12 @@ def _model_traits(setup: Setup) -> _lanes.ModelTraits:
     if setup.lanes is not None:  # forced: nothing to look at
         return _lanes.ModelTraits(setup.param_count, False)
     model, x = setup.model, take(setup.split.x_train, slice(0, 1))
+    if model.own is not None:  # the user's eval_step on its state
+        y = setup.split.y_train[:1]
+        evaluate = model.own.steps.evaluate
+        return _lanes.model_traits(
+            setup.param_count, lambda: evaluate(model.init(jax.random.key(0))[0], x, y)
+        )
     return _lanes.model_traits(
         setup.param_count, lambda: model.eval_apply(*model.init(jax.random.key(0)), x)
     )

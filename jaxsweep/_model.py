@@ -69,6 +69,7 @@ class ModelFunctions(NamedTuple):
     axis_names: tuple[str, ...] = ()  # named batch axes bound to each lane's own batch
     # (params, state) of one lane -> what the user holds: a Linen variables dict, an nnx.State
     variables: Callable[[Any, Any], Any] | None = None
+    own: Any = None  # a jaxsweep.Training's own steps (``_training.Own``); None for a module
 
 
 # ----------------------------------------------------------------------------- factories

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import optax
 
-from . import _cache, _checkpoint, _hosts, _keep, _lanes, _schedules, _sharding
+from . import _cache, _checkpoint, _hosts, _keep, _lanes, _schedules, _sharding, _training
 from . import callbacks as _callbacks
 from ._budget import Budget, make_budget
 from ._config import SweepConfig, make_config
@@ -25,6 +25,7 @@ from ._losses import TARGET_NAMES, check_mode, resolve_loss, resolve_metric, spl
 from ._model import ModelFunctions, Start, adapt, count_parameters, module_names, output_shape
 from ._optim import describe_optimizer, resolve_optimizer
 from ._sources import is_source_column
+from ._training import Training
 from ._validation import default_eval_batch_size
 
 DEFAULT_LR_RANGE = (1e-5, 1e-2)
@@ -155,15 +156,20 @@ def _with_data(
     config = _with_target(config, budget, schedule)
     scheduled = _schedules.resolve(schedule, budget.total)
     tx = resolve_optimizer(optimizer, config.hyperparam, scheduled and scheduled.fn)
-    example = take(split.x_train, slice(0, min(2, n_train)))  # 2: batch statistics need it
-    model = adapt(model_fn, example)
-    outputs = output_shape(model, example)
-    loss_fn, loss_name, targets = resolve_loss(
-        loss, _targets_at_hand(split), tuple(outputs.shape) if hasattr(outputs, "shape") else None
-    )
-    abstract_params, aux_names = _probe(
-        model, loss_fn, tx, config.hyperparam, split, config.batch_size
-    )
+    if isinstance(model_fn, Training):  # the user's own steps: they hold loss and optimizer
+        model, loss_fn, loss_name, targets, abstract_params, aux_names = _own_training(
+            model_fn, loss, tx, config.hyperparam, split, config.batch_size
+        )
+    else:
+        example = take(split.x_train, slice(0, min(2, n_train)))  # 2: batch statistics need it
+        model = adapt(model_fn, example)
+        outputs = output_shape(model, example)
+        loss_fn, loss_name, targets = resolve_loss(
+            loss, _targets_at_hand(split), getattr(outputs, "shape", None) and tuple(outputs.shape)
+        )
+        abstract_params, aux_names = _probe(
+            model, loss_fn, tx, config.hyperparam, split, config.batch_size
+        )
     start = None if init is None else model.start(init)
     n_val = len(split.y_val)
     eval_batch = config.eval_batch_size or default_eval_batch_size(n_val, config.batch_size)
@@ -210,6 +216,20 @@ def _with_data(
     )
 
 
+def _own_training(training: Training, loss, optimizer, hyperparam: str, split: Split, batch: int):
+    """A Training's model functions, traced on a batch of the data (nothing compiles); its
+    loss is its steps' ``metrics["loss"]``, its metrics eval_step's other entries."""
+    if not (isinstance(loss, str) and loss == "auto"):
+        raise ValueError(
+            "loss: a Training's train_step and eval_step compute the loss (metrics['loss']); "
+            "leave loss unset"
+        )
+    x, y = take(split.x_train, slice(0, batch)), split.y_train[:batch]
+    model = _training.adapt(training, x, y, optimizer, hyperparam)
+    own = model.own
+    return model, None, "the train_step's loss", "custom", own.abstract_params, own.val_metric_names
+
+
 def _with_target(config: SweepConfig, budget: Budget, schedule) -> SweepConfig:
     """The target run's steps (``target_epochs`` become steps), checked against what the
     horizon stages need: a schedule they can stretch."""
@@ -236,7 +256,9 @@ def at_steps(setup: Setup, steps: int) -> Setup:
     longer = make_budget(None, steps, every, len(setup.split.y_train), config.batch_size)
     scheduled = _schedules.resolve(setup.schedule, steps)
     tx = resolve_optimizer(setup.optimizer_factory, config.hyperparam, scheduled and scheduled.fn)
-    return dataclasses.replace(setup, budget=longer, optimizer=tx)
+    # a Training's state holds its optimizer: built again around the stretched one
+    model = setup.model if setup.model.own is None else setup.model.own.rebind(tx)
+    return dataclasses.replace(setup, budget=longer, optimizer=tx, model=model)
 
 
 def _shared_fields(fingerprint, devices, checkpoint: CheckpointArgs) -> dict[str, Any]:

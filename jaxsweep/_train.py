@@ -30,7 +30,7 @@ from ._losses import float32, split_loss
 from ._model import ModelFunctions, Start
 from ._optim import set_hyperparam
 from ._segments import ChunkStats, as_float64, make_chunk, merge
-from ._validation import make_validate
+from ._validation import make_validate, make_validate_examples
 
 LossFn = Callable[[Any, Any], Any]
 
@@ -213,6 +213,20 @@ def overlay(fresh, given):
     return jnp.broadcast_to(jnp.asarray(given, fresh.dtype), fresh.shape)
 
 
+def _each_example(evaluate: Callable) -> Callable:
+    """A Training's ``eval_step`` (means over a batch) on each example alone: the exact
+    example-weighted mean over the validation set, a padded last batch included."""
+
+    def example_terms(state, _constants, x, y):
+        def one(xi, yi):
+            single = jax.tree.map(lambda a: a[None], (xi, yi))
+            return evaluate(state, *single)
+
+        return jax.vmap(one)(x, y)
+
+    return example_terms
+
+
 # ----------------------------------------------------------------------------- programs
 
 
@@ -249,10 +263,20 @@ def make_programs(
       the lane calls are one lane's (see :mod:`jaxsweep._lanes`).
     """
 
+    own = model.own.steps if model.own is not None else None
+
     def loss_terms(outputs, y):
         return jax.tree.map(float32, split_loss(loss_fn(outputs, y)))
 
-    validate = make_validate(model.eval_apply, loss_terms, n_val, eval_batch_size)
+    if own is None:
+        validate = make_validate(model.eval_apply, loss_terms, n_val, eval_batch_size)
+    else:
+        validate = make_validate_examples(_each_example(own.evaluate), n_val, eval_batch_size)
+
+    def measured(params):
+        """The parameters whose change the update ratios measure (a Training's lane carries
+        its whole state in ``params``: its parameter leaves, by module)."""
+        return params if own is None else own.params(params)
 
     def init_seeds(init_keys, start: Start | None = None):
         params, state = jax.vmap(model.init)(init_keys)
@@ -261,6 +285,8 @@ def make_programs(
         return overlay(params, start.params), overlay(state, start.state)
 
     def start_lane(params, model_state, rng_key, value) -> LaneState:
+        if own is not None:  # the user's state holds its optimizer: the value goes in there
+            return LaneState(own.set_value(params, value), (), model_state, rng_key)
         opt_state = set_hyperparam(optimizer.init(params), hyperparam, value)
         return LaneState(params, opt_state, model_state, rng_key)
 
@@ -271,7 +297,15 @@ def make_programs(
         rng_keys = jax.random.key_data(seed_rng_keys)[seed_index]
         return jax.vmap(start_lane)(of_lane(seed_params), of_lane(seed_state), rng_keys, values)
 
+    def own_step(carry: LaneState, batch):
+        x, y, key = batch
+        state, loss, aux = own.train(carry.params, x, y, key)
+        step = {"loss": loss, "aux": aux, **_NOT_MEASURED}  # the user's step: no gradients seen
+        return carry._replace(params=state), step
+
     def train_step(carry: LaneState, batch):
+        if own is not None:
+            return own_step(carry, batch)
         x, y, key = batch
 
         def loss_of(params):
@@ -309,7 +343,7 @@ def make_programs(
     def evaluate(state: LaneState, before, validate_now, x_val, y_val) -> Evaluation:
         def measure(_):
             val_loss, val_aux = validate(state.params, state.model_state, x_val, y_val)
-            ratios = _update_ratios(before, state.params) if diagnostics else {}
+            ratios = _update_ratios(measured(before), measured(state.params)) if diagnostics else {}
             return Evaluation(val_loss, val_aux, ratios)
 
         if budget.one_call_per_segment:  # every call validates: no branch

@@ -81,14 +81,25 @@ def make_validate(
     Returns:
       A pure function; the loss and each auxiliary entry are example-weighted means.
     """
-    batches = plan(n_val, eval_batch_size)
     losses_of = per_example(loss_terms)
+
+    def example_terms(params, constants, x, y):
+        return losses_of(predict(params, constants, x), y)
+
+    return make_validate_examples(example_terms, n_val, eval_batch_size)
+
+
+def make_validate_examples(example_terms: Callable, n_val: int, eval_batch_size: int) -> Callable:
+    """:func:`make_validate` from ``example_terms(params, constants, x, y) -> (losses (B,),
+    {name: (B,)})``: each example's loss and metrics in a batch of ``eval_batch_size``."""
+    batches = plan(n_val, eval_batch_size)
 
     def validate(params, constants, x_val, y_val):
         def batch_sums(indices, weights):
             pick = lambda a: jnp.asarray(a)[indices]
-            outputs = predict(params, constants, jax.tree.map(pick, x_val))
-            loss, aux = losses_of(outputs, jax.tree.map(pick, y_val))
+            loss, aux = example_terms(
+                params, constants, jax.tree.map(pick, x_val), jax.tree.map(pick, y_val)
+            )
             terms = {"loss": loss, "aux": aux}
             # where, not a product: a padded copy of a non-finite example must not add NaN twice
             return jax.tree.map(lambda v: jnp.sum(jnp.where(weights > 0, v, 0.0)), terms)
