@@ -66,7 +66,8 @@ def save_variables(variables, directory: str | os.PathLike) -> str:
 def load_variables(directory: str | os.PathLike) -> tuple:
     """Reads what :func:`save_variables` wrote: one pytree of numpy arrays per seed, in seed
     order (Linen: the variables dict; NNX: the state as a pure dict, for
-    ``nnx.replace_by_pure_dict``)."""
+    ``nnx.replace_by_pure_dict``; a Training's ``TrainState``: its state dict, for
+    ``flax.serialization.from_state_dict(state, saved)``)."""
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(os.fspath(directory))
@@ -88,4 +89,8 @@ def _plain(variables):
 
     if isinstance(variables, nnx.State):
         variables = nnx.to_pure_dict(variables)
+    elif not isinstance(variables, dict):  # a Training's state, e.g. a TrainState
+        from flax import serialization
+
+        variables = serialization.to_state_dict(variables)
     return jax.tree.map(_array, variables)

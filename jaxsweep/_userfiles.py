@@ -19,7 +19,8 @@ TRAIN_VAL_KEYS = ("x_train", "y_train", "x_val", "y_val")
 
 
 def load_factory(spec: str) -> Callable:
-    """The model factory named by ``FILE.py:FACTORY`` (a function or a module class)."""
+    """The model factory named by ``FILE.py:FACTORY`` (a function, a module class, or a
+    ``jaxsweep.Training``)."""
     path, sep, name = spec.rpartition(":")
     if not sep or not path or not name:
         raise ValueError(f"{spec}: expected FILE.py:FACTORY, e.g. model.py:make_model")
@@ -45,8 +46,13 @@ def load_factory(spec: str) -> Callable:
     if factory is None:
         public = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
         raise ValueError(f"{path}: has no {name!r} (callables defined there: {', '.join(public)})")
-    if not callable(factory):
-        raise TypeError(f"{spec}: {name} is a {type(factory).__name__}, not a model factory")
+    from ._training import Training  # the command trains: JAX is loaded anyway
+
+    if not callable(factory) and not isinstance(factory, Training):
+        raise TypeError(
+            f"{spec}: {name} is a {type(factory).__name__}, not a model factory or a "
+            "jaxsweep.Training"
+        )
     return factory
 
 

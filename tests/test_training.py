@@ -171,6 +171,17 @@ def test_the_best_values_train_states_come_back(linen_swept, split_blobs):
         assert float(loss) == pytest.approx(best.seed_val_loss[s][-1], rel=2e-5)
 
 
+def test_kept_train_states_save_and_load_as_state_dicts(linen_swept, tmp_path):
+    from flax import serialization
+
+    path = jaxsweep.save_variables(linen_swept.best_variables, tmp_path / "best")
+    loaded = jaxsweep.load_variables(path)
+    for state, saved in zip(linen_swept.best_variables, loaded, strict=True):
+        restored = serialization.from_state_dict(state, saved)
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_the_record_names_the_training_and_its_modules(linen_swept):
     config = linen_swept.config
     assert config["model"] == "SowingMLP" and config["model_api"] == "training"
@@ -244,3 +255,52 @@ def test_a_training_that_cannot_work_fails_before_anything_compiles(
 def test_training_fields_are_checked():
     with pytest.raises(TypeError, match="Training.eval_step"):
         jaxsweep.Training(linen_init, linen_train_step, None)
+
+
+def _regression_init(key, optimizer):
+    params = {"w": jnp.zeros(96)}
+    return train_state.TrainState.create(apply_fn=None, params=params, tx=optimizer)
+
+
+def _regression_train_step(state, batch, key):
+    x, y = batch
+    loss, grads = jax.value_and_grad(lambda p: jnp.mean((x @ p["w"] - y) ** 2))(state.params)
+    return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+def _regression_eval_step(state, batch):
+    x, y = batch
+    return {"loss": jnp.mean((x @ state.params["w"] - y) ** 2)}
+
+
+def test_a_horizon_stage_rebuilds_the_state_around_the_stretched_schedule():
+    """The state holds its optimizer: a longer horizon's lanes must train with the schedule
+    stretched to their own length (checked against optax itself), not the sweep's."""
+    from test_horizon import STEPS, _early_stopping_problem
+
+    problem = _early_stopping_problem(3)
+    training = jaxsweep.Training(_regression_init, _regression_train_step, _regression_eval_step)
+    result = jaxsweep.run(
+        training,
+        {"train": problem[:2], "val": problem[2:]},
+        optimizer=optax.sgd,
+        batch_size=len(problem[0]),
+        steps=STEPS,
+        lr_range=(1e-3, 1.0),
+        target_steps=2 * STEPS,
+        seeds=1,
+        schedule="warmup_cosine",
+        progress=False,
+    )
+    evaluation = result.horizon_evaluations[0]
+    assert evaluation.steps[-1] == 2 * STEPS
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, evaluation.value, round(0.1 * 2 * STEPS), 2 * STEPS
+    )
+    x, y, x_val, y_val = (jnp.asarray(a) for a in problem)
+    state = _regression_init(None, optax.sgd(schedule))
+    for _ in range(2 * STEPS):
+        state, _ = _regression_train_step(state, (x, y), None)
+    expected = float(_regression_eval_step(state, (x_val, y_val))["loss"])
+    assert evaluation.seed_val_loss[0][-1] == pytest.approx(expected, rel=1e-4)
+    assert result.horizon is not None
