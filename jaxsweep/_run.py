@@ -67,7 +67,11 @@ def run(
         ``train=True`` while training, with every collection besides ``params`` (e.g.
         ``batch_stats``) carried per lane and a new key per step for each random stream
         (``dropout``, ...), and ``train=False`` at validation; NNX models are switched
-        with ``train()`` / ``eval()``.
+        with ``train()`` / ``eval()``. Or a :class:`jaxsweep.Training`: your own
+        ``init(key, optimizer)``, ``train_step(state, batch, key)`` and
+        ``eval_step(state, batch)`` (a ``TrainState``, an ``nnx.Optimizer``), the swept
+        value set in the optimizer state the state holds; ``loss`` is then its metrics'
+        ``"loss"``.
       data: ``(x, y)`` (a ``validation_fraction`` is split off) or
         ``{"train": (x, y), "val": (x, y)}``; numpy or jax arrays (bfloat16 and float16
         too). ``x`` may be a tuple or dict of arrays: the model receives that structure.
