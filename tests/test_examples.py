@@ -33,6 +33,7 @@ SCRIPTS = (
     "resnet_batchnorm",
     "resnet_official",
     "cnn_nnx",
+    "own_train_step",
     "schedule_accuracy",
     "digits_mlp",
     "regression_multiloss",
@@ -47,6 +48,7 @@ NEEDS = {
         "cnn_nnx",
         "resnet_batchnorm",
         "resnet_official",
+        "own_train_step",
         "char_transformer",
     ),
     "test_models_with_state_say_what_they_carry": ("resnet_batchnorm", "char_transformer"),
@@ -161,13 +163,17 @@ def test_example_prints_its_best_rate(launched, name):
 
 def test_classifiers_learn_something(launched):
     """Each quick classifier's best validation loss beats a uniform guess over the classes."""
-    for name in ("digits_mlp", "cnn_nnx", "resnet_batchnorm", "resnet_official"):  # 10 digits
+    names = ("digits_mlp", "cnn_nnx", "resnet_batchnorm", "resnet_official", "own_train_step")
+    for name in names:  # 10 digits
         stdout, _ = _finished(launched, name)
         loss = _number(stdout, r"validation loss at the best rate: ([\d.]+)")
         assert loss < math.log(10), (name, loss)
     stdout, _ = _finished(launched, "char_transformer")
     loss = _number(stdout, r"validation loss at the best rate: ([\d.]+)")
     assert loss < _number(stdout, r"a uniform guess would score ([\d.]+)")
+    stdout, _ = _finished(launched, "own_train_step")  # its own step, ranked by accuracy
+    assert _number(stdout, r"validation accuracy at the best rate: ([\d.]+)") > 0.1
+    assert "trained state of seed 0: step 30, 4 modules" in stdout
 
 
 def test_models_with_state_say_what_they_carry(launched):
