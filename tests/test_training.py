@@ -304,3 +304,13 @@ def test_a_horizon_stage_rebuilds_the_state_around_the_stretched_schedule():
     expected = float(_regression_eval_step(state, (x_val, y_val))["loss"])
     assert evaluation.seed_val_loss[0][-1] == pytest.approx(expected, rel=1e-4)
     assert result.horizon is not None
+
+
+@pytest.mark.parametrize("lanes", ["map", "separate"])
+def test_every_lane_strategy_trains_a_training_alike(lanes, linen_swept, split_blobs):
+    """Lanes run one by one (a scan, or a call each) give the vmapped lanes' numbers."""
+    options = {**OPTIONS, "stages": 1}
+    alone = jaxsweep.run(LINEN, split_blobs, metric="accuracy", mode="max", lanes=lanes, **options)
+    for ours, vmapped in zip(alone.evaluations, linen_swept.evaluations[:5], strict=True):
+        assert ours.lr == vmapped.lr
+        np.testing.assert_allclose(ours.seed_val_loss, vmapped.seed_val_loss, rtol=2e-5)
