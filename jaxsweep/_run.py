@@ -217,5 +217,46 @@ def run(
           hyperparam="weight_decay", hyperparam_range=(1e-5, 1e-1),
       )
     """
-    arguments = dict(locals())  # every argument of this call, by name, before anything else
-    return drive(setup(**arguments))
+    return drive(
+        setup(
+            model_fn=model_fn,
+            data=data,
+            loss=loss,
+            optimizer=optimizer,
+            lr_range=lr_range,
+            hyperparam=hyperparam,
+            hyperparam_range=hyperparam_range,
+            scale=scale,
+            points_per_stage=points_per_stage,
+            stages=stages,
+            top_k=top_k,
+            epochs=epochs,
+            steps=steps,
+            eval_every=eval_every,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            schedule=schedule,
+            metric=metric,
+            mode=mode,
+            seeds=seeds,
+            seed=seed,
+            min_improvement=min_improvement,
+            validation_fraction=validation_fraction,
+            expand=expand,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            checkpoint_every_seconds=checkpoint_every_seconds,
+            devices=devices,
+            progress=progress,
+            lanes=lanes,
+            compilation_cache=compilation_cache,
+            init=init,
+            diagnostics=diagnostics,
+            precision=precision,
+            max_lanes=max_lanes,
+            target_steps=target_steps,
+            target_epochs=target_epochs,
+            keep=keep,
+            callbacks=callbacks,
+        )
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -46,7 +46,7 @@ class Setup:
 
     config: SweepConfig  # the scalar settings
     split: Split  # host arrays after the train/validation split (inputs may be pytrees)
-    loss_fn: Callable  # (outputs, targets) -> scalar | {"loss": scalar, ...}
+    loss_fn: Callable | None  # (outputs, targets) -> scalar | {...}; None: a Training's own
     loss_name: str
     optimizer: optax.GradientTransformation  # inject_hyperparams: the swept value is data
     model: ModelFunctions  # pure init / train-apply / eval-apply
@@ -120,31 +120,61 @@ def setup(
     strategy = _lanes.parse(lanes)
     _lanes.check(strategy, devices)
     _cache.resolve(compilation_cache)  # a bad value fails here, before anything runs
-    arguments = (model_fn, data, loss, optimizer, devices, checkpoint, progress, schedule)
-    checked = _with_data(config, *arguments, init=init, started=started)
-    return dataclasses.replace(
-        checked,
+    checked = _with_data(
+        config,
+        model_fn=model_fn,
+        data=data,
+        loss=loss,
+        optimizer=optimizer,
+        schedule=schedule,
+        init=init,
+        devices=devices,
+        checkpoint=checkpoint,
+    )
+    return Setup(
+        **checked._asdict(),
+        devices=devices,
+        checkpoint=checkpoint,
+        progress=progress,
+        started=started,
         lanes=strategy,
         compilation_cache=compilation_cache,
         callbacks=watchers,
         keep=keep,
+        optimizer_factory=optimizer,
+        schedule=schedule,
     )
 
 
+class _DataChecked(NamedTuple):
+    """What the checks that need the data give a :class:`Setup`."""
+
+    config: SweepConfig  # with the metric, validation batch and steps resolved
+    split: Split
+    loss_fn: Callable | None  # None: a Training computes its own loss
+    loss_name: str
+    optimizer: optax.GradientTransformation
+    model: ModelFunctions
+    start: Start | None
+    abstract_params: Any
+    record: dict[str, Any]
+    hosts: _hosts.Hosts
+    fingerprint: dict | None
+    budget: Budget
+
+
 def _with_data(
-    config,
+    config: SweepConfig,
+    *,
     model_fn,
     data,
     loss,
     optimizer,
-    devices,
-    checkpoint,
-    progress,
     schedule,
-    *,
     init,
-    started,
-) -> Setup:
+    devices,
+    checkpoint: CheckpointArgs,
+) -> _DataChecked:
     """The checks that need the data: split, batch size, model, loss, optimizer, start."""
     split = prepare(data, config.validation_fraction, config.seed)
     n_train = len(split.y_train)
@@ -194,7 +224,7 @@ def _with_data(
         fingerprint = _checkpoint.fingerprint(record, split, abstract_params)
     if hosts.count > 1:  # the last check, the one that waits for the other processes
         _hosts.agree_on_sweep(hosts, _shared_fields(fingerprint, devices, checkpoint))
-    return Setup(
+    return _DataChecked(
         config=config,
         split=split,
         loss_fn=loss_fn,
@@ -203,16 +233,10 @@ def _with_data(
         model=model,
         start=start,
         abstract_params=abstract_params,
-        devices=devices,
-        checkpoint=checkpoint,
-        progress=progress,
         record=record,
         hosts=hosts,
         fingerprint=fingerprint,
-        started=started,
         budget=budget,
-        optimizer_factory=optimizer,
-        schedule=schedule,
     )
 
 
