@@ -8,6 +8,7 @@ one codec (:mod:`jaxsweep._json`); :func:`load` reads every format version writt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _confidence, _selector
-from ._json import decode_float, decode_floats, encode
+from ._json import decode_float, encode, read_file
 
 # 2: neutral names (``value``, ``values``, ``best_value``) and ``setup_seconds``;
 # 1: the same records with ``lr``, ``lrs`` and ``best_lr``.
@@ -361,14 +362,32 @@ class SweepResult:
         return {"format_version": FORMAT_VERSION, **encode(record)}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes JSON atomically (a temporary file renamed over the target)."""
+        """Writes JSON atomically (a temporary file renamed over the target).
+
+        Raises:
+          OSError: the file could not be written (disk full, read-only folder): the message
+            names ``path`` and says whether a file already there was kept, unchanged, or
+            nothing was written; no temporary file is left behind.
+        """
         path = os.fspath(path)
-        directory = os.path.dirname(path) or "."
-        os.makedirs(directory, exist_ok=True)
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)  # before touching disk
         temporary = f"{path}.tmp-{os.getpid()}"
-        with open(temporary, "w") as handle:
-            json.dump(self.to_dict(), handle, indent=1, allow_nan=False)
-        os.replace(temporary, path)
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(temporary, "w") as handle:
+                handle.write(text)
+            os.replace(temporary, path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
+            kept = (
+                "the file already there was kept, unchanged"
+                if os.path.lexists(path)
+                else "nothing was written"
+            )
+            reason = error.strerror or str(error) or type(error).__name__
+            message = f"{path}: could not save the result ({reason}); {kept}"
+            raise (OSError(error.errno, message) if error.errno else OSError(message)) from None
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, SweepResult):
@@ -386,90 +405,335 @@ def _renamed(record: dict) -> dict:
     return {_LEGACY_KEYS.get(key, key): value for key, value in record.items()}
 
 
-def _series(mapping) -> dict[str, tuple[float, ...]]:
-    return {k: decode_floats(v) for k, v in mapping.items()}
+# ----------------------------------------------------------------------------- reading a record
+#
+# Every field is checked as it is read: a file is data from outside, and a wrong value would
+# otherwise reach the report and the methods paragraph as it is, or fail far from its cause.
+# Each error names the field as a short dotted path (``config.seeds``, ``evaluations[2].score``).
+
+STOP_REASONS = ("completed", "min_improvement", "resolution", "precision", "budget")
+_MISSING = object()
 
 
-def _evaluation(d) -> Evaluation:
-    return Evaluation(
-        value=decode_float(d["value"]),
-        stage=int(d["stage"]),
-        score=decode_float(d["score"]),
-        diverged=bool(d["diverged"]),
-        seed_scores=decode_floats(d["seed_scores"]),
-        train_loss=decode_floats(d["train_loss"]),
-        val_loss=decode_floats(d["val_loss"]),
-        seed_val_loss=tuple(decode_floats(s) for s in d["seed_val_loss"]),
-        grad_norm=decode_floats(d["grad_norm"]),
-        grad_norm_max=decode_floats(d["grad_norm_max"]),
-        loss_reduction_rate=decode_floats(d["loss_reduction_rate"]),
-        stability=decode_floats(d["stability"]),
-        module_grad_norm=_series(d["module_grad_norm"]),
-        update_ratio=_series(d["update_ratio"]),
-        train_aux=_series(d["train_aux"]),
-        val_aux=_series(d["val_aux"]),
-        steps=tuple(int(v) for v in d.get("steps", ())),  # absent before steps were recorded
-        seed_diverged=tuple(bool(v) for v in d.get("seed_diverged", ())),
+class MalformedResult(ValueError):
+    """A result record with a field missing or holding a value no sweep writes."""
+
+
+def _bad(where: str, expected: str, value) -> MalformedResult:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return MalformedResult(f"{where}: expected {expected}, got {type(value).__name__} {shown}")
+
+
+def _field(record: dict, key: str, where: str, default=_MISSING):
+    if key in record:
+        return record[key]
+    if default is _MISSING:
+        raise MalformedResult(f"{where}.{key}: missing" if where else f"{key}: missing")
+    return default
+
+
+def _mapping(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise _bad(where, "an object", value)
+    return value
+
+
+def _list(value, where: str) -> list:
+    if not isinstance(value, list):
+        raise _bad(where, "a list", value)
+    return value
+
+
+def _number(value, where: str, *, finite: bool = False) -> float:
+    """A float as :func:`encode_float` wrote it: a number, or "nan", "inf", "-inf"."""
+    expected = "a finite number" if finite else 'a number or "nan", "inf", "-inf"'
+    known = isinstance(value, (int, float)) or value in ("nan", "inf", "-inf")
+    if isinstance(value, bool) or not known:
+        raise _bad(where, expected, value)
+    try:
+        number = decode_float(value)
+    except OverflowError:  # an integer beyond any float
+        raise _bad(where, expected, value) from None
+    if finite and not math.isfinite(number):
+        raise _bad(where, expected, value)
+    return number
+
+
+def _numbers(value, where: str, *, finite: bool = False) -> tuple[float, ...]:
+    return tuple(
+        _number(v, f"{where}[{i}]", finite=finite) for i, v in enumerate(_list(value, where))
     )
 
 
-def _stage(d) -> Stage:
+def _integer(value, where: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _bad(where, f"an integer >= {minimum}", value)
+    return value
+
+
+def _flag(value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(where, "true or false", value)
+    return value
+
+
+def _text(value, where: str, choices: tuple[str, ...] = ()) -> str:
+    if not isinstance(value, str) or (choices and value not in choices):
+        raise _bad(where, " or ".join(repr(c) for c in choices) if choices else "a string", value)
+    return value
+
+
+def _series(mapping, where: str) -> dict[str, tuple[float, ...]]:
+    return {k: _numbers(v, f"{where}.{k}") for k, v in _mapping(mapping, where).items()}
+
+
+def _evaluation(d, where: str) -> Evaluation:
+    d = _mapping(d, where)
+
+    def get(key, default=_MISSING):
+        return _field(d, key, where, default)
+
+    seed_scores = _numbers(get("seed_scores"), f"{where}.seed_scores")
+    seed_diverged = tuple(  # absent before it was recorded
+        _flag(v, f"{where}.seed_diverged[{i}]")
+        for i, v in enumerate(_list(get("seed_diverged", []), f"{where}.seed_diverged"))
+    )
+    if seed_diverged and len(seed_diverged) != len(seed_scores):
+        raise MalformedResult(
+            f"{where}.seed_diverged: {len(seed_diverged)} entries for {len(seed_scores)} "
+            "seed_scores"
+        )
+    seed_val_loss = _list(get("seed_val_loss"), f"{where}.seed_val_loss")
+    return Evaluation(
+        value=_number(get("value"), f"{where}.value", finite=True),
+        stage=_integer(get("stage"), f"{where}.stage"),
+        score=_number(get("score"), f"{where}.score"),
+        diverged=_flag(get("diverged"), f"{where}.diverged"),
+        seed_scores=seed_scores,
+        train_loss=_numbers(get("train_loss"), f"{where}.train_loss"),
+        val_loss=_numbers(get("val_loss"), f"{where}.val_loss"),
+        seed_val_loss=tuple(
+            _numbers(s, f"{where}.seed_val_loss[{i}]") for i, s in enumerate(seed_val_loss)
+        ),
+        grad_norm=_numbers(get("grad_norm"), f"{where}.grad_norm"),
+        grad_norm_max=_numbers(get("grad_norm_max"), f"{where}.grad_norm_max"),
+        loss_reduction_rate=_numbers(get("loss_reduction_rate"), f"{where}.loss_reduction_rate"),
+        stability=_numbers(get("stability"), f"{where}.stability"),
+        module_grad_norm=_series(get("module_grad_norm"), f"{where}.module_grad_norm"),
+        update_ratio=_series(get("update_ratio"), f"{where}.update_ratio"),
+        train_aux=_series(get("train_aux"), f"{where}.train_aux"),
+        val_aux=_series(get("val_aux"), f"{where}.val_aux"),
+        steps=tuple(  # absent before steps were recorded
+            _integer(v, f"{where}.steps[{i}]")
+            for i, v in enumerate(_list(get("steps", []), f"{where}.steps"))
+        ),
+        seed_diverged=seed_diverged,
+    )
+
+
+def _stage(d, where: str) -> Stage:
+    d = _mapping(d, where)
+
+    def get(key):
+        return _field(d, key, where)
+
+    intervals = []
+    for i, pair in enumerate(_list(get("intervals"), f"{where}.intervals")):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise _bad(f"{where}.intervals[{i}]", "a pair [low, high]", pair)
+        intervals.append(tuple(_numbers(pair, f"{where}.intervals[{i}]", finite=True)))
+    expansion = get("expansion")
+    if expansion is not None:
+        expansion = _text(expansion, f"{where}.expansion", ("up", "down"))
     return Stage(
-        index=int(d["index"]),
-        values=decode_floats(d["values"]),
-        intervals=tuple((decode_float(a), decode_float(b)) for a, b in d["intervals"]),
-        expansion=d["expansion"],
-        best_value=decode_float(d["best_value"]),
-        best_score=decode_float(d["best_score"]),
-        seconds=decode_float(d["seconds"]),
-        seconds_per_epoch=decode_floats(d["seconds_per_epoch"]),
-        compile_seconds=decode_float(d["compile_seconds"]),
-        memory_bytes=int(d["memory_bytes"]),
-        memory_source=str(d["memory_source"]),
+        index=_integer(get("index"), f"{where}.index"),
+        values=_numbers(get("values"), f"{where}.values", finite=True),
+        intervals=tuple(intervals),
+        expansion=expansion,
+        best_value=_number(get("best_value"), f"{where}.best_value"),
+        best_score=_number(get("best_score"), f"{where}.best_score"),
+        seconds=_number(get("seconds"), f"{where}.seconds"),
+        seconds_per_epoch=_numbers(get("seconds_per_epoch"), f"{where}.seconds_per_epoch"),
+        compile_seconds=_number(get("compile_seconds"), f"{where}.compile_seconds"),
+        memory_bytes=_integer(get("memory_bytes"), f"{where}.memory_bytes"),
+        memory_source=_text(get("memory_source"), f"{where}.memory_source"),
+    )
+
+
+def _optional_integer(minimum: int):
+    return lambda value, where: None if value is None else _integer(value, where, minimum)
+
+
+def _fraction(value, where: str) -> float:
+    number = _number(value, where, finite=True)
+    if not 0 < number < 1:
+        raise _bad(where, "a number between 0 and 1", value)
+    return number
+
+
+def _non_negative(value, where: str) -> float:
+    number = _number(value, where, finite=True)
+    if number < 0:
+        raise _bad(where, "a number >= 0", value)
+    return number
+
+
+def _precision(value, where: str):
+    if value is None:
+        return None
+    number = _number(value, where, finite=True)
+    if number <= 0:
+        raise _bad(where, "null or a number > 0", value)
+    return number
+
+
+def _name(value, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _bad(where, "a non-empty string", value)
+    return value
+
+
+def _names(value, where: str) -> list[str]:
+    return [_text(v, f"{where}[{i}]") for i, v in enumerate(_list(value, where))]
+
+
+def _optional_text(value, where: str):
+    return None if value is None or value is False else _text(value, where)
+
+
+def _shape(value, where: str):
+    """A per-example shape: a list of sizes, or lists / objects of them for several inputs."""
+    if isinstance(value, dict):
+        return {k: _shape(v, f"{where}.{k}") for k, v in value.items()}
+    items = _list(value, where)
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        return [_integer(v, f"{where}[{i}]") for i, v in enumerate(items)]
+    return [_shape(v, f"{where}[{i}]") for i, v in enumerate(items)]
+
+
+# the config fields a sweep writes whose values are known; others are kept as written
+_CONFIG_FIELDS = {
+    "hyperparam": _name,
+    "scale": lambda v, where: _text(v, where, ("log", "linear")),
+    "mode": lambda v, where: _text(v, where, ("min", "max")),
+    "metric": _name,
+    "points_per_stage": lambda v, where: _integer(v, where, 2),
+    "stages": lambda v, where: _integer(v, where, 1),
+    "top_k": lambda v, where: _integer(v, where, 1),
+    "batch_size": lambda v, where: _integer(v, where, 1),
+    "seeds": lambda v, where: _integer(v, where, 1),
+    "seed": lambda v, where: _integer(v, where, 0),
+    "epochs": _optional_integer(1),
+    "steps": _optional_integer(1),
+    "eval_every": _optional_integer(1),
+    "eval_batch_size": _optional_integer(1),
+    "max_lanes": _optional_integer(1),
+    "target_steps": _optional_integer(1),
+    "target_epochs": _optional_integer(1),
+    "min_improvement": _non_negative,
+    "validation_fraction": _fraction,
+    "precision": _precision,
+    "expand": _flag,
+    "diagnostics": _flag,
+    "n_train": lambda v, where: _integer(v, where, 1),
+    "n_val": lambda v, where: _integer(v, where, 1),
+    "loss": _text,
+    "optimizer": _text,
+    "model": _text,
+    "model_api": _text,
+    "targets": _text,
+    "init": _text,
+    "schedule": _optional_text,
+    "model_mode_flag": _optional_text,
+    "model_state": _names,
+    "rng_streams": _names,
+    "modules": _names,
+    "x_shape": _shape,
+    "y_shape": _shape,
+}
+_RANGE_FIELDS = ("value_range", "lr_range", "hyperparam_range")
+
+
+def _config(value, where: str = "config") -> dict[str, Any]:
+    """The ``config`` record, its known fields checked; kept as written (plain JSON values)."""
+    config = dict(_mapping(value, where))
+    for key, check in _CONFIG_FIELDS.items():
+        if key in config:
+            check(config[key], f"{where}.{key}")
+    log = config.get("scale", "log") == "log"
+    for key in _RANGE_FIELDS:
+        if key in config:
+            pair = config[key]
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise _bad(f"{where}.{key}", "a pair [low, high]", pair)
+            low, high = _numbers(pair, f"{where}.{key}", finite=True)
+            if not low < high or (log and low <= 0):
+                expected = "positive [low, high], low < high (a log scale)" if log else "low < high"
+                raise _bad(f"{where}.{key}", expected, pair)
+    return config
+
+
+def _records(d: dict, key: str, read, rename=dict, default=_MISSING) -> tuple:
+    items = _list(_field(d, key, "", default), key)
+    return tuple(
+        read(rename(_mapping(e, f"{key}[{i}]")), f"{key}[{i}]") for i, e in enumerate(items)
     )
 
 
 def from_dict(d: dict[str, Any]) -> SweepResult:
-    """Rebuilds a :class:`SweepResult` from :meth:`SweepResult.to_dict` output (any version)."""
+    """Rebuilds a :class:`SweepResult` from :meth:`SweepResult.to_dict` output (any version).
+
+    Raises:
+      MalformedResult: (a ValueError) a field is missing or holds a value no sweep writes; the
+        message names it (``config.seeds``, ``evaluations[2].score``).
+      ValueError: the record was written in a newer format.
+    """
+    d = _mapping(d, "result")
     version = d.get("format_version")
-    if version not in (1, FORMAT_VERSION):
+    if isinstance(version, bool) or version not in (1, FORMAT_VERSION):
         raise ValueError(
             f"result: unsupported format_version {version!r} (this jaxsweep reads 1 to "
             f"{FORMAT_VERSION}; a newer jaxsweep wrote it)"
         )
     rename = _renamed if version == 1 else dict
     d = rename(d)
+    warnings = _list(d.get("warnings", []), "warnings")
     return SweepResult(
-        best_value=decode_float(d["best_value"]),
-        best_score=decode_float(d["best_score"]),
-        evaluations=tuple(_evaluation(rename(e)) for e in d["evaluations"]),
-        stages=tuple(_stage(rename(s)) for s in d["stages"]),
-        config=dict(d["config"]),  # plain JSON values, kept as written
-        environment=dict(d["environment"]),
-        param_count=int(d.get("param_count", 0)),
-        stop_reason=str(d.get("stop_reason", "completed")),
-        warnings=tuple(d.get("warnings", ())),
-        setup_seconds=decode_float(d.get("setup_seconds", 0.0)),
-        horizon_evaluations=tuple(_evaluation(e) for e in d.get("horizon_evaluations", ())),
-        horizon_stages=tuple(_stage(s) for s in d.get("horizon_stages", ())),
+        best_value=_number(_field(d, "best_value", ""), "best_value"),
+        best_score=_number(_field(d, "best_score", ""), "best_score"),
+        evaluations=_records(d, "evaluations", _evaluation, rename),
+        stages=_records(d, "stages", _stage, rename),
+        config=_config(_field(d, "config", "")),
+        environment=dict(_mapping(_field(d, "environment", ""), "environment")),
+        param_count=_integer(d.get("param_count", 0), "param_count"),
+        stop_reason=_text(d.get("stop_reason", "completed"), "stop_reason", STOP_REASONS),
+        warnings=tuple(_text(w, f"warnings[{i}]") for i, w in enumerate(warnings)),
+        setup_seconds=_non_negative(d.get("setup_seconds", 0.0), "setup_seconds"),
+        horizon_evaluations=_records(d, "horizon_evaluations", _evaluation, default=[]),
+        horizon_stages=_records(d, "horizon_stages", _stage, default=[]),
     )
 
 
 def load(path: str | os.PathLike) -> SweepResult:
     """Reads a result written by :meth:`SweepResult.save`, by this or an earlier version.
 
+    Every field is checked: a file that is not JSON, nests too deep, or holds a field that is
+    missing or of a kind no sweep writes is refused with one error naming the file and the
+    field.
+
     Raises:
-      FileNotFoundError: no file at ``path``.
-      ValueError: the file is not a jaxsweep result.
+      FileNotFoundError: no file at ``path`` (OSError where it cannot be read).
+      ValueError: the file is not a jaxsweep result, or is damaged (the message names the
+        file, and the field where there is one).
     """
-    with open(path) as handle:
-        try:
-            data = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{os.fspath(path)}: not valid JSON ({error})") from None
+    path = os.fspath(path)
+    data = read_file(path)  # names the file when it is not JSON or nests too deep
     if not isinstance(data, dict) or "evaluations" not in data:
-        raise ValueError(f"{os.fspath(path)}: not a jaxsweep result (no 'evaluations')")
+        raise ValueError(f"{path}: not a jaxsweep result (no 'evaluations')")
     try:
         return from_dict(data)
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{os.fspath(path)}: malformed result ({error!r})") from None
+    except MalformedResult as error:
+        raise ValueError(f"{path}: malformed result: {error}") from None
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
