@@ -390,6 +390,7 @@ class StepStore:
             raise ValueError(f"checkpoint_dir: {directory} exists and is not a directory")
         self.directory, self._hosts, self._ocp = directory, hosts, ocp
         self._manager, self._lock = None, None
+        self._save_failed = False  # a save failed on disk and was reported
 
         def prepare() -> str:  # the writer alone: refuse, lock, mark, clean
             self._lock = _prepare(directory)
@@ -441,7 +442,13 @@ class StepStore:
         return handler.restore(epath.Path(item), args=args)
 
     def save(self, step: int, progress: dict, lanes_item: dict | None) -> None:
-        """Starts an asynchronous save of ``progress`` (JSON) and, if given, the lanes."""
+        """Starts an asynchronous save of ``progress`` (JSON) and, if given, the lanes.
+
+        Raises:
+          OSError: this save, or the previous one finishing in the background, failed on disk
+            (full, read-only): one line naming the directory and the latest complete step it
+            keeps. The unfinished step is removed.
+        """
         ocp = self._ocp
         items = {"progress": ocp.args.JsonSave({"format": CHECKPOINT_FORMAT, **progress})}
         if lanes_item is not None:
@@ -449,7 +456,8 @@ class StepStore:
         with self._meeting(f"saving checkpoint step {step}"):
             if step in self._manager.all_steps():  # only after a damaged step was set aside
                 self._manager.delete(step)
-            self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+            with self._disk_errors():  # this save's, or the previous one's, surfacing here
+                self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def set_aside(self, step: int, reason: str) -> None:
         """Moves a step that cannot be read to ``<step>.damaged``: the writer, with a warning."""
@@ -481,14 +489,49 @@ class StepStore:
     def close(self) -> None:
         """Waits for pending saves to be complete on disk, then lets the directory go (safe
         to call twice)."""
+        reported = self._save_failed  # close runs while a save's failure propagates
         try:
             if self._manager is not None:
                 manager, self._manager = self._manager, None
                 with self._meeting("completing the last checkpoint save"):
-                    manager.wait_until_finished()
+                    with self._disk_errors():
+                        manager.wait_until_finished()
                     manager.close()
+        except OSError:
+            if not reported:
+                raise  # else: a later sign of the failure already reported
         finally:
             self._release()
+
+    @contextlib.contextmanager
+    def _disk_errors(self):
+        """An asynchronous save that failed on disk (full, read-only, gone) as one short
+        OSError naming the directory and what it keeps, instead of Orbax's chain of threads."""
+        try:
+            yield
+        except Exception as error:
+            if not _is_disk_error(error):
+                raise
+            self._save_failed = True
+            with contextlib.suppress(OSError):
+                if self._hosts.count == 1:  # the failed save's unfinished step: space back
+                    _remove_temporary_steps(self.directory)
+            try:
+                steps = sorted(int(n) for n in os.listdir(self.directory) if _STEP.fullmatch(n))
+            except OSError:
+                steps = []
+            kept = (
+                f"its latest complete step, {steps[-1]}, is kept, and a rerun of the same call "
+                "resumes from it"
+                if steps
+                else "it holds no complete step, so a rerun starts over"
+            )
+            message = (
+                f"checkpoint_dir: saving a checkpoint in {self.directory} failed "
+                f"({_reason(error)}); {kept}. Free space (or fix the directory) and rerun"
+            )
+            code = getattr(error, "errno", None)
+            raise (OSError(code, message) if code else OSError(message)) from None
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -531,13 +574,31 @@ def _prepare(directory: str) -> _DirectoryLock:
     try:
         if _ownership(directory) != "marked":  # again: another sweep may have come first
             _write_marker(directory)
-        for name in os.listdir(directory):
-            if ".orbax-checkpoint-tmp" in name:
-                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        _remove_temporary_steps(directory)
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def _remove_temporary_steps(directory: str) -> None:
+    """Removes Orbax's unfinished step directories (a killed or failed save's)."""
+    for name in os.listdir(directory):
+        if ".orbax-checkpoint-tmp" in name:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+# what a full, read-only or vanished disk says through Orbax and TensorStore, whose errors are
+# not always OSErrors
+_DISK_ERROR = re.compile(
+    r"No space left|ENOSPC|Disk quota|EDQUOT|Read-only file system|EROFS|Input/output error"
+)
+
+
+def _is_disk_error(error: BaseException) -> bool:
+    if isinstance(error, TimeoutError):  # a barrier's: another process is gone
+        return False
+    return isinstance(error, OSError) or bool(_DISK_ERROR.search(str(error)))
 
 
 _STEP = re.compile(r"\d+")
