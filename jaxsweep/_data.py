@@ -47,6 +47,14 @@ def _as_array(value, name: str) -> np.ndarray:
         jnp.issubdtype(array.dtype, jnp.number) or jnp.issubdtype(array.dtype, jnp.bool_)
     ):
         raise TypeError(f"data: {name} must be numeric, got dtype {array.dtype}")
+    if jnp.issubdtype(array.dtype, jnp.complexfloating):
+        # the loss, its gradients and the validation metric are real: a complex array would
+        # be cast (or fail deep inside a traced program) with its imaginary part dropped
+        raise ValueError(
+            f"data: {name} is complex (dtype {array.dtype}); training takes real arrays, so "
+            "its imaginary part would be lost. Pass the real and imaginary parts as real "
+            "features instead (e.g. np.stack([a.real, a.imag], axis=-1))"
+        )
     return array
 
 
