@@ -109,6 +109,11 @@ def _model_traits(setup: Setup) -> _lanes.ModelTraits:
         return _lanes.model_traits(
             setup.param_count, lambda: evaluate(model.init(jax.random.key(0))[0], x, y)
         )
+    if model.abstract is not None and x is not None:  # the shapes adapt traced
+        abstract = model.abstract
+        return _lanes.model_traits(
+            setup.param_count, model.eval_apply, abstract.params, abstract.state, x
+        )
     return _lanes.model_traits(
         setup.param_count, lambda: model.eval_apply(*model.init(jax.random.key(0)), x)
     )

@@ -70,6 +70,15 @@ class ModelFunctions(NamedTuple):
     # (params, state) of one lane -> what the user holds: a Linen variables dict, an nnx.State
     variables: Callable[[Any, Any], Any] | None = None
     own: Any = None  # a jaxsweep.Training's own steps (``_training.Own``); None for a module
+    abstract: Abstract | None = None  # shapes traced while adapting, kept for the checks after
+
+
+class Abstract(NamedTuple):
+    """One lane's shapes, traced once while adapting: what the later checks read."""
+
+    params: Any
+    state: Any
+    outputs: Any  # evaluation mode, on the example batch adapt was given
 
 
 # ----------------------------------------------------------------------------- factories
@@ -200,12 +209,15 @@ def _adapt_linen(module: linen.Module, x_example) -> ModelFunctions:
     def unbound_variables_of(key):
         return dict(module.init(key, x_example, **_mode(flag, False)))
 
-    axes = _axes_needed(
+    axes, variables = _axes_needed(
         lambda axes: jax.eval_shape(
             lambda: bind_axes(unbound_variables_of, axes)(jax.random.key(0))
         )
     )
-    variables = _abstractly(bind_axes(unbound_variables_of, axes), name, x_example, "initialised")
+    if variables is None:  # traced again for the error it raises, in words
+        variables = _abstractly(
+            bind_axes(unbound_variables_of, axes), name, x_example, "initialised"
+        )
     collections = tuple(sorted(c for c in variables if c not in ("params", *_DROPPED_COLLECTIONS)))
 
     def unbound_init(key):
@@ -230,16 +242,23 @@ def _adapt_linen(module: linen.Module, x_example) -> ModelFunctions:
 
     params, state = variables.get("params", {}), {c: variables[c] for c in collections}
     _check_has_params(params, name)
-    streams, axes = _linen_streams(apply_training, params, state, x_example, name, flag, axes)
-    axes = _axes_needed(
+    streams, axes, trained = _linen_streams(
+        apply_training, params, state, x_example, name, flag, axes
+    )
+    eval_axes, outputs = _axes_needed(
         lambda axes: jax.eval_shape(bind_axes(unbound_eval_apply, axes), params, state, x_example),
         axes,
     )
+    if eval_axes != axes:  # validation binds an axis training did not: train with it too
+        axes, trained = eval_axes, None
     init = bind_axes(unbound_init, axes)
     train_apply = apply_training(streams, axes)
     eval_apply = bind_axes(unbound_eval_apply, axes)
-    _check_state_kept(train_apply, params, state, x_example, name, "collection")
-    _check_evaluation(eval_apply, params, state, x_example, name, flag, collections, axes)
+    if trained is None:
+        trained = _training_shapes(train_apply, params, state, x_example)
+    _check_state_kept(trained[1], state, name, "collection")
+    if outputs is None:  # the trace failed: say why
+        _check_evaluation(eval_apply, params, state, x_example, name, flag, collections, axes)
 
     def start(given) -> Start:
         return _linen_start(given, params, state)
@@ -259,14 +278,13 @@ def _adapt_linen(module: linen.Module, x_example) -> ModelFunctions:
         collections,
         axes,
         as_variables,
+        abstract=Abstract(params, state, outputs),
     )
 
 
-def _linen_streams(
-    apply_training, params, state, x, name: str, flag, axes: tuple[str, ...]
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _linen_streams(apply_training, params, state, x, name: str, flag, axes: tuple[str, ...]):
     """The random streams the module draws while training (``dropout``, ...) and the axis
-    names its collectives reduce over, both found by asking.
+    names its collectives reduce over, both found by asking, and the training call's shapes.
 
     Flax names the first missing stream in its error, JAX the first unbound axis name; each is
     added until the call succeeds.
@@ -275,8 +293,10 @@ def _linen_streams(
     axes_now = list(axes)
     while True:
         try:
-            _training_shapes(apply_training(tuple(streams), tuple(axes_now)), params, state, x)
-            return tuple(streams), tuple(axes_now)
+            shapes = _training_shapes(
+                apply_training(tuple(streams), tuple(axes_now)), params, state, x
+            )
+            return tuple(streams), tuple(axes_now), shapes
         except flax_errors.InvalidRngError as error:
             match = re.search(r'needs PRNG for "([^"]+)"', str(error))
             if match is None or match.group(1) in streams:
@@ -413,25 +433,29 @@ def _adapt_nnx(model_fn: Callable, x_example) -> ModelFunctions:
 
     params, state = _abstractly(init, name, x_example, "initialised")
     _check_has_params(params, name)
-    axes = _axes_needed(
+    axes, trained = _axes_needed(
         lambda axes: _training_shapes(
             bind_axes(unbound_train_apply, axes), params, state, x_example
         )
     )
-    axes = _axes_needed(
+    eval_axes, outputs = _axes_needed(
         lambda axes: jax.eval_shape(bind_axes(unbound_eval_apply, axes), params, state, x_example),
         axes,
     )
+    if eval_axes != axes:  # validation binds an axis training did not: train with it too
+        axes, trained = eval_axes, None
     train_apply = bind_axes(unbound_train_apply, axes)
     eval_apply = bind_axes(unbound_eval_apply, axes)
-    try:
-        _training_shapes(train_apply, params, state, x_example)
-    except Exception as error:
-        raise _training_error(error, name, x_example, flag, axes) from error
-    _check_state_kept(train_apply, params, state, x_example, name, "variable")
-    _check_evaluation(
-        eval_apply, params, state, x_example, name, flag, (), axes, rngs_passing is not None
-    )
+    if trained is None:
+        try:
+            trained = _training_shapes(train_apply, params, state, x_example)
+        except Exception as error:
+            raise _training_error(error, name, x_example, flag, axes) from error
+    _check_state_kept(trained[1], state, name, "variable")
+    if outputs is None:  # the trace failed: say why
+        _check_evaluation(
+            eval_apply, params, state, x_example, name, flag, (), axes, rngs_passing is not None
+        )
     carried = nnx.state(abstract, nnx.Not(nnx.Param))
     state_names = tuple(sorted({type(v).__name__ for _, v in nnx.to_flat_state(carried)}))
 
@@ -442,7 +466,18 @@ def _adapt_nnx(model_fn: Callable, x_example) -> ModelFunctions:
         return nnx.state(merge(eval_graph, params, state))
 
     return ModelFunctions(
-        init, train_apply, eval_apply, start, "nnx", name, flag, (), state_names, axes, as_variables
+        init,
+        train_apply,
+        eval_apply,
+        start,
+        "nnx",
+        name,
+        flag,
+        (),
+        state_names,
+        axes,
+        as_variables,
+        abstract=Abstract(params, state, outputs),
     )
 
 
@@ -554,22 +589,23 @@ def bind_axes(fn: Callable, axes: tuple[str, ...]) -> Callable:
 
 
 def _axes_needed(trace: Callable[[tuple[str, ...]], Any], axes: tuple[str, ...] = ()):
-    """``axes`` and every further axis name ``trace(axes)`` finds unbound, found by asking.
+    """``axes`` and every further axis name ``trace(axes)`` finds unbound, found by asking,
+    with what the successful trace returned (None where it failed for another reason).
 
     JAX names the first unbound axis in its error; each is bound (:func:`bind_axes`) until the
-    trace succeeds or fails for another reason, which the checks that follow report.
+    trace succeeds or fails for another reason, which the checks that follow report. The
+    shapes it returns are kept: each of the model's functions is traced once where it works.
     """
     axes = tuple(axes)
     while len(axes) <= _MAX_AXES:
         try:
-            trace(axes)
-            return axes
+            return axes, trace(axes)
         except Exception as error:
             axis = _unbound_axis(error)
             if axis is None or axis in axes:
-                return axes
+                return axes, None
             axes = (*axes, axis)
-    return axes
+    return axes, None
 
 
 def _axes_hint(error: BaseException, axes: tuple[str, ...]) -> str:
@@ -623,9 +659,8 @@ def _check_has_params(params, name: str) -> None:
         raise TypeError(f"model_fn: the module {name} has no trainable parameters")
 
 
-def _check_state_kept(train_apply, params, state, x, name: str, what: str) -> None:
+def _check_state_kept(after, state, name: str, what: str) -> None:
     """A training call must return the state in the shapes it took: the lanes carry it."""
-    after = _training_shapes(train_apply, params, state, x)[1]
     before_flat = dict(jax.tree_util.tree_flatten_with_path(state)[0])
     after_flat = dict(jax.tree_util.tree_flatten_with_path(after)[0])
     for path in before_flat.keys() | after_flat.keys():
@@ -715,7 +750,10 @@ def _matched(given, template, what: str):
 
 
 def output_shape(model: ModelFunctions, x_example):
-    """The abstract outputs of the model in evaluation mode on ``x_example``."""
+    """The abstract outputs of the model in evaluation mode on ``x_example`` (the example
+    it was adapted with: traced then)."""
+    if model.abstract is not None:
+        return model.abstract.outputs
     params, state = jax.eval_shape(lambda: model.init(jax.random.key(0)))
     return jax.eval_shape(model.eval_apply, params, state, x_example)
 

@@ -23,7 +23,7 @@ from ._data import Split, prepare, shapes, take
 from ._environment import versions
 from ._losses import TARGET_NAMES, check_mode, resolve_loss, resolve_metric, split_loss
 from ._model import ModelFunctions, Start, adapt, count_parameters, module_names, output_shape
-from ._optim import describe_optimizer, resolve_optimizer
+from ._optim import describe_optimizer, resolve_optimizer, swept_value_reaches_updates
 from ._sources import is_source_column
 from ._training import Training
 from ._validation import default_eval_batch_size
@@ -345,14 +345,15 @@ def _probe(model: ModelFunctions, loss_fn, optimizer, hyperparam: str, split: Sp
     Returns one lane's parameters as shapes, and the names of the loss's auxiliary entries.
     """
     x, y = take(split.x_train, slice(0, batch)), split.y_train[:batch]
+    params, state = model.abstract.params, model.abstract.state  # traced once, by adapt
 
-    def loss_terms(key):
-        params, state = model.init(key)
-        return split_loss(loss_fn(model.train_apply(params, state, x, key)[0], y))
+    def loss_terms(params, state):
+        # the key is made inside the trace: nothing compiles
+        outputs = model.train_apply(params, state, x, jax.random.key(0))[0]
+        return split_loss(loss_fn(outputs, y))
 
     try:
-        # the key is made inside the trace: nothing compiles
-        loss_value, aux = jax.eval_shape(lambda: loss_terms(jax.random.key(0)))
+        loss_value, aux = jax.eval_shape(loss_terms, params, state)
     except KeyError as error:
         raise TypeError(f"loss: a dict return value needs a 'loss' entry ({error})") from None
     except Exception as error:
@@ -365,12 +366,13 @@ def _probe(model: ModelFunctions, loss_fn, optimizer, hyperparam: str, split: Sp
     for name, value in aux.items():
         if getattr(value, "shape", None) != ():
             raise ValueError(f"loss: auxiliary entry {name!r} must be a scalar")
-    params = jax.eval_shape(lambda: model.init(jax.random.key(0))[0])
     _probe_optimizer(optimizer, params, hyperparam)
     return params, tuple(aux)
 
 
 def _probe_optimizer(optimizer, params, hyperparam: str) -> None:
+    """The optimizer initialises with the swept value held as an array, holds it, and uses
+    it (traced, nothing compiles)."""
     try:
         opt_state = jax.eval_shape(optimizer.init, params)
     except jax.errors.ConcretizationTypeError as error:
@@ -393,6 +395,13 @@ def _probe_optimizer(optimizer, params, hyperparam: str) -> None:
         raise TypeError(
             f"optimizer: {hyperparam!r} is not a numeric hyperparameter of this optimizer "
             f"(it has {sorted(opt_state.hyperparams)})"
+        )
+    if not swept_value_reaches_updates(optimizer, params, hyperparam):
+        raise TypeError(
+            f"optimizer: its updates never use {hyperparam!r}: they are the same for every "
+            "swept value, so every lane would train alike (a factory such as "
+            "lambda learning_rate: optax.adam(1e-3) ignores its argument); pass the value on, "
+            "e.g. lambda learning_rate: optax.adam(learning_rate)"
         )
 
 

@@ -396,3 +396,20 @@ def test_the_dependency_walk_follows_the_value_into_inner_programs():
         "scaled",
         "counted",
     }
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda learning_rate: optax.adam(1e-3),
+        lambda learning_rate: optax.chain(optax.scale_by_adam(), optax.scale(-1e-3)),
+    ],
+)
+def test_a_factory_that_ignores_the_swept_value_fails_before_anything_compiles(
+    factory, monkeypatch
+):
+    from conftest import make_classification
+
+    monkeypatch.setattr(_train, "make_programs", lambda *a, **k: pytest.fail("compiled"))
+    with pytest.raises(TypeError, match="never use 'learning_rate'"):
+        jaxsweep.run(lambda: TinyMLP(), make_classification(), optimizer=factory, **SMALL)
