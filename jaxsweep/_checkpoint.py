@@ -125,7 +125,16 @@ class CheckpointInUseError(RuntimeError):
 # ----------------------------------------------------------------------------- arguments
 
 
-def check_arguments(checkpoint_dir, resume, every_seconds) -> tuple[str | None, str, float]:
+@dataclasses.dataclass(frozen=True)
+class CheckpointArgs:
+    """``run``'s checkpoint arguments, checked: what :class:`SweepCheckpoints` opens."""
+
+    directory: str | None  # absolute path, or None for no checkpoints
+    resume: str  # "auto" | "require" | "overwrite"
+    every_seconds: float  # least time between two saves inside a stage
+
+
+def check_arguments(checkpoint_dir, resume, every_seconds) -> CheckpointArgs:
     """Validates the checkpoint arguments of ``run`` (messages name the argument)."""
     if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
         raise TypeError(
@@ -140,13 +149,13 @@ def check_arguments(checkpoint_dir, resume, every_seconds) -> tuple[str | None, 
     if not every_seconds >= 0 or math.isinf(every_seconds):
         raise ValueError(f"checkpoint_every_seconds: must be finite and >= 0, got {every_seconds}")
     if checkpoint_dir is None:
-        return None, resume, float(every_seconds)
+        return CheckpointArgs(None, resume, float(every_seconds))
     if os.fspath(checkpoint_dir) == "":
         raise ValueError(
             "checkpoint_dir: an empty path; pass the folder to keep the checkpoints in (a new "
             "or empty one, or one jaxsweep wrote), or None for no checkpoints"
         )
-    return os.path.abspath(os.fspath(checkpoint_dir)), resume, float(every_seconds)
+    return CheckpointArgs(os.path.abspath(os.fspath(checkpoint_dir)), resume, float(every_seconds))
 
 
 # ----------------------------------------------------------------------------- fingerprint
@@ -851,20 +860,22 @@ class SweepCheckpoints:
     """The checkpoints of one sweep in one directory: open, resume, save, close.
 
     Args:
-      directory: the checkpoint directory: created and marked when missing or empty; one
-        that is not jaxsweep's is refused (ValueError), one another sweep holds too
-        (:class:`CheckpointInUseError`). It is held from here until :meth:`close`.
+      args: :func:`check_arguments`' record. ``args.directory``: created and marked when
+        missing or empty; one that is not jaxsweep's is refused (ValueError), one another
+        sweep holds too (:class:`CheckpointInUseError`); held from here until :meth:`close`.
+        ``args.resume``: ``"auto"`` resumes this sweep's checkpoints and refuses another
+        sweep's; ``"require"`` also refuses to start when there is nothing to resume;
+        ``"overwrite"`` replaces another sweep's checkpoints (with a warning) instead of
+        refusing. ``args.every_seconds``: least time between two saves inside a stage
+        (stage ends always save).
       fingerprint: :func:`fingerprint` of this sweep.
-      resume: ``"auto"`` resumes this sweep's checkpoints and refuses another sweep's;
-        ``"require"`` also refuses to start when there is nothing to resume; ``"overwrite"``
-        replaces another sweep's checkpoints (with a warning) instead of refusing.
-      every_seconds: least time between two saves inside a stage (stage ends always save).
       epochs: epochs per stage (the step number is ``stage * epochs + epoch``).
       config: the result's ``config`` record, stored with the history.
       hosts: this process among the sweep's processes (they all make the same calls).
     """
 
-    def __init__(self, directory, fingerprint, resume, every_seconds, epochs, config, hosts):
+    def __init__(self, args: CheckpointArgs, fingerprint, epochs, config, hosts):
+        directory, resume, every_seconds = args.directory, args.resume, args.every_seconds
         self.directory = directory
         self._fingerprint, self._resume, self._config = fingerprint, resume, config
         self._every_seconds, self._epochs, self._hosts = every_seconds, epochs, hosts

@@ -466,10 +466,8 @@ def _open_checkpoints(setup: Setup) -> SweepCheckpoints | None:
     if args.directory is None:
         return None
     return SweepCheckpoints(
-        args.directory,
+        args,
         setup.fingerprint,
-        args.resume,
-        args.every_seconds,
         setup.budget.validations,
         setup.record,
         setup.hosts,

@@ -18,6 +18,7 @@ import optax
 from . import _cache, _checkpoint, _hosts, _keep, _lanes, _schedules, _sharding, _training
 from . import callbacks as _callbacks
 from ._budget import Budget, make_budget
+from ._checkpoint import CheckpointArgs
 from ._config import SweepConfig, make_config
 from ._data import Split, prepare, shapes, take
 from ._environment import versions
@@ -29,15 +30,6 @@ from ._training import Training
 from ._validation import default_eval_batch_size
 
 DEFAULT_LR_RANGE = (1e-5, 1e-2)
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointArgs:
-    """``run``'s checkpoint arguments, checked."""
-
-    directory: str | None  # absolute path, or None for no checkpoints
-    resume: str  # "auto" | "require" | "overwrite"
-    every_seconds: float  # least time between two saves inside a stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +105,7 @@ def setup(
         raise TypeError(f"progress: expected True or False, got {progress!r}")
     watchers = _callbacks.check(callbacks)
     keep = _keep.check(keep)
-    checkpoint = CheckpointArgs(
-        *_checkpoint.check_arguments(checkpoint_dir, resume, checkpoint_every_seconds)
-    )
+    checkpoint = _checkpoint.check_arguments(checkpoint_dir, resume, checkpoint_every_seconds)
     devices = tuple(_sharding.resolve_devices(devices))
     strategy = _lanes.parse(lanes)
     _lanes.check(strategy, devices)
