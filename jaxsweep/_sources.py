@@ -277,6 +277,12 @@ def training_columns(source, part: str = "train") -> tuple[SourceColumn, SourceC
                 f"{type(column).__name__}; tuple and dict inputs are supported as arrays "
                 f"(data=((x1, x2), y)), not yet from a source"
             )
+        if np.issubdtype(column.dtype, np.complexfloating):  # as _data refuses for arrays
+            raise ValueError(
+                f"data: the {part} source's {name} is complex (dtype {column.dtype}); training "
+                "takes real arrays, so its imaginary part would be lost. Return the real and "
+                "imaginary parts as real features instead"
+            )
     return SourceColumn(source, 0, x), SourceColumn(source, 1, y)
 
 

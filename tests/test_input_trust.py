@@ -413,3 +413,27 @@ def test_a_factory_that_ignores_the_swept_value_fails_before_anything_compiles(
     monkeypatch.setattr(_train, "make_programs", lambda *a, **k: pytest.fail("compiled"))
     with pytest.raises(TypeError, match="never use 'learning_rate'"):
         jaxsweep.run(lambda: TinyMLP(), make_classification(), optimizer=factory, **SMALL)
+
+
+class _ComplexSource:
+    """A random-access source (len + getitem) whose inputs are complex."""
+
+    def __init__(self, n: int = 64):
+        self.x = (np.arange(n * 6).reshape(n, 6) * (1 + 1j)).astype(np.complex64)
+        self.y = (np.arange(n) % 3).astype(np.int32)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def test_a_source_with_complex_inputs_is_refused_before_anything_compiles(monkeypatch):
+    from conftest import make_classification
+
+    monkeypatch.setattr(_train, "make_programs", lambda *a, **k: pytest.fail("compiled"))
+    x_val, y_val = make_classification(48)
+    data = {"train": _ComplexSource(), "val": (x_val, y_val)}
+    with pytest.raises(ValueError, match="train source's x is complex"):
+        jaxsweep.run(lambda: TinyMLP(), data, **{**SMALL, "batch_size": 16})
