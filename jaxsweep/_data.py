@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _sources
+from . import _shuffle, _sources
 
 
 class Split(NamedTuple):
@@ -189,7 +189,8 @@ def to_device(split: Split) -> Split:
 
 
 def epoch_batches(data_key: jax.Array, epoch, n_train: int, batch_size: int) -> jax.Array:
-    """Index matrix ``(steps, batch_size)`` of one epoch: a permutation, remainder dropped.
+    """Index matrix ``(steps, batch_size)`` of one epoch: a permutation, remainder dropped
+    (beyond ``_shuffle.PERMUTATION_MAX`` examples, the keyed order of :mod:`jaxsweep._shuffle`).
 
     The order depends on (data key, epoch) alone: the data key is the seed's, so every value
     of a seed sees the same batches, in every stage and after any resume.
@@ -198,5 +199,7 @@ def epoch_batches(data_key: jax.Array, epoch, n_train: int, batch_size: int) -> 
     (2, 4)
     """
     steps = n_train // batch_size
+    if not _shuffle.uses_permutation(n_train):  # a large epoch: the keyed order's rows
+        return _shuffle.batch_rows(data_key, epoch, jnp.arange(steps), n_train, batch_size)
     order = jax.random.permutation(jax.random.fold_in(data_key, epoch), n_train)
     return order[: steps * batch_size].reshape(steps, batch_size)

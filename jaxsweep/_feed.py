@@ -35,18 +35,37 @@ def place_split(data: Split, mesh) -> Split:
 
 class EpochOrders:
     """Every seed's batch order of an epoch on the host, ``(seeds, steps, batch)``: the same
-    permutations the arrays path draws on the device.
+    permutations the arrays path draws on the device. An epoch too large for one permutation
+    (:mod:`jaxsweep._shuffle`) is never held whole: :meth:`rows` computes a call's rows.
 
     Args:
       epoch_orders: the pure program ``(data_keys, epoch) -> orders``
         (``Programs.epoch_orders``), jitted here.
       data_keys: ``(seed, seeds) -> (seeds,)`` batch-order keys.
+      order_rows: ``(data_keys, epoch, rows) -> (seeds, rows, batch)``
+        (``Programs.order_rows``), jitted here; None: every epoch is held whole.
+      whole: whether an epoch's order is held whole (one permutation) or read row by row.
     """
 
-    def __init__(self, epoch_orders: Callable, data_keys: Callable[[int, int], jax.Array]):
+    def __init__(
+        self,
+        epoch_orders: Callable,
+        data_keys: Callable[[int, int], jax.Array],
+        order_rows: Callable | None = None,
+        whole: bool = True,
+    ):
         self._program = jax.jit(epoch_orders)
+        self._rows = None if order_rows is None else jax.jit(order_rows)
         self._data_keys = data_keys
+        self._whole = whole or order_rows is None
         self._kept: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def rows(self, seed: int, seeds: int, epoch: int, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` of every seed's order of ``epoch``: ``(seeds, len(rows), batch)``."""
+        if self._whole:
+            return self.of(seed, seeds, epoch)[:, rows]
+        data_keys = self._data_keys(seed, seeds)
+        return np.asarray(self._rows(data_keys, np.int32(epoch), np.asarray(rows, np.int32)))
 
     def of(self, seed: int, seeds: int, epoch: int) -> np.ndarray:
         """Kept for the epoch in progress and the next: a call needs at most two."""
@@ -123,12 +142,15 @@ class SourceFeed:
         """The batches of one call, read from the source on the host: ``(x, y)`` shaped
         ``(seeds, chunk, batch, ...)``; rows past ``steps`` repeat the first (never trained)."""
         per_epoch = self._budget.steps_per_epoch
-        rows = [
-            self._orders.of(lanes.seed, lanes.seeds, step // per_epoch)[:, step % per_epoch]
-            for step in range(start, start + steps)
-        ]
-        rows += rows[:1] * (self._budget.chunk - steps)
-        indices = np.stack(rows, axis=1)  # (seeds, chunk, batch)
+        parts = []  # the call's steps, epoch by epoch (a call may run into the next one)
+        for epoch, in_epoch in itertools.groupby(
+            range(start, start + steps), lambda s: s // per_epoch
+        ):
+            rows = np.array([step % per_epoch for step in in_epoch])
+            parts.append(self._orders.rows(lanes.seed, lanes.seeds, epoch, rows))
+        indices = np.concatenate(parts, axis=1)  # (seeds, steps, batch)
+        filler = np.repeat(indices[:, :1], self._budget.chunk - steps, axis=1)
+        indices = np.concatenate([indices, filler], axis=1)  # (seeds, chunk, batch)
         x, y = read_batch(self.source, indices.reshape(-1))
         return jax.tree.map(lambda a: a.reshape(*indices.shape, *a.shape[1:]), (x, y))
 

@@ -54,6 +54,7 @@ from ._data import Split
 from ._feed import ArrayFeed, EpochOrders, SourceFeed, make_feed, place_split
 from ._model import Start
 from ._sharding import LaneLayout
+from ._shuffle import uses_permutation
 from ._train import EpochMetrics, LaneState, Packing, Programs, segment_metrics
 
 # Initialisation runs once per sweep, for milliseconds, but its random-number code is long:
@@ -367,7 +368,10 @@ class StagePrograms:
         self.strategy, self.reason = strategy, reason
         self._starts = LaneStarts(programs, self.mesh, start)
         self._orders = EpochOrders(
-            programs.epoch_orders, lambda seed, seeds: self.seed_start(seed, seeds).data_keys
+            programs.epoch_orders,
+            lambda seed, seeds: self.seed_start(seed, seeds).data_keys,
+            programs.order_rows,
+            whole=uses_permutation(len(data.y_train)),  # else a call's rows alone
         )
         feed = make_feed(self.data, self.mesh, budget, self._orders)
         self.source = feed.source if isinstance(feed, SourceFeed) else None

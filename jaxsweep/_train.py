@@ -30,6 +30,7 @@ from ._losses import float32, split_loss
 from ._model import ModelFunctions, Start
 from ._optim import set_hyperparam
 from ._segments import ChunkStats, as_float64, make_chunk, merge
+from ._shuffle import batch_rows, uses_permutation
 from ._validation import make_validate, make_validate_examples
 
 LossFn = Callable[[Any, Any], Any]
@@ -131,6 +132,9 @@ class Programs(NamedTuple):
     # index, and x_train, y_train are the call's batches, ``(seeds, chunk, batch, ...)``.
     lane_call_batches: Callable
     epoch_orders: Callable  # (seed data keys (S,), epoch) -> (S, steps_per_epoch, batch) int32
+    # the same rows alone, for an epoch too large for one permutation (``_shuffle``):
+    # (seed data keys (S,), epoch, rows (R,)) -> (S, R, batch) int32
+    order_rows: Callable
     # Parameters depend on the seed alone: a sweep initialises each seed once, then every
     # stage gathers them into its lanes and starts fresh optimizers.
     init_seeds: Callable  # (init_keys (S,), start: Start | None) -> (params, model_state) (S,)
@@ -354,12 +358,20 @@ def make_programs(
         return jax.lax.cond(validate_now, measure, skip, None)
 
     def lane_call(state, before, data_key, epoch, offset, n, validate_now, x_tr, y_tr, x_v, y_v):
-        order = epoch_batches(data_key, epoch, n_train, batch_size)
-        # the next epoch's permutation only where a call can reach it (the budget knows)
-        after = epoch_batches(data_key, epoch + 1, n_train, batch_size) if crosses else order
+        if uses_permutation(n_train):
+            order = epoch_batches(data_key, epoch, n_train, batch_size)
+            # the next epoch's permutation only where a call can reach it (the budget knows)
+            after = epoch_batches(data_key, epoch + 1, n_train, batch_size) if crosses else order
+
+            def rows_of(next_epoch, row):
+                return jnp.where(next_epoch, after[row], order[row])
+        else:  # a large epoch: each step's batch alone, never the whole order
+
+            def rows_of(next_epoch, row):
+                return batch_rows(data_key, epoch + next_epoch, row, n_train, batch_size)
 
         def batch_of(i, next_epoch, row):
-            indices = jnp.where(next_epoch, after[row], order[row])
+            indices = rows_of(next_epoch, row)
             return take(x_tr, indices), y_tr[indices]
 
         state, stats = train_call(state, epoch, offset, n, batch_of)
@@ -375,10 +387,16 @@ def make_programs(
     def epoch_orders(seed_data_keys, epoch):
         return jax.vmap(lambda key: epoch_batches(key, epoch, n_train, batch_size))(seed_data_keys)
 
+    def order_rows(seed_data_keys, epoch, rows):
+        return jax.vmap(lambda key: batch_rows(key, epoch, rows, n_train, batch_size))(
+            seed_data_keys
+        )
+
     return Programs(
         init_seeds=init_seeds,
         start_lanes=start_lanes,
         lane_call=lane_call,
         lane_call_batches=lane_call_batches,
         epoch_orders=epoch_orders,
+        order_rows=order_rows,
     )
