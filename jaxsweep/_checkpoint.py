@@ -96,7 +96,7 @@ from ._history import History, Running
 from ._hosts import Hosts, differences, lost
 from ._result import SweepResult, from_dict
 from ._sharding import LaneLayout
-from ._train import EpochMetrics
+from ._train import SegmentMetrics
 from ._warnings import warn
 
 CHECKPOINT_FORMAT = 1
@@ -208,17 +208,20 @@ def fingerprint(record: dict[str, Any], split: Sequence[np.ndarray], abstract_pa
 # ----------------------------------------------------------------------------- JSON
 
 
-def _metrics_to_json(metrics: EpochMetrics) -> dict:
+def _metrics_to_json(metrics: SegmentMetrics) -> dict:
     return _json.encode(jax.tree.map(np.asarray, metrics._asdict()))
 
 
-def _metrics_from_json(encoded: dict) -> EpochMetrics:
+def _metrics_from_json(encoded: dict) -> SegmentMetrics:
     def decode(value):
         if _json.is_array(value):
             return _json.decode_array(value)
         return {k: decode(v) for k, v in value.items()}
 
-    return EpochMetrics(**{name: decode(value) for name, value in encoded.items()})
+    renamed = {"grad_norm_mean": "grad_norm"}  # the name a running stage was saved with before
+    return SegmentMetrics(
+        **{renamed.get(name, name): decode(value) for name, value in encoded.items()}
+    )
 
 
 def _running_to_json(running: Running) -> dict:

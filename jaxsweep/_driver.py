@@ -29,7 +29,7 @@ from ._progress import BarProgress, ProgressBar
 from ._result import SweepResult
 from ._setup import Setup
 from ._stage import StagePrograms, lane_inputs
-from ._train import EpochMetrics
+from ._train import SegmentMetrics
 from ._warnings import SearchRangeWarning, warn
 from .callbacks import Callback, Lane, Resumed, StageEnd, SweepInfo, Validation
 
@@ -389,7 +389,7 @@ class _Callbacks:
     def steps_done(self, steps: int) -> None:
         self._call("_on_steps", steps)
 
-    def validation(self, stage, segment, metrics: EpochMetrics, lane_state, lanes, running):
+    def validation(self, stage, segment, metrics: SegmentMetrics, lane_state, lanes, running):
         """``lane_state()`` gives the stacked lane state (made only when a save is due)."""
         event = Validation(
             stage=stage,

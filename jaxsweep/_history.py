@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _search, _selector
 from ._result import Evaluation, Stage, SweepResult, count_lanes, from_dict
-from ._train import EpochMetrics
+from ._train import SegmentMetrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,12 +195,12 @@ class Running:
     """The part of a stage trained so far (real lanes only, on the host)."""
 
     values: tuple[float, ...]  # the stage's swept values (checked against the plan on resume)
-    epoch_metrics: tuple[EpochMetrics, ...] = ()  # one per finished epoch, host arrays
+    epoch_metrics: tuple[SegmentMetrics, ...] = ()  # one per finished epoch, host arrays
     seconds_per_epoch: tuple[float, ...] = ()
     seconds: float = 0.0  # wall time spent in the stage so far
     compile_seconds: float = 0.0
 
-    def after_epoch(self, metrics: EpochMetrics, epoch_seconds: float, seconds: float) -> Running:
+    def after_epoch(self, metrics: SegmentMetrics, epoch_seconds: float, seconds: float) -> Running:
         return dataclasses.replace(
             self,
             epoch_metrics=(*self.epoch_metrics, metrics),
@@ -212,7 +212,7 @@ class Running:
 # ----------------------------------------------------------------------------- metrics -> records
 
 
-def _per_epoch(epochs: Sequence[EpochMetrics], getter) -> np.ndarray:
+def _per_epoch(epochs: Sequence[SegmentMetrics], getter) -> np.ndarray:
     """Stacks one metric over epochs: shape ``(lanes, epochs)``."""
     return np.stack([np.asarray(getter(m), dtype=np.float64) for m in epochs], axis=1)
 
@@ -221,7 +221,7 @@ def _series(values: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
-def _lane_series(epochs: Sequence[EpochMetrics], values: int, seeds: int) -> dict[str, Any]:
+def _lane_series(epochs: Sequence[SegmentMetrics], values: int, seeds: int) -> dict[str, Any]:
     """Every metric as an array ``(values, seeds, epochs)``; mappings averaged over seeds."""
 
     def by_value(getter) -> np.ndarray:
@@ -233,14 +233,14 @@ def _lane_series(epochs: Sequence[EpochMetrics], values: int, seeds: int) -> dic
 
     plain = ("train_loss", "val_loss", "first_step_loss", "diverged", "stability")
     series = {name: by_value(lambda m, name=name: getattr(m, name)) for name in plain}
-    series["grad"] = by_value(lambda m: m.grad_norm_mean)
-    series["grad_max"] = by_value(lambda m: m.grad_norm_max)
+    series["grad_norm"] = by_value(lambda m: m.grad_norm)
+    series["grad_norm_max"] = by_value(lambda m: m.grad_norm_max)
     for field in ("module_grad_norm", "update_ratio", "train_aux", "val_aux"):
         series[field] = mapping(field)
     return series
 
 
-def _metric_series(epochs: Sequence[EpochMetrics], metric: str, seeds: int) -> np.ndarray:
+def _metric_series(epochs: Sequence[SegmentMetrics], metric: str, seeds: int) -> np.ndarray:
     """An auxiliary validation metric (``val_<name>``) per lane: ``(values, seeds, epochs)``."""
     name = metric.removeprefix("val_")
     return _per_epoch(epochs, lambda m: m.val_aux[name]).reshape(-1, seeds, len(epochs))
@@ -271,14 +271,15 @@ def collect_evaluations(
     stage: int,
     values: Sequence[float],
     seeds: int,
-    epochs: Sequence[EpochMetrics],
+    epochs: Sequence[SegmentMetrics],
     metric: str = "val_loss",
     sign: float = 1.0,
 ) -> list[Evaluation]:
-    """Turns a stage's per-lane, per-epoch metrics into one :class:`Evaluation` per value.
+    """Turns a stage's per-lane, per-segment metrics (a segment ends at each validation)
+    into one :class:`Evaluation` per value.
 
     Lanes are ordered value-major: lane ``i * seeds + s`` is value ``i`` and seed ``s``. The
-    score is ``metric`` after the last epoch, mean over seeds; a value that diverged in any
+    score is ``metric`` after the last segment, mean over seeds; a value that diverged in any
     seed (NaN/inf, or a validation loss :data:`BLOWN_UP_FACTOR` times its start) scores the
     worst possible (``sign * inf``).
     """
@@ -308,8 +309,8 @@ def collect_evaluations(
                 train_loss=_series(mean_train),
                 val_loss=_series(s["val_loss"][i].mean(axis=0)),
                 seed_val_loss=tuple(_series(row) for row in s["val_loss"][i]),
-                grad_norm=_series(s["grad"][i].mean(axis=0)),
-                grad_norm_max=_series(s["grad_max"][i].max(axis=0)),
+                grad_norm=_series(s["grad_norm"][i].mean(axis=0)),
+                grad_norm_max=_series(s["grad_norm_max"][i].max(axis=0)),
                 loss_reduction_rate=_series(reduction),
                 stability=_series(s["stability"][i].mean(axis=0)),
                 **{

@@ -25,11 +25,11 @@ class ChunkStats(NamedTuple):
     loss_sum: jax.Array  # sum of the step losses
     loss_m2: jax.Array  # sum of squared deviations of the step losses from their mean
     first_loss: jax.Array  # loss of the call's first step, before its update
-    grad_sum: jax.Array  # sum of the global gradient norms
-    grad_max: jax.Array  # max of the global gradient norms
+    grad_norm_sum: jax.Array  # sum of the global gradient norms
+    grad_norm_max: jax.Array  # max of the global gradient norms
     finite: jax.Array  # bool: every step loss finite
     aux_sum: dict  # name -> sum of an auxiliary loss entry
-    module_grad_sum: dict  # module -> sum of its gradient norms
+    module_grad_norm_sum: dict  # module -> sum of its gradient norms
 
 
 def _zeros(step_shapes) -> ChunkStats:
@@ -40,11 +40,11 @@ def _zeros(step_shapes) -> ChunkStats:
         loss_sum=zero,
         loss_m2=zero,
         first_loss=zero,
-        grad_sum=zero,
-        grad_max=jnp.full((), -jnp.inf, jnp.float32),
+        grad_norm_sum=zero,
+        grad_norm_max=jnp.full((), -jnp.inf, jnp.float32),
         finite=jnp.ones((), jnp.bool_),
         aux_sum=like(step_shapes["aux"]),
-        module_grad_sum=like(step_shapes["module_grad_norm"]),
+        module_grad_norm_sum=like(step_shapes["module_grad_norm"]),
     )
 
 
@@ -61,11 +61,11 @@ def _add_step(acc: ChunkStats, step: dict) -> ChunkStats:
         loss_sum=acc.loss_sum + loss,
         loss_m2=acc.loss_m2 + delta * (loss - new_mean),
         first_loss=jnp.where(acc.count == 0, loss, acc.first_loss),
-        grad_sum=acc.grad_sum + step["grad_norm"],
-        grad_max=jnp.maximum(acc.grad_max, step["grad_norm"]),
+        grad_norm_sum=acc.grad_norm_sum + step["grad_norm"],
+        grad_norm_max=jnp.maximum(acc.grad_norm_max, step["grad_norm"]),
         finite=acc.finite & jnp.isfinite(loss),
         aux_sum=jax.tree.map(add, acc.aux_sum, step["aux"]),
-        module_grad_sum=jax.tree.map(add, acc.module_grad_sum, step["module_grad_norm"]),
+        module_grad_norm_sum=jax.tree.map(add, acc.module_grad_norm_sum, step["module_grad_norm"]),
     )
 
 
@@ -112,7 +112,7 @@ def as_float64(tree):
 def merge(chunks: Sequence[ChunkStats]) -> dict[str, Any]:
     """A segment's training metrics from the stats of its calls, per lane (host, float64).
 
-    Returns ``train_loss`` (mean step loss), ``first_step_loss``, ``grad_norm_mean``,
+    Returns ``train_loss`` (mean step loss), ``first_step_loss``, ``grad_norm``,
     ``grad_norm_max``, ``stability`` (std / |mean| of the step losses), ``finite``,
     ``train_aux`` and ``module_grad_norm`` (means over the steps).
     """
@@ -135,10 +135,10 @@ def merge(chunks: Sequence[ChunkStats]) -> dict[str, Any]:
     return {
         "train_loss": mean,
         "first_step_loss": np.asarray(chunks[0].first_loss, np.float64),
-        "grad_norm_mean": total("grad_sum"),
-        "grad_norm_max": np.max([np.asarray(c.grad_max, np.float64) for c in chunks], axis=0),
+        "grad_norm": total("grad_norm_sum"),
+        "grad_norm_max": np.max([np.asarray(c.grad_norm_max, np.float64) for c in chunks], axis=0),
         "stability": stability,
         "finite": np.all([np.asarray(c.finite) for c in chunks], axis=0),
         "train_aux": total("aux_sum"),
-        "module_grad_norm": total("module_grad_sum"),
+        "module_grad_norm": total("module_grad_norm_sum"),
     }

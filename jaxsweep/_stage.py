@@ -55,7 +55,7 @@ from ._feed import ArrayFeed, EpochOrders, SourceFeed, make_feed, place_split
 from ._model import Start
 from ._sharding import LaneLayout
 from ._shuffle import uses_permutation
-from ._train import EpochMetrics, LaneState, Packing, Programs, segment_metrics
+from ._train import LaneState, Packing, Programs, SegmentMetrics, segment_metrics
 
 # Initialisation runs once per sweep, for milliseconds, but its random-number code is long:
 # on CPU, skipping LLVM's optimisation passes compiles it ~3x faster (~2 s less per sweep).
@@ -294,7 +294,7 @@ class TrainingStream:
         first=0,
         stop=None,
         on_steps=None,
-    ) -> Iterator[tuple[int, LaneState, EpochMetrics]]:
+    ) -> Iterator[tuple[int, LaneState, SegmentMetrics]]:
         """Trains segments ``first`` to ``stop`` (default: the last) with ``ready``'s call:
         yields ``(segment, state, metrics)`` after each (see :meth:`StagePrograms.train`).
 
@@ -429,7 +429,7 @@ class StagePrograms:
 
     def train(
         self, lanes: StageLanes, state: LaneState, first: int = 0, stop=None, on_steps=None
-    ) -> Iterator[tuple[int, LaneState, EpochMetrics]]:
+    ) -> Iterator[tuple[int, LaneState, SegmentMetrics]]:
         """Trains validation segments ``first`` to ``stop`` (default: the last) of every lane:
         yields ``(segment, state, metrics)`` after each, the metrics on the host (the state
         as the strategy holds it: :meth:`stacked` gives the stacked lane state).

@@ -45,14 +45,14 @@ class LaneState(NamedTuple):
     rng_key: jax.Array  # (2,) uint32 raw key: step keys fold in (epoch, step); seed-only
 
 
-class EpochMetrics(NamedTuple):
+class SegmentMetrics(NamedTuple):
     """One validation segment of one lane (an epoch unless ``eval_every`` says otherwise);
     every field is a scalar (``(lanes,)`` when stacked)."""
 
     train_loss: jax.Array  # mean of the step losses
     val_loss: jax.Array  # loss on the whole validation set after the segment
     first_step_loss: jax.Array  # loss of the segment's first batch, before its update
-    grad_norm_mean: jax.Array  # global gradient norm, mean over steps
+    grad_norm: jax.Array  # global gradient norm, mean over steps
     grad_norm_max: jax.Array  # global gradient norm, max over steps
     stability: jax.Array  # std / |mean| of the step losses (0 = perfectly steady)
     diverged: jax.Array  # any NaN/inf loss in this segment or on validation
@@ -178,22 +178,22 @@ _NOT_MEASURED = {"grad_norm": np.float32(np.nan), "module_grad_norm": {}}
 
 
 def _update_ratios(before, after) -> dict:
-    """Per module, |parameters after an epoch - before| / |before|: one pass per epoch."""
+    """Per module, |parameters after a segment - before| / |before|: one pass per segment."""
     change = _per_module(jax.tree_util.tree_map(jnp.subtract, after, before))
     start = _per_module(before)
     return {k: _norm(change[k]) / (_norm(start[k]) + 1e-12) for k in change}
 
 
-def segment_metrics(calls: list[ChunkStats], evaluation: Evaluation) -> EpochMetrics:
+def segment_metrics(calls: list[ChunkStats], evaluation: Evaluation) -> SegmentMetrics:
     """One segment's metrics (host arrays, ``(lanes,)``) from its calls' stats and the
     evaluation of its last call."""
     train = merge(calls)
     val_loss = np.asarray(evaluation.val_loss, np.float64)
-    return EpochMetrics(
+    return SegmentMetrics(
         train_loss=train["train_loss"],
         val_loss=val_loss,
         first_step_loss=train["first_step_loss"],
-        grad_norm_mean=train["grad_norm_mean"],
+        grad_norm=train["grad_norm"],
         grad_norm_max=train["grad_norm_max"],
         stability=train["stability"],
         diverged=~(train["finite"] & np.isfinite(val_loss)),

@@ -47,7 +47,7 @@ def test_merged_chunks_equal_the_statistics_of_every_step(chunk):
     np.testing.assert_allclose(merged["train_loss"], losses.mean(), rtol=1e-6)
     np.testing.assert_allclose(merged["first_step_loss"], losses[0], rtol=1e-6)
     np.testing.assert_allclose(merged["stability"], losses.std() / losses.mean(), rtol=1e-5)
-    np.testing.assert_allclose(merged["grad_norm_mean"], grads.mean(), rtol=1e-6)
+    np.testing.assert_allclose(merged["grad_norm"], grads.mean(), rtol=1e-6)
     np.testing.assert_allclose(merged["grad_norm_max"], grads.max(), rtol=1e-6)
     np.testing.assert_allclose(merged["train_aux"]["half"], losses.mean() / 2, rtol=1e-6)
     np.testing.assert_allclose(merged["module_grad_norm"]["dense"], xs.mean(), rtol=1e-6)
