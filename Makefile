@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install test test-fast lint demo bench bench-quick bench-coverage bench-coverage-search bench-horizon bench-peers clean
+.PHONY: install test test-fast lint demo bench bench-quick bench-coverage bench-coverage-search bench-horizon bench-peers bench-source-memory clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench-horizon: $(STAMP)
 # the default sweep against a log grid, random search and Optuna's TPE with the lanes it spends
 bench-peers: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all --only peers --suffix=-peers
+
+# peak host memory of a sweep from a source of 10^5 to 10^8 examples (a process per size)
+bench-source-memory: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all --only source_memory --suffix=-source-memory
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

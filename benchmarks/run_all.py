@@ -7,6 +7,7 @@ python -m benchmarks.run_all --dry      # tiny sizes on any backend: checks that
 python -m benchmarks.run_all --only coverage --suffix -coverage   # 6 (make bench-coverage)
 python -m benchmarks.run_all --only horizon --suffix -horizon     # 7 (make bench-horizon)
 python -m benchmarks.run_all --only peers --suffix -peers         # 8: grid, random search, TPE
+python -m benchmarks.run_all --only source_memory --suffix -source-memory  # 9: large sources
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from . import (
     horizon,
     peers,
     precision,
+    source_memory,
     stage_throughput,
     whole_sweep,
 )
@@ -42,11 +44,13 @@ BENCHMARKS = {
         coverage,
         horizon,
         peers,
+        source_memory,
     )
 }
-# the coverage, horizon and peers benchmarks train many sweeps: asked for by name, into their
-# own file
-DEFAULT = tuple(name for name in BENCHMARKS if name not in ("coverage", "horizon", "peers"))
+# the coverage, horizon and peers benchmarks train many sweeps, and the source-memory one starts
+# a process per size: asked for by name, into their own file
+ASKED_BY_NAME = ("coverage", "horizon", "peers", "source_memory")
+DEFAULT = tuple(name for name in BENCHMARKS if name not in ASKED_BY_NAME)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 

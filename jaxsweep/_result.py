@@ -494,6 +494,9 @@ def _evaluation(d, where: str) -> Evaluation:
     def get(key, default=_MISSING):
         return _field(d, key, where, default)
 
+    def read(key, reader, **options):  # the field, checked, its path named once
+        return reader(get(key), f"{where}.{key}", **options)
+
     seed_scores = _numbers(get("seed_scores"), f"{where}.seed_scores")
     seed_diverged = tuple(  # absent before it was recorded
         _flag(v, f"{where}.seed_diverged[{i}]")
@@ -506,24 +509,24 @@ def _evaluation(d, where: str) -> Evaluation:
         )
     seed_val_loss = _list(get("seed_val_loss"), f"{where}.seed_val_loss")
     return Evaluation(
-        value=_number(get("value"), f"{where}.value", finite=True),
-        stage=_integer(get("stage"), f"{where}.stage"),
-        score=_number(get("score"), f"{where}.score"),
-        diverged=_flag(get("diverged"), f"{where}.diverged"),
+        value=read("value", _number, finite=True),
+        stage=read("stage", _integer),
+        score=read("score", _number),
+        diverged=read("diverged", _flag),
         seed_scores=seed_scores,
-        train_loss=_numbers(get("train_loss"), f"{where}.train_loss"),
-        val_loss=_numbers(get("val_loss"), f"{where}.val_loss"),
+        train_loss=read("train_loss", _numbers),
+        val_loss=read("val_loss", _numbers),
         seed_val_loss=tuple(
             _numbers(s, f"{where}.seed_val_loss[{i}]") for i, s in enumerate(seed_val_loss)
         ),
-        grad_norm=_numbers(get("grad_norm"), f"{where}.grad_norm"),
-        grad_norm_max=_numbers(get("grad_norm_max"), f"{where}.grad_norm_max"),
-        loss_reduction_rate=_numbers(get("loss_reduction_rate"), f"{where}.loss_reduction_rate"),
-        stability=_numbers(get("stability"), f"{where}.stability"),
-        module_grad_norm=_series(get("module_grad_norm"), f"{where}.module_grad_norm"),
-        update_ratio=_series(get("update_ratio"), f"{where}.update_ratio"),
-        train_aux=_series(get("train_aux"), f"{where}.train_aux"),
-        val_aux=_series(get("val_aux"), f"{where}.val_aux"),
+        grad_norm=read("grad_norm", _numbers),
+        grad_norm_max=read("grad_norm_max", _numbers),
+        loss_reduction_rate=read("loss_reduction_rate", _numbers),
+        stability=read("stability", _numbers),
+        module_grad_norm=read("module_grad_norm", _series),
+        update_ratio=read("update_ratio", _series),
+        train_aux=read("train_aux", _series),
+        val_aux=read("val_aux", _series),
         steps=tuple(  # absent before steps were recorded
             _integer(v, f"{where}.steps[{i}]")
             for i, v in enumerate(_list(get("steps", []), f"{where}.steps"))
@@ -538,6 +541,9 @@ def _stage(d, where: str) -> Stage:
     def get(key):
         return _field(d, key, where)
 
+    def read(key, reader, **options):  # the field, checked, its path named once
+        return reader(get(key), f"{where}.{key}", **options)
+
     intervals = []
     for i, pair in enumerate(_list(get("intervals"), f"{where}.intervals")):
         if not isinstance(pair, list) or len(pair) != 2:
@@ -547,17 +553,17 @@ def _stage(d, where: str) -> Stage:
     if expansion is not None:
         expansion = _text(expansion, f"{where}.expansion", ("up", "down"))
     return Stage(
-        index=_integer(get("index"), f"{where}.index"),
-        values=_numbers(get("values"), f"{where}.values", finite=True),
+        index=read("index", _integer),
+        values=read("values", _numbers, finite=True),
         intervals=tuple(intervals),
         expansion=expansion,
-        best_value=_number(get("best_value"), f"{where}.best_value"),
-        best_score=_number(get("best_score"), f"{where}.best_score"),
-        seconds=_number(get("seconds"), f"{where}.seconds"),
-        seconds_per_epoch=_numbers(get("seconds_per_epoch"), f"{where}.seconds_per_epoch"),
-        compile_seconds=_number(get("compile_seconds"), f"{where}.compile_seconds"),
-        memory_bytes=_integer(get("memory_bytes"), f"{where}.memory_bytes"),
-        memory_source=_text(get("memory_source"), f"{where}.memory_source"),
+        best_value=read("best_value", _number),
+        best_score=read("best_score", _number),
+        seconds=read("seconds", _number),
+        seconds_per_epoch=read("seconds_per_epoch", _numbers),
+        compile_seconds=read("compile_seconds", _number),
+        memory_bytes=read("memory_bytes", _integer),
+        memory_source=read("memory_source", _text),
     )
 
 
