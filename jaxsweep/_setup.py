@@ -241,7 +241,7 @@ def _own_training(training: Training, loss, optimizer, hyperparam: str, split: S
     x, y = take(split.x_train, slice(0, batch)), split.y_train[:batch]
     model = _training.adapt(training, x, y, optimizer, hyperparam)
     own = model.own
-    return model, None, "the train_step's loss", "custom", own.abstract_params, own.val_metric_names
+    return model, None, "train_step", "custom", own.abstract_params, own.val_metric_names
 
 
 def _with_target(config: SweepConfig, budget: Budget, schedule) -> SweepConfig:

@@ -638,7 +638,11 @@ def markdown(result: SweepResult, figures: list[str] | tuple[str, ...] = tuple(F
         "",
         f"Model `{_md_escape(result.config.get('model', '?'))}` with optimizer "
         f"`{_md_escape(result.config.get('optimizer', '?'))}`, "
-        f"loss `{_md_escape(result.config.get('loss', '?'))}`"
+        + (
+            "its own training step (`jaxsweep.Training`; the loss its metrics report)"
+            if _own_training(result.config)
+            else f"loss `{_md_escape(result.config.get('loss', '?'))}`"
+        )
         + (f" on {result.config['targets']} targets" if "targets" in result.config else "")
         + f"; {name} searched on a {result.scale} scale; stop reason: {result.stop_reason}."
         + _schedule_sentence(result, _md_escape),
@@ -727,6 +731,19 @@ def _tex_data(result: SweepResult) -> str:
     return f"{int(cfg['n_train'])} training and {int(cfg['n_val'])} held-out validation examples"
 
 
+def _own_training(cfg) -> bool:
+    """Whether the run trained a ``jaxsweep.Training`` (the user's own steps)."""
+    return cfg.get("model_api") == "training"
+
+
+def _trained_by(cfg, escape) -> str:
+    """How the lanes were trained, in words: the optimizer and loss, or the user's own step."""
+    optimizer = escape(str(cfg.get("optimizer", "")))
+    if _own_training(cfg):
+        return f"trained by its own training step with the optimizer {optimizer}"
+    return f"trained with the optimizer {optimizer} and the loss {escape(str(cfg.get('loss', '')))}"
+
+
 def _tex_model(result: SweepResult) -> str:
     cfg = result.config
     model = f"the {tex_escape(cfg.get('model', 'model'))} model"
@@ -752,8 +769,7 @@ def _tex_search(result: SweepResult) -> str:
         start = "each seed fixed the initial parameters and the batch order, the same at every "
         start += "value"
     return (
-        f"We selected the {name} of {_tex_model(result)}, trained with the optimizer "
-        f"{tex_escape(cfg.get('optimizer', ''))} and the loss {tex_escape(cfg.get('loss', ''))} "
+        f"We selected the {name} of {_tex_model(result)}, {_trained_by(cfg, tex_escape)} "
         f"for {training_phrase(cfg)}"
         + (f" on {data}" if data else "")
         + f", every value with the same seeds ({seeds} seed{'s' if seeds != 1 else ''}), by a "

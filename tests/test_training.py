@@ -314,3 +314,20 @@ def test_every_lane_strategy_trains_a_training_alike(lanes, linen_swept, split_b
     for ours, vmapped in zip(alone.evaluations, linen_swept.evaluations[:5], strict=True):
         assert ours.lr == vmapped.lr
         np.testing.assert_allclose(ours.seed_val_loss, vmapped.seed_val_loss, rtol=2e-5)
+
+
+def test_the_report_says_the_lanes_trained_by_the_users_own_step(linen_swept):
+    import dataclasses
+
+    from jaxsweep.report import markdown, methods_tex
+
+    tex, text = methods_tex(linen_swept), markdown(linen_swept, ())
+    assert "trained by its own training step with the optimizer adam" in tex
+    assert "and the loss" not in tex
+    assert "its own training step (`jaxsweep.Training`" in text
+    # the same result recorded as a module's: the words follow the record, not the code path
+    as_module = dataclasses.replace(
+        linen_swept, config={**linen_swept.config, "model_api": "linen", "loss": "cross_entropy"}
+    )
+    assert "and the loss cross\\_entropy" in methods_tex(as_module)
+    assert "own training step" not in methods_tex(as_module) + markdown(as_module, ())
