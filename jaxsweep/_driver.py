@@ -297,7 +297,7 @@ class _Callbacks:
     (the saver does: every process writes its own shards). The loop's points become the
     records of :mod:`jaxsweep.callbacks`; the engine's own callbacks (``_engine = True``)
     are also handed what they need of the loop (keywords), and the engine's own events
-    (``_on_steps``, ``_on_stage_kept``) go to those that have them. Exceptions propagate;
+    (``_on_steps``, ``_on_stage_steps``, ``_on_stage_kept``) go to those that have them. Exceptions propagate;
     :meth:`close` closes every callback, also when the sweep fails.
     """
 
@@ -384,6 +384,7 @@ class _Callbacks:
         seeds = self.config.seeds
         self._lanes = tuple(Lane(float(v), s) for v in values for s in range(seeds))
         self._steps = budget.validation_steps()
+        self._call("_on_stage_steps", budget.total)
         self._call("on_stage_start", stage, tuple(float(v) for v in values))
 
     def steps_done(self, steps: int) -> None:

@@ -26,6 +26,9 @@ class SilentProgress:
     def start_stage(self, stage: int, stages: int, values, steps: int) -> None:
         pass
 
+    def stage_steps(self, steps: int) -> None:
+        pass
+
     def steps_done(self, steps: int) -> None:
         pass
 
@@ -61,6 +64,7 @@ class BarProgress(SilentProgress):
         )
 
         self._console = Console(stderr=True)
+        self._steps = steps  # one search stage's steps
         self._name = hyperparam.replace("_", " ")
         self._label = f"{self._name} ({scale})"
         self._bar = Progress(
@@ -95,6 +99,13 @@ class BarProgress(SilentProgress):
 
     def steps_done(self, steps: int) -> None:
         self._bar.update(self._task, advance=steps)
+
+    def stage_steps(self, steps: int) -> None:
+        # a stage that trains longer than the search's (the horizon check) comes after the
+        # search stopped: the bar's total becomes what is done plus that stage, so the time
+        # left is the stage's own, never a count past the end
+        if steps != self._steps:
+            self._bar.update(self._task, total=self._bar.tasks[self._task].completed + steps)
 
     def epoch_done(self, best_score: float) -> None:
         # the score of result.best_score: a value's mean over its seeds, never one lane's
@@ -150,6 +161,11 @@ class ProgressBar(Callback):
             self.reporter.steps_done(resumed.stage * info.steps + resumed.steps)
             self._best = resumed.best_score
             self.reporter.epoch_done(resumed.best_score)
+
+    def _on_stage_steps(self, steps: int) -> None:  # the engine's own: a stage's budget
+        told = getattr(self.reporter, "stage_steps", None)  # a reporter may not follow it
+        if told is not None:
+            told(steps)
 
     def on_stage_start(self, stage: int, values) -> None:
         self.reporter.start_stage(stage, self._info.stages, values, self._info.steps)

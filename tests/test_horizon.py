@@ -78,8 +78,7 @@ def _sweep(data, **options):
             loss="mse",
             optimizer=optax.sgd,
             batch_size=len(data["train"][0]),
-            progress=False,
-            **options,
+            **{"progress": False, **options},
         )
 
 
@@ -323,3 +322,36 @@ def test_the_horizons_for_a_target():
     assert _horizon.horizon_steps(100, 150) == (150,)
     assert _horizon.horizon_steps(100, 50) == (50,)
     assert _horizon.horizon_steps(100, 100) == ()
+
+
+def test_the_progress_bar_counts_the_horizon_stages_longer_steps(monkeypatch):
+    """The bar's total follows a horizon stage's own steps: it never ends past its total, and
+    at the end it has counted every step every stage trained (counted here from the result)."""
+    from jaxsweep import _driver
+    from jaxsweep._progress import BarProgress
+
+    bars = []
+
+    class Kept(BarProgress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.over = []  # (completed, total) whenever steps passed the total
+            bars.append(self)
+
+        def steps_done(self, steps):
+            super().steps_done(steps)
+            task = self._bar.tasks[self._task]
+            if task.completed > task.total:
+                self.over.append((task.completed, task.total))
+
+    monkeypatch.setattr(_driver, "BarProgress", Kept)
+    problem = _early_stopping_problem(0)
+    data = {"train": problem[:2], "val": problem[2:]}
+    result = _sweep(data, steps=STEPS, lr_range=(1e-3, 1.0), target_steps=4 * STEPS, progress=True)
+    horizon_steps = {(e.stage, e.steps[-1]) for e in result.horizon_evaluations}
+    assert horizon_steps and all(steps > STEPS for _, steps in horizon_steps)
+    trained = STEPS * len(result.stages) + sum(steps for _, steps in horizon_steps)
+    (bar,) = bars
+    task = bar._bar.tasks[bar._task]
+    assert bar.over == []
+    assert task.completed == trained == task.total
