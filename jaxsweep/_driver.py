@@ -297,8 +297,8 @@ class _Callbacks:
     (the saver does: every process writes its own shards). The loop's points become the
     records of :mod:`jaxsweep.callbacks`; the engine's own callbacks (``_engine = True``)
     are also handed what they need of the loop (keywords), and the engine's own events
-    (``_on_steps``, ``_on_stage_steps``, ``_on_stage_kept``) go to those that have them. Exceptions propagate;
-    :meth:`close` closes every callback, also when the sweep fails.
+    (``_on_steps``, ``_on_stage_steps``, ``_on_stage_kept``) go to those that have them.
+    Exceptions propagate; :meth:`close` closes every callback, also when the sweep fails.
     """
 
     def __init__(self, setup: Setup, checkpoints: SweepCheckpoints | None, reporter):
