@@ -163,9 +163,7 @@ class ProgressBar(Callback):
             self.reporter.epoch_done(resumed.best_score)
 
     def _on_stage_steps(self, steps: int) -> None:  # the engine's own: a stage's budget
-        told = getattr(self.reporter, "stage_steps", None)  # a reporter may not follow it
-        if told is not None:
-            told(steps)
+        self.reporter.stage_steps(steps)
 
     def on_stage_start(self, stage: int, values) -> None:
         self.reporter.start_stage(stage, self._info.stages, values, self._info.steps)
