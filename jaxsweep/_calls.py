@@ -10,10 +10,11 @@ to the thread that waits for it, and reports a compiled call's memory.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from . import _lanes
+from . import _lanes, _measured
 from ._sharding import LaneLayout
 from ._train import Packing, packed_call
 
@@ -24,7 +25,7 @@ CallShapes = Callable[[LaneLayout, int, int], tuple[tuple, tuple]]
 class ReadyCall(NamedTuple):
     """A compiled training call and how the metrics it returns are packed."""
 
-    call: _lanes.LaneCall
+    call: _lanes.LaneCall | _measured.MeasuredCall
     packing: Packing
 
 
@@ -33,20 +34,8 @@ def call_key(layout: LaneLayout) -> tuple[int, int]:
     return layout.lanes, layout.padded
 
 
-def compiled_memory(compiled) -> dict[str, int]:
-    """A compiled program's memory estimate: arguments, outputs, temporaries and their total.
-
-    The total counts buffers the program aliases (donated inputs reused as outputs) once.
-    """
-    analysis = compiled.memory_analysis()
-    if analysis is None:
-        return {}
-    parts = {
-        "arguments": int(analysis.argument_size_in_bytes),
-        "outputs": int(analysis.output_size_in_bytes),
-        "temporaries": int(analysis.temp_size_in_bytes),
-    }
-    return {**parts, "total": sum(parts.values()) - int(analysis.alias_size_in_bytes)}
+# a compiled program's memory estimate: arguments, outputs, temporaries and their total
+compiled_memory = _lanes.memory_estimate
 
 
 class _Compiling(NamedTuple):
@@ -59,19 +48,61 @@ class _Compiling(NamedTuple):
 class CompiledCalls:
     """Compiles a stage's lane call per lane count, for the sweep's lane strategy.
 
+    The strategy is decided once per sweep (:mod:`jaxsweep._measured`): forced, the rule's,
+    or measured on the first stage's first call; later lane counts compile the decided one.
+
     Args:
       lane_program: one lane's call (``Programs.lane_call`` or ``lane_call_batches``).
-      strategy: how the lanes execute (:mod:`jaxsweep._lanes`).
+      plan: the strategy's candidates (:func:`jaxsweep._measured.plan`).
       mesh: the lane mesh.
       call_shapes: the shapes of a stage's call arguments, ``(lane_args, shared)``.
+      memory_limit: bytes a call may use per device; None: no limit (every lane at once).
     """
 
-    def __init__(self, lane_program: Callable, strategy: _lanes.Strategy, mesh, call_shapes):
+    def __init__(
+        self,
+        lane_program: Callable,
+        plan: _measured.Plan,
+        mesh,
+        call_shapes,
+        memory_limit: int | None = None,
+    ):
         self._lane_program = lane_program
-        self._strategy, self._mesh = strategy, mesh
+        self._plan, self._mesh = plan, mesh
+        self._memory_limit = memory_limit
         self._call_shapes: CallShapes = call_shapes
         self._ready: dict[tuple[int, int], ReadyCall] = {}
         self._compiling: dict[tuple[int, int], _Compiling] = {}
+        self.choice: _measured.Choice | None = plan.decided()
+        self._latest: ReadyCall | None = None  # the call a stage ran last
+
+    def describe(self) -> dict[str, Any]:
+        """``result.environment["lanes"]``: what ran, how it was chosen and why, and the fit
+        to a memory limit where one was set."""
+        choice = self.choice or _measured.Choice(self._plan.first, "rule", self._plan.reason)
+        record = choice.describe()
+        call = None if self._latest is None else self._latest.call
+        if call is not None and call.strategy != choice.strategy:
+            record["strategy"] = str(call.strategy)  # what ran: chunks that fit in memory
+            record["chosen"] = str(choice.strategy)
+        if call is not None and call.memory is not None:
+            record["memory"] = call.memory
+        return record
+
+    def _decide(self, choice: _measured.Choice) -> None:
+        self.choice = choice
+
+    def decided(self) -> str | None:
+        """The strategy decided (forced, the rule's or measured), or None before a trial."""
+        return None if self.choice is None else str(self.choice.strategy)
+
+    def adopt(self, name: str) -> None:
+        """Runs ``name`` from now on, as chosen by the run a checkpoint continues; a forced
+        strategy stays. Only before the first call compiles: the calls keep what they are."""
+        if self._plan.forced:
+            return
+        why = "the strategy of the checkpointed sweep this run resumes (the same numbers)"
+        self.choice = _measured.Choice(_lanes.parse(name), "resumed", why)
 
     def is_ready(self, layout: LaneLayout) -> bool:
         return call_key(layout) in self._ready
@@ -91,7 +122,7 @@ class CompiledCalls:
 
         def compile_call():
             try:
-                outcome.append(self._compile(lane_args, shared, layout.lanes))
+                outcome.append(self._compile(lane_args, shared, layout))
             except BaseException as error:  # handed to the waiting thread in compile()
                 outcome.append(error)
 
@@ -99,12 +130,28 @@ class CompiledCalls:
         self._compiling[key] = _Compiling(thread, outcome)
         thread.start()
 
-    def _compile(self, lane_args, shared, real_lanes: int) -> ReadyCall:
-        """The call for the sweep's lane strategy (``real_lanes`` of its lanes are not
-        padding), and how its metrics come back."""
+    def _compile(self, lane_args, shared, layout: LaneLayout) -> ReadyCall:
+        """The call of the decided strategy, or (not yet decided) the rule's, measured
+        against the others on its first run; and how its metrics come back."""
         lane_fn, packing = packed_call(self._lane_program, lane_args, shared)
-        call = _lanes.compile_call(
-            lane_fn, self._strategy, self._mesh, lane_args, shared, real_lanes
+
+        def compile_for(strategy: _lanes.Strategy) -> _lanes.LaneCall:
+            return _lanes.compile_call(
+                lane_fn, strategy, self._mesh, lane_args, shared, layout.lanes, self._memory_limit
+            )
+
+        if self.choice is not None:
+            return ReadyCall(compile_for(self.choice.strategy), packing)
+        started = time.perf_counter()
+        first = compile_for(self._plan.first)
+        devices = list(self._mesh.devices.flat)
+        call = _measured.MeasuredCall(
+            first,
+            self._plan,
+            time.perf_counter() - started,
+            compile_for,
+            key=lambda: _measured.fingerprint(first.lowered, devices, call_key(layout)),
+            decided=self._decide,
         )
         return ReadyCall(call, packing)
 
@@ -125,7 +172,8 @@ class CompiledCalls:
 
     def get(self, layout: LaneLayout) -> ReadyCall:
         """The compiled call of ``layout`` (after :meth:`compile`)."""
-        return self._ready[call_key(layout)]
+        self._latest = self._ready[call_key(layout)]
+        return self._latest
 
     def memory(self, layout: LaneLayout, device) -> tuple[int, str]:
         """Peak device memory when the backend reports it, else the compiled estimate."""

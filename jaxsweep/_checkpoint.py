@@ -269,6 +269,7 @@ class ResumePoint:
     history: History  # the finished stages
     running: Running | None  # the stage's partial record, when ``epoch > 0``
     lanes: Any  # its lane state: host arrays of the real lanes, then padded and placed
+    lane_strategy: str | None = None  # the strategy the sweep's lanes ran (None: not saved)
 
 
 def _lanes_item(state, inputs, stage: int, epoch: int) -> dict:
@@ -885,6 +886,8 @@ class SweepCheckpoints:
         self._history: dict | None = None  # the stored history the next save carries
         self._last_save = time.monotonic()
         self.resumed_from: tuple[int, int] | None = None
+        # the lane strategy every save records, once decided (the driver tells it how)
+        self.lane_strategy: Callable[[], str | None] = lambda: None
         self._store = StepStore(directory, hosts)
         try:
             self._candidates = readable_steps(self._store, fingerprint, resume, hosts)
@@ -930,6 +933,10 @@ class SweepCheckpoints:
                 continue
             self._history = progress["history"]
             self.resumed_from = (point.stage, point.epoch)
+            strategy = progress.get("lane_strategy")
+            point = dataclasses.replace(
+                point, lane_strategy=strategy if isinstance(strategy, str) else None
+            )
             if point.lanes is None:
                 return point
             return dataclasses.replace(point, lanes=template.layout.place(point.lanes))
@@ -943,6 +950,9 @@ class SweepCheckpoints:
             "history": self._history,
             **extra,
         }
+        strategy = self.lane_strategy()
+        if strategy is not None:  # a resumed sweep runs it again: the same numbers
+            progress["lane_strategy"] = strategy
         self._store.save(stage * self._epochs + epoch, progress, lanes_item)
         self._last_save = time.monotonic()
 

@@ -18,7 +18,18 @@ import time
 import jax
 import numpy as np
 
-from . import _cache, _horizon, _keep, _lanes, _search, _selector, _setup, _sharding, _train
+from . import (
+    _cache,
+    _horizon,
+    _keep,
+    _lanes,
+    _measured,
+    _search,
+    _selector,
+    _setup,
+    _sharding,
+    _train,
+)
 from ._budget import Budget
 from ._checkpoint import LaneTemplate, ResumePoint, SweepCheckpoints
 from ._config import SweepConfig
@@ -61,7 +72,7 @@ def drive(setup: Setup) -> SweepResult:
             with _cache.compilation_cache(setup.compilation_cache) as cache:
                 with _cache.CompileLog() as compiles:
                     callbacks.programs = lambda: {
-                        "lanes": {"strategy": str(engine.strategy), "reason": engine.reason},
+                        "lanes": engine.lanes_record(),
                         "compilation_cache": {**cache.describe(), **compiles.describe()},
                     }
                     return sweep(setup, engine, callbacks)
@@ -85,16 +96,33 @@ def build_stage_programs(setup: Setup) -> StagePrograms:
         setup.budget,
         diagnostics=config.diagnostics,
     )
-    strategy, reason = _lanes.choose(
+    processes = _lanes.process_count(setup.devices)
+    rule = _lanes.choose(
         setup.lanes,
         jax.default_backend(),
         len(setup.devices),
         _model_traits(setup),
-        processes=_lanes.process_count(setup.devices),
+        processes=processes,
+    )
+    calls = sum(len(setup.budget.calls(s)) for s in range(setup.budget.validations))
+    lanes = _measured.plan(
+        setup.lanes,
+        rule,
+        processes,
+        calls=calls * config.stages,
+        memo_directory=_cache.resolve(
+            setup.compilation_cache, jax_directory=jax.config.jax_compilation_cache_dir
+        ).directory,
     )
     # host arrays, placed once
     return StagePrograms(
-        programs, split, setup.devices, setup.budget, strategy, reason, setup.start
+        programs,
+        split,
+        setup.devices,
+        setup.budget,
+        lanes,
+        setup.start,
+        memory_limit=_lanes.memory_limit(setup.device_memory, setup.devices),
     )
 
 
@@ -444,7 +472,13 @@ class _CheckpointSaver(Callback):
         self.trained = 0  # validation segments trained in this process
 
     def resume(self, engine: StagePrograms, config: SweepConfig) -> ResumePoint | None:
-        return self.checkpoints.resume_point(_lane_template(engine, config))
+        """The point to resume from; a resumed sweep runs the lane strategy it ran before
+        (a new trial could pick another, whose rounding differs), and every save says it."""
+        self.checkpoints.lane_strategy = engine.decided_strategy
+        point = self.checkpoints.resume_point(_lane_template(engine, config))
+        if point is not None and point.lane_strategy is not None:
+            engine.adopt_strategy(point.lane_strategy)
+        return point
 
     def on_validation(self, event: Validation, *, lane_state, inputs, running) -> None:
         self.trained += 1

@@ -210,6 +210,9 @@ class LaneCall(NamedTuple):
     run: Callable  # (*lane_args, *shared) -> (state, stacked metrics); state maybe Apart
     compiled: Any  # the main XLA program (its memory account; one lane's for "separate")
     stacked: Callable  # state -> the stacked lane state (a copy only for Apart)
+    strategy: Strategy = VMAP  # what runs: a vmap too large for memory runs in chunks
+    memory: dict | None = None  # the fit to a memory limit (:func:`fit_memory`), if one was set
+    lowered: Any = None  # the main program before compiling (its text names the call)
 
 
 def compile_call(
@@ -219,6 +222,7 @@ def compile_call(
     lane_args: tuple,
     shared: tuple,
     real_lanes: int | None = None,
+    memory_limit: int | None = None,
 ) -> LaneCall:
     """Compiles a stage's call of ``lane_fn`` for ``strategy``; nothing runs.
 
@@ -229,13 +233,32 @@ def compile_call(
       lane_args, shared: arrays or shapes (``jax.ShapeDtypeStruct`` with shardings).
       real_lanes: how many of the lanes are real (the rest pad them to a multiple of the
         device count): ``separate`` does not train the padding; None: every lane is real.
+      memory_limit: bytes one device may give the call; a batched call whose compiled
+        estimate exceeds it runs its lanes in smaller vmapped groups (:func:`fit_memory`).
 
     Returns:
       A :class:`LaneCall`: ``run(*lane_args, *shared)`` returns the new lane state and the
       metrics stacked over the lanes.
+
+    Raises:
+      StageMemoryError: not even one lane at a time fits in ``memory_limit``.
     """
     if strategy.kind == "separate":
-        return _separate_call(lane_fn, mesh, lane_args, shared, real_lanes)
+        call = _separate_call(lane_fn, mesh, lane_args, shared, real_lanes)
+    else:
+        call = _batched_call(lane_fn, strategy, mesh, lane_args, shared)
+    if memory_limit is None:
+        return call
+    return fit_memory(
+        call,
+        memory_limit,
+        lanes_per_device(lane_args, mesh),
+        lambda smaller: _batched_call(lane_fn, smaller, mesh, lane_args, shared),
+    )
+
+
+def _batched_call(lane_fn: Callable, strategy: Strategy, mesh, lane_args, shared) -> LaneCall:
+    """One program over every lane (``vmap``, ``map`` or ``chunks``), compiled."""
     fn = _over_devices(
         _batched(lane_fn, strategy, len(lane_args), len(shared)),
         mesh,
@@ -243,8 +266,114 @@ def compile_call(
         shared_args=len(shared),
     )
     sharding = _sharding.lane_sharding(mesh)
-    compiled = jax.jit(fn, out_shardings=sharding).lower(*lane_args, *shared).compile()
-    return LaneCall(compiled, compiled, lambda state: state)
+    lowered = jax.jit(fn, out_shardings=sharding).lower(*lane_args, *shared)
+    compiled = lowered.compile()
+    return LaneCall(compiled, compiled, lambda state: state, strategy, lowered=lowered)
+
+
+def lanes_per_device(lane_args, mesh) -> int:
+    """The lanes each device of ``mesh`` holds (padded lanes over devices)."""
+    return jax.tree.leaves(lane_args)[0].shape[0] // mesh.size
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def check_device_memory(device_memory) -> None:
+    """Refuses a ``device_memory=`` that is not a positive number of bytes."""
+    if device_memory is None:
+        return
+    if isinstance(device_memory, bool) or not isinstance(device_memory, (int, np.integer)):
+        raise TypeError(
+            "device_memory: expected a number of bytes per device (an int) or None, got "
+            f"{type(device_memory).__name__}"
+        )
+    if device_memory <= 0:
+        raise ValueError(f"device_memory: expected a positive number of bytes, got {device_memory}")
+
+
+def memory_limit(device_memory: int | None, devices) -> int | None:
+    """The bytes a stage's call may use per device: ``device_memory`` when given, else the
+    limit the first device reports (GPUs, TPUs); None where it reports none (a CPU)."""
+    if device_memory is not None:
+        return int(device_memory)
+    device = _sharding.first_local(devices)
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    limit = (stats or {}).get("bytes_limit")
+    return int(limit) if limit else None
+
+
+class StageMemoryError(MemoryError):
+    """A stage's lanes do not fit in device memory, not even one lane at a time."""
+
+
+def memory_estimate(compiled) -> dict[str, int]:
+    """A compiled program's memory estimate per device: arguments, outputs, temporaries and
+    their total (buffers it aliases counted once); ``{}`` where XLA reports none."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return {}
+    parts = {
+        "arguments": int(analysis.argument_size_in_bytes),
+        "outputs": int(analysis.output_size_in_bytes),
+        "temporaries": int(analysis.temp_size_in_bytes),
+    }
+    return {**parts, "total": sum(parts.values()) - int(analysis.alias_size_in_bytes)}
+
+
+def _group(strategy: Strategy, per_device: int) -> int:
+    """Lanes a device computes at once under ``strategy``."""
+    if strategy.kind == "vmap":
+        return per_device
+    if strategy.kind == "chunks":
+        return min(strategy.chunk, per_device)
+    return 1  # map, separate: one lane at a time
+
+
+def _smaller_group(group: int, estimate: dict[str, int], limit: int) -> int:
+    """The next group size to try: the temporaries scaled down to what the limit leaves
+    beside the arguments and outputs, or half the group where nothing is left for them."""
+    room = limit - (estimate["total"] - estimate["temporaries"])
+    proposed = int(group * room / max(estimate["temporaries"], 1)) if room > 0 else group // 2
+    return min(group - 1, max(1, proposed))
+
+
+def fit_memory(
+    call: LaneCall, limit: int, per_device: int, compile_batched: Callable[[Strategy], LaneCall]
+) -> LaneCall:
+    """``call``, or the same lanes in vmapped groups small enough for ``limit`` bytes.
+
+    A vmapped call holds every lane's activations at once; its temporaries grow with the
+    lanes a device computes together, while its arguments and outputs (every lane's state,
+    the data) do not. When XLA's estimate of the compiled call exceeds ``limit``, the group
+    is shrunk in proportion to the temporaries that must go and compiled again (halving
+    while it still does not fit), down to one lane at a time (``chunks:1``). Every group
+    size trains the same numbers per lane; ``memory`` records the estimates and the choice.
+
+    Raises:
+      StageMemoryError: one lane at a time still does not fit (the lanes' state, the data
+        or one lane's activations alone exceed ``limit``).
+    """
+    estimate = memory_estimate(call.compiled)
+    tried = [{"strategy": str(call.strategy), "bytes": estimate.get("total")}]
+    record = {"limit_bytes": int(limit), "estimates": tried}
+    if not estimate or estimate["total"] <= limit:
+        return call._replace(memory={**record, "chunked": False})
+    group = _group(call.strategy, per_device)
+    while True:
+        if group <= 1:
+            raise StageMemoryError(
+                f"a stage's call needs about {tried[-1]['bytes']:,} bytes per device even with "
+                f"one lane at a time, over the limit of {limit:,} bytes: train fewer lanes per "
+                "stage (points_per_stage, seeds), a smaller batch_size or eval_batch_size, or "
+                "more devices; device_memory= sets the limit where the device reports none"
+            )
+        group = _smaller_group(group, estimate, limit)
+        call = compile_batched(Strategy("chunks", group))
+        estimate = memory_estimate(call.compiled)
+        tried.append({"strategy": str(call.strategy), "bytes": estimate.get("total")})
+        if not estimate or estimate["total"] <= limit:
+            return call._replace(memory={**record, "chunked": True})
 
 
 def _on(array, device):
@@ -300,10 +429,11 @@ def _separate_call(
         placed = SingleDeviceSharding(device)
         lane = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=placed), one)
         common = jax.tree.map(lambda a: _one_device_shape(a, device), shared)
-        return jax.jit(one_lane).lower(lane, *common).compile()
+        return jax.jit(one_lane).lower(lane, *common)
 
     with ThreadPoolExecutor(len(devices)) as pool:  # XLA compiles without Python's lock
-        programs = list(pool.map(compile_for, devices))
+        lowered = list(pool.map(compile_for, devices))
+        programs = list(pool.map(lambda program: program.compile(), lowered))
     split_inputs: dict = {}  # the stage's (constant) lane inputs, split once
 
     def lanes_of(position: int) -> range:
@@ -351,4 +481,4 @@ def _separate_call(
     def stacked(state):
         return together(tuple(state)) if isinstance(state, Apart) else state
 
-    return LaneCall(run, programs[0], stacked)
+    return LaneCall(run, programs[0], stacked, Strategy("separate"), lowered=lowered[0])

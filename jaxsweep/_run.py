@@ -44,6 +44,7 @@ def run(
     devices=None,
     progress: bool = True,
     lanes: str = "auto",
+    device_memory: int | None = None,
     compilation_cache=None,
     init=None,
     diagnostics: bool = True,
@@ -154,8 +155,17 @@ def run(
       lanes: how a stage's lanes execute: ``"vmap"`` (one batched program), ``"map"``
         (``lax.map``: one lane after another in one program), ``"chunks:N"`` (``lax.map`` over
         groups of N vmapped lanes), ``"separate"`` (one compiled one-lane program called per
-        lane; one device only) or ``"auto"`` (by backend and model, recorded with its reason
-        in ``result.environment["lanes"]``). Results agree across strategies to float rounding.
+        lane) or ``"auto"``: the rule's strategy for the backend and model, measured against
+        the other of ``vmap`` and ``separate`` on the first stage's first call where the
+        sweep's training is long enough to repay the trial, the fastest kept and remembered
+        beside the compilation cache (``result.environment["lanes"]`` records the strategy,
+        how it was chosen and the measured times). Every number of a sweep is its strategy's
+        (a measured sweep equals one forced to the winner); strategies agree to float rounding.
+      device_memory: bytes a stage's call may use on each device; None: the limit the device
+        reports (GPUs, TPUs), none on a CPU. A batched call whose compiled estimate exceeds
+        it trains its lanes in smaller vmapped groups (``chunks:N``, the same numbers),
+        recorded in ``result.environment["lanes"]["memory"]``; ``MemoryError`` where not even
+        one lane at a time fits.
       compilation_cache: where compiled programs persist across processes: None (the
         ``JAXSWEEP_CACHE_DIR`` environment variable, else a cache configured for JAX, else
         ``~/.cache/jaxsweep/xla``), a folder, or ``False``/``"off"``. A rerun of the same
@@ -249,6 +259,7 @@ def run(
             devices=devices,
             progress=progress,
             lanes=lanes,
+            device_memory=device_memory,
             compilation_cache=compilation_cache,
             init=init,
             diagnostics=diagnostics,

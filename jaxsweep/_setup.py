@@ -59,6 +59,7 @@ class Setup:
     optimizer_factory: Callable | None = None
     schedule: Any = None
     keep: str | None = None  # "best": the best value's final variables come back
+    device_memory: int | None = None  # bytes a stage's call may use per device; None: reported
 
     @property
     def param_count(self) -> int:
@@ -85,6 +86,7 @@ def setup(
     init,
     callbacks,
     keep,
+    device_memory=None,
     **settings,
 ) -> Setup:
     """Checks every argument of :func:`jaxsweep.run` (same names, no defaults): a Setup.
@@ -109,6 +111,7 @@ def setup(
     devices = tuple(_sharding.resolve_devices(devices))
     strategy = _lanes.parse(lanes)
     _lanes.check(strategy, devices)
+    _lanes.check_device_memory(device_memory)
     _cache.resolve(compilation_cache)  # a bad value fails here, before anything runs
     checked = _with_data(
         config,
@@ -128,6 +131,7 @@ def setup(
         progress=progress,
         started=started,
         lanes=strategy,
+        device_memory=device_memory,
         compilation_cache=compilation_cache,
         callbacks=watchers,
         keep=keep,

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _lanes, _sharding
+from . import _lanes, _measured, _sharding
 from ._budget import Budget
 from ._calls import CompiledCalls, ReadyCall
 from ._calls import compiled_memory as compiled_memory  # re-exported for the benchmarks
@@ -345,9 +345,11 @@ class StagePrograms:
       data: the host arrays of the split: placed whole on every device, once.
       devices: the devices the lanes are split over (:func:`_sharding.resolve_devices`).
       budget: the steps, validations and calls of every stage (:mod:`jaxsweep._budget`).
-      strategy: how the lanes execute (:mod:`jaxsweep._lanes`); ``vmap`` by default.
-      reason: why this strategy, for ``result.environment["lanes"]``.
+      lanes: how the lanes execute: a strategy (:mod:`jaxsweep._lanes`; ``vmap`` by
+        default), or the candidates of a measured choice (:func:`jaxsweep._measured.plan`).
       start: given (pretrained) values every lane starts from; None: a fresh initialisation.
+      memory_limit: bytes a stage's call may use per device (:func:`_lanes.fit_memory`);
+        None: every lane at once.
     """
 
     def __init__(
@@ -356,16 +358,17 @@ class StagePrograms:
         data: Split,
         devices: Sequence,
         budget: Budget,
-        strategy: _lanes.Strategy = _lanes.VMAP,
-        reason: str = "given",
+        lanes: _lanes.Strategy | _measured.Plan = _lanes.VMAP,
         start: Start | None = None,
+        memory_limit: int | None = None,
     ):
         # lanes split over a one-axis mesh, data copied to every device; every output keeps
         # the lane axis split the same way. A training source stays on the host, read per call.
         self.mesh = _sharding.lane_mesh(devices)
         self.data = place_split(data, self.mesh)
         self.budget = budget
-        self.strategy, self.reason = strategy, reason
+        if isinstance(lanes, _lanes.Strategy):
+            lanes = _measured.Plan(lanes, "given", forced=True)
         self._starts = LaneStarts(programs, self.mesh, start)
         self._orders = EpochOrders(
             programs.epoch_orders,
@@ -379,9 +382,26 @@ class StagePrograms:
             budget, feed, self._starts, (self.data.x_val, self.data.y_val)
         )
         self._calls = CompiledCalls(
-            feed.lane_program(programs), strategy, self.mesh, self._stream.call_shapes
+            feed.lane_program(programs),
+            lanes,
+            self.mesh,
+            self._stream.call_shapes,
+            memory_limit,
         )
         self._setup_started: float | None = None  # when the one-time work began
+
+    def lanes_record(self) -> dict:
+        """How the lanes ran, how the strategy was chosen and why: for
+        ``result.environment["lanes"]``."""
+        return self._calls.describe()
+
+    def decided_strategy(self) -> str | None:
+        """The lane strategy decided for the sweep (before chunking for memory), or None."""
+        return self._calls.decided()
+
+    def adopt_strategy(self, name: str) -> None:
+        """Runs ``name`` (a resumed sweep's strategy) unless ``lanes=`` forced one."""
+        self._calls.adopt(name)
 
     def seed_start(self, seed: int, seeds: int) -> SeedStart:
         """Each seed's keys and initial ``(params, model_state)``, leading axis ``(seeds,)``:

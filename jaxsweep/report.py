@@ -328,12 +328,38 @@ def _lanes_words(strategy: str) -> str:
     return f"The lanes of a stage ran with the lane strategy {strategy}."
 
 
+def _bytes(count: float) -> str:
+    """A byte count in words: binary units from a kibibyte up."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{_g(count / size, 3)} {unit}"
+    return f"{int(count)} bytes"
+
+
 def lanes_sentence(result: SweepResult) -> str:
     """How the lanes of a stage ran, from ``environment["lanes"]``; ``""`` where the result
-    does not record it (results written before it was)."""
+    does not record it (results written before it was). Says when the strategy was timed
+    against another, and when a memory limit split the lanes into groups."""
     lanes = result.environment.get("lanes")
     strategy = lanes.get("strategy") if isinstance(lanes, dict) else None
-    return _lanes_words(str(strategy)) if strategy else ""
+    if not strategy:
+        return ""
+    sentence = _lanes_words(str(strategy))
+    seconds = lanes.get("seconds_per_call")
+    if lanes.get("chosen_by") in ("measured", "remembered") and isinstance(seconds, dict):
+        times = ", ".join(f"{name} {_g(value * 1e3, 3)} ms" for name, value in seconds.items())
+        sentence += (
+            " The strategy was the fastest of those timed on one training call of a stage "
+            f"({times})."
+        )
+    memory = lanes.get("memory")
+    if isinstance(memory, dict) and memory.get("chunked") and lanes.get("chosen"):
+        sentence += (
+            f" Its groups are smaller than the {lanes['chosen']} strategy chosen, so that a "
+            f"call's compiled memory estimate fits the limit of {_bytes(memory['limit_bytes'])} "
+            "per device."
+        )
+    return sentence
 
 
 def precision_sentence(result: SweepResult) -> str:
