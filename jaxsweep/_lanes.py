@@ -425,14 +425,14 @@ def _separate_call(
     padding = np.zeros(metrics_shape.shape, metrics_shape.dtype)  # an untrained lane's
     no_metrics = {d: jax.device_put(padding, d) for d in devices}
 
-    def compile_for(device):
+    def lower_for(device):
         placed = SingleDeviceSharding(device)
         lane = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=placed), one)
         common = jax.tree.map(lambda a: _one_device_shape(a, device), shared)
         return jax.jit(one_lane).lower(lane, *common)
 
     with ThreadPoolExecutor(len(devices)) as pool:  # XLA compiles without Python's lock
-        lowered = list(pool.map(compile_for, devices))
+        lowered = list(pool.map(lower_for, devices))
         programs = list(pool.map(lambda program: program.compile(), lowered))
     split_inputs: dict = {}  # the stage's (constant) lane inputs, split once
 
