@@ -33,7 +33,7 @@ def run(
     schedule=None,
     metric: str = "val_loss",
     mode: str = "min",
-    seeds: int = 3,
+    seeds: int | None = None,
     seed: int = 0,
     min_improvement: float | None = None,
     validation_fraction: float = 0.2,
@@ -127,7 +127,9 @@ def run(
         or more the search measures the seed-to-seed noise as it goes, refines only
         differences it can resolve, stops when nothing is left to resolve
         (``stop_reason == "resolution"``), and the interval covers the optimum of the
-        expected score. One seed is cheaper but cannot show seed-to-seed variation.
+        expected score. One seed is cheaper but cannot show seed-to-seed variation. None:
+        3, or with ``precision`` as many as an honest interval of that width needs (10 at
+        0.5, four times as many for half the width, at most 64).
       seed: the root of every random choice (split, init, batch order).
       min_improvement: stop when a stage improves the best score by less than this fraction
         (None: 0.01 with one seed, off with several, where the resolution rule stops).
@@ -187,7 +189,8 @@ def run(
         ``best / (1 + precision)`` to ``best * (1 + precision)`` (on a linear scale: within
         ``precision * |best|`` of it), then stop with ``stop_reason == "precision"``. None:
         stop by resolution as usual. Every result reports the precision it reached
-        (``result.precision``).
+        (``result.precision``). The interval of such a sweep spans every fit window that
+        closes and the last 3 stages' intervals, so that a chance narrow one does not stop it.
       max_lanes: the most lanes (values x seeds) the sweep may train; a stage that would pass
         it is not started (``stop_reason == "budget"``, the reached precision reported).
       target_steps: the length of the run the sweep is for, when it is longer (or shorter)

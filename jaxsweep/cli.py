@@ -345,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--seeds",
         type=int,
-        default=3,
-        help="initialisations per rate (1: a one-seed interval, blind to seed-to-seed noise)",
+        default=None,
+        help="initialisations per rate (default 3, or 10 with --precision 0.5; 1: a one-seed "
+        "interval, blind to seed-to-seed noise)",
     )
     _add_sweep_options(demo, min_improvement=0.0)
     demo.set_defaults(handler=_demo)
@@ -413,8 +414,9 @@ def _add_run_parser(commands) -> None:
     run.add_argument(
         "--seeds",
         type=int,
-        default=3,
-        help="initialisations per value (1: a one-seed interval, blind to seed-to-seed noise)",
+        default=None,
+        help="initialisations per value (default 3, or 10 with --precision 0.5; 1: a one-seed "
+        "interval, blind to seed-to-seed noise)",
     )
     run.add_argument("--seed", type=int, default=0)
     _add_sweep_options(run, min_improvement=None)

@@ -290,3 +290,34 @@ def test_paired_comparisons_use_the_shared_seeds_and_a_pooled_floor():
     assert _noise.worse(noisy, 1, 0)  # without the floor
     assert not _noise.worse(noisy, 1, 0, floor=_noise.pooled_error(noisy))
     assert not _noise.different(noisy, 0, 1)
+
+
+def _asymmetric_valley_scores(seeds: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Many values around an asymmetric valley (steep above its optimum, flat below), each
+    seed's curve shifted and tilted, with scatter: fits over windows of every size close."""
+    values = np.geomspace(2e-4, 2e-2, 41)
+    u = np.log(values / 2e-3)
+    expected = 0.3 * (np.exp(1.5 * u) - 1.5 * u - 1)
+    shifts, tilts = rng.normal(0, 0.03, seeds), rng.normal(0, 0.01, seeds)
+    scatter = rng.normal(0, 0.004, (len(values), seeds))
+    return values, expected[:, None] + shifts + tilts * u[:, None] + scatter
+
+
+def test_every_window_spans_the_interval_of_each_window_that_closes(monkeypatch):
+    values, scores = _asymmetric_valley_scores(10, np.random.default_rng(3))
+    spanned = _confidence.seed_curve(values, scores, every_window=True)
+    narrowest = _confidence.seed_curve(values, scores)
+    # each window alone, fitted by the public function restricted to that one span
+    closed = []
+    for factor in _confidence.WINDOW_FACTORS:
+        monkeypatch.setattr(_confidence, "WINDOW_FACTORS", (factor,))
+        alone = _confidence.seed_curve(values, scores)
+        if alone.method == "seed_curve" and not alone.note.startswith("no reliable fit"):
+            closed.append(alone)
+    assert len({(e.low, e.high) for e in closed}) >= 3  # several windows close, and differ
+    assert spanned.low == pytest.approx(min(e.low for e in closed), rel=1e-12)
+    assert spanned.high == pytest.approx(max(e.high for e in closed), rel=1e-12)
+    # the refined value and the fit stay the narrowest window's; only the interval grows
+    assert spanned.lr == narrowest.lr == closed[0].lr and spanned.fit == narrowest.fit
+    assert (spanned.low, spanned.high) != (narrowest.low, narrowest.high)
+    assert "wider windows" in spanned.note and "wider windows" not in narrowest.note

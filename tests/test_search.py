@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxsweep import _noise, _search, _selector
+from jaxsweep import _confidence, _noise, _search, _selector
 from jaxsweep._config import make_config
 from jaxsweep._history import blown_up
 
@@ -364,3 +364,33 @@ def test_a_search_plugs_into_the_driver_without_touching_it(monkeypatch, split_b
     sweep_steps = result.evaluations[0].steps[-1]
     assert [e.steps[-1] for e in result.horizon_evaluations] == [2 * sweep_steps] * 2
     assert len(result.horizon_evaluations[0].steps) == len(result.evaluations[0].steps)
+
+
+def test_a_precision_brings_the_seeds_an_honest_interval_needs():
+    # three seeds leave two degrees of freedom for their spread: a sweep that stops when its
+    # interval is narrow stops on the intervals narrow by chance
+    assert _config(seeds=None).seeds == 3
+    assert _config(seeds=None, precision=0.5).seeds == 10
+    assert _config(seeds=None, precision=0.25).seeds == 40  # half the width: 4x the seeds
+    assert _config(seeds=None, precision=0.01).seeds == 64  # and a bound on the spend
+    assert _config(seeds=None, precision=3.0).seeds == 3
+    assert _config(seeds=4, precision=0.5).seeds == 4  # what the user asks for stands
+    with pytest.raises(ValueError, match="seeds"):
+        _config(seeds=0, precision=0.5)
+
+
+def test_a_precision_sweeps_interval_spans_every_closing_window():
+    config = _config(precision=0.5, seeds=None)
+    evaluated, _, _ = _simulate(
+        lambda v: _valley(v)[:, None] + _seed_effects(v, 1, config.seeds, _normal), config
+    )
+    latest = _confidence.estimate(
+        evaluated.points, evaluated.scores, evaluated.seed_scores, every_window=True
+    ).best
+    narrowest = _confidence.estimate(
+        evaluated.points, evaluated.scores, evaluated.seed_scores
+    ).best
+    reported = _search.confidence(evaluated, config).best
+    assert (latest.low, latest.high) != (narrowest.low, narrowest.high)  # wider fits disagree
+    assert reported.low <= latest.low <= narrowest.low
+    assert reported.high >= latest.high >= narrowest.high
