@@ -387,9 +387,7 @@ def test_a_precision_sweeps_interval_spans_every_closing_window():
     latest = _confidence.estimate(
         evaluated.points, evaluated.scores, evaluated.seed_scores, every_window=True
     ).best
-    narrowest = _confidence.estimate(
-        evaluated.points, evaluated.scores, evaluated.seed_scores
-    ).best
+    narrowest = _confidence.estimate(evaluated.points, evaluated.scores, evaluated.seed_scores).best
     reported = _search.confidence(evaluated, config).best
     assert (latest.low, latest.high) != (narrowest.low, narrowest.high)  # wider fits disagree
     assert reported.low <= latest.low <= narrowest.low
