@@ -155,7 +155,13 @@ class EngineStage:
     ):
         """``devices``: where the lanes are spread (None: the first device, one)."""
         self.workload = workload
-        arguments = {**_run_arguments(workload), "lanes": lanes, "diagnostics": diagnostics}
+        arguments = run_arguments(
+            workload,
+            loss=workload.loss,
+            epochs=workload.epochs,
+            lanes=lanes,
+            diagnostics=diagnostics,
+        )
         if devices is not None:
             arguments["devices"] = list(devices)
         checked = setup(
@@ -190,8 +196,10 @@ class EngineStage:
         return {**compiled_memory(self.compile(lanes)), "data": data}
 
 
-def _run_arguments(workload: Workload) -> dict[str, Any]:
-    """``jaxsweep.run``'s keyword arguments for this workload: its defaults, one device, quiet."""
+def run_arguments(workload, **given) -> dict[str, Any]:
+    """``jaxsweep.run``'s keyword arguments, every one (``setup`` takes them all): its
+    defaults, the workload's optimizer, batch size and seed (``workload``: any object with
+    those three), one device, quiet; ``given`` replaces any."""
     defaults = {
         name: parameter.default
         for name, parameter in inspect.signature(jaxsweep.run).parameters.items()
@@ -199,13 +207,12 @@ def _run_arguments(workload: Workload) -> dict[str, Any]:
     }
     return {
         **defaults,
-        "loss": workload.loss,
         "optimizer": workload.optimizer,
-        "epochs": workload.epochs,
         "batch_size": workload.batch_size,
         "seed": workload.seed,
         "devices": jax.local_devices()[:1],
         "progress": False,
+        **given,
     }
 
 
@@ -246,6 +253,21 @@ def _linen_steps(module: nn.Module, loss_fn: Callable) -> _LinenSteps:
     return _LinenSteps(init, train_loss, val_loss)
 
 
+def _train_step(model: _LinenSteps, tx: optax.GradientTransformation, x_train, y_train):
+    """One optimizer step on the training examples at ``indices``, for ``lax.scan``: the
+    carry ``(params, stats, opt_state)``, the step's training loss out."""
+
+    def step(carry, indices):
+        params, stats, opt_state = carry
+        (loss, stats), grads = jax.value_and_grad(model.train_loss, has_aux=True)(
+            params, stats, x_train[indices], y_train[indices]
+        )
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), stats, opt_state), loss
+
+    return step
+
+
 # ----------------------------------------------------------------------------- (a) best practice
 
 
@@ -262,14 +284,7 @@ def make_train_one(workload: Workload) -> Callable:
     def train(lr, init_key, data_key, x_train, y_train, x_val, y_val):
         tx = workload.optimizer(learning_rate=lr)
         params, stats = model.init(init_key, x_train[:1])
-
-        def step(carry, indices):
-            params, stats, opt_state = carry
-            (loss, stats), grads = jax.value_and_grad(model.train_loss, has_aux=True)(
-                params, stats, x_train[indices], y_train[indices]
-            )
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), stats, opt_state), loss
+        step = _train_step(model, tx, x_train, y_train)
 
         def epoch(carry, e):
             order = epoch_batches(data_key, e, n_train, batch_size)

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The accelerator numbers, in one command that ends within 6 minutes:
+#   10. accelerator workloads (ResNet-18, a 10M-parameter transformer, the digits MLP: stages
+#      of 5 and 15 lanes against sequential runs, compile time, memory per lane, the whole
+#      default sweep, lane strategies), first, inside its own budget of about 200 s;
+#   then, as far as the time limit allows:
 #   5. engine costs (whole sweep against best-practice sequential code, first-step latency,
 #      compile count and time, a rerun with a warm cache, lane strategies, diagnostics),
 #   1. stage throughput (a 5-lane stage against one run),
-#   4. cost growth (lanes up to 100, models up to 4096 wide), as far as time allows.
+#   4. cost growth (lanes up to 100, models up to 4096 wide).
 # Results are written after each benchmark, as JSON and Markdown named after the device
 # (gpu-<device>.{json,md}), into $OUT when it is set, else benchmarks/results.
 #
@@ -24,6 +28,11 @@ MODE=--gpu
 if [ "${1:-}" = "--dry" ]; then
     MODE=--dry
     shift
+    # nothing is timed in a dry run: LLVM's optimisation passes would only slow its compiles
+    case "${XLA_FLAGS:-}" in
+        *xla_backend_optimization_level*) ;;
+        *) export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_backend_optimization_level=0" ;;
+    esac
 else
     "$PYTHON" - <<'CHECK'
 import sys
@@ -40,4 +49,4 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 # results are written after each benchmark, so a run cut short keeps what it measured;
 # INT at the limit, KILL 15 s later if it did not stop
 exec timeout --signal=INT --kill-after=15 "$LIMIT" "$PYTHON" -m benchmarks.run_all "$MODE" \
-    --only engine_costs,stage_throughput,cost_growth --out "$OUT_DIR" "$@"
+    --only accelerator,engine_costs,stage_throughput,cost_growth --out "$OUT_DIR" "$@"

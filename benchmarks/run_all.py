@@ -8,6 +8,7 @@ python -m benchmarks.run_all --only coverage --suffix -coverage   # 6 (make benc
 python -m benchmarks.run_all --only horizon --suffix -horizon     # 7 (make bench-horizon)
 python -m benchmarks.run_all --only peers --suffix -peers         # 8: grid, random search, TPE
 python -m benchmarks.run_all --only source_memory --suffix -source-memory  # 9: large sources
+python -m benchmarks.run_all --only accelerator --suffix -accelerator  # 10 (gpu.sh runs it first)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import traceback
 
 from . import _common as c
 from . import (
+    accelerator,
     cost_growth,
     coverage,
     data_sources,
@@ -45,11 +47,13 @@ BENCHMARKS = {
         horizon,
         peers,
         source_memory,
+        accelerator,
     )
 }
-# the coverage, horizon and peers benchmarks train many sweeps, and the source-memory one starts
-# a process per size: asked for by name, into their own file
-ASKED_BY_NAME = ("coverage", "horizon", "peers", "source_memory")
+# the coverage, horizon and peers benchmarks train many sweeps, the source-memory one starts
+# a process per size, and the accelerator one trains models of real size (compiling them takes
+# minutes on a CPU): asked for by name, into their own file
+ASKED_BY_NAME = ("coverage", "horizon", "peers", "source_memory", "accelerator")
 DEFAULT = tuple(name for name in BENCHMARKS if name not in ASKED_BY_NAME)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -149,7 +153,8 @@ def main(argv=None) -> int:
             overrides = {}
             if name == "cost_growth" and args.lanes:
                 overrides["lanes"] = tuple(int(n) for n in args.lanes.split(","))
-            if name == "engine_costs":  # long on an accelerator: keep each model's numbers
+            # long on an accelerator: keep each model's (each part's) numbers as they come
+            if name in ("engine_costs", "accelerator"):
 
                 def on_partial(record):
                     c.write_results({**run, "benchmarks": [*run["benchmarks"], record]}, args.out)

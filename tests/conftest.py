@@ -1,8 +1,12 @@
 """Strict, deterministic test environment: CPU only, small problems, warnings are errors."""
 
 import os
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The benchmarks are a package of the source tree, not of the installed distribution: their
+# tests import them from the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Tests never write into the user's compilation cache (~/.cache/jaxsweep/xla); the cache's
 # own tests pass a temporary folder. Subprocesses started by tests inherit this.
 os.environ["JAXSWEEP_CACHE_DIR"] = "off"

@@ -15,11 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# the benchmarks are a package of the source tree, not of the installed distribution
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import (  # noqa: E402
+from benchmarks import (
     _common,
     cost_growth,
     coverage,
@@ -30,8 +26,10 @@ from benchmarks import (  # noqa: E402
     stage_throughput,
     whole_sweep,
 )
-from benchmarks._workloads import DRY_MODELS  # noqa: E402
-from jaxsweep.models import MLP  # noqa: E402
+from benchmarks._workloads import DRY_MODELS
+from jaxsweep.models import MLP
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # each benchmark compiles several programs of its own, even at this size
 pytestmark = pytest.mark.slow
