@@ -15,7 +15,7 @@ import os
 import re
 from typing import NamedTuple
 
-from . import _selector
+from . import _confidence, _selector
 from ._efficiency import efficiency
 from ._result import SweepResult
 from .plots import FIGURE_DIR, FIGURES, caption, curve_words, figures_for, metric_name
@@ -826,7 +826,7 @@ def _tex_interval_method(result: SweepResult, method: str) -> str:
         "moved out to the nearest evaluated values)"
         if "reaches out" in result.confidence.best.note
         else ""
-    )
+    ) + _tex_stretched(result.confidence.best.note)
     if method == "plateau":
         plateau = result.plateaus[0]
         at = "at or below" if plateau.direction == "down" else "at or above"
@@ -855,6 +855,18 @@ def _tex_interval_method(result: SweepResult, method: str) -> str:
         "quadratic fit was available)",
         "none": "not available, since every evaluation diverged",
     }[method]
+
+
+def _tex_stretched(note: str) -> str:
+    """What a precision sweep's interval spans beyond one fit, read from the estimate's note
+    (the words ``_confidence`` writes when it stretches an interval), else nothing."""
+    over = []
+    if "wider windows" in note:
+        over.append("the intervals of every wider window whose fit also closed")
+    if "successive stages agree" in note:
+        intervals = "those" if over else "the intervals"
+        over.append(f"{intervals} after each of the last {_confidence.STABLE_STAGES} stages")
+    return f", stretched over {' and '.join(over)}" if over else ""
 
 
 def _tex_outcome(result: SweepResult) -> str:

@@ -393,3 +393,16 @@ def test_methods_state_the_data_model_budget_and_the_t_tests_degrees_of_freedom(
     for written in (methods_tex(flat), markdown(flat, ())):
         for m in re.finditer(r"Student's (\$t\$|t)", written):
             assert written[m.end() :].startswith(", 2 degrees of freedom")
+
+
+def test_methods_say_what_a_precision_sweeps_interval_spans():
+    precise = _sweep(lambda v: _valley_noise(v, 1), precision=0.5)
+    note, tex = precise.confidence.best.note, methods_tex(precise)
+    widened = "every wider window whose fit also closed" in tex
+    staged = f"the last {_confidence.STABLE_STAGES} stages" in tex
+    assert widened or staged
+    assert widened == ("wider windows" in note)  # said exactly when the interval was stretched
+    assert staged == ("successive stages agree" in note)
+    plain = _sweep(lambda v: _valley_noise(v, 1))
+    assert "stretched over" not in methods_tex(plain)
+    assert "wider windows" not in plain.confidence.best.note
