@@ -392,3 +392,17 @@ def test_a_precision_sweeps_interval_spans_every_closing_window():
     assert (latest.low, latest.high) != (narrowest.low, narrowest.high)  # wider fits disagree
     assert reported.low <= latest.low <= narrowest.low
     assert reported.high >= latest.high >= narrowest.high
+
+
+def test_with_the_seeds_a_precision_brings_it_is_reached_and_covers():
+    config = _config(precision=0.5, seeds=None)
+
+    def objective(values, trial):
+        return _valley(values)[:, None] + _seed_effects(values, trial, config.seeds, _normal)
+
+    runs = _sweeps(objective, trials=20, precision=0.5, seeds=None)
+    reasons = [reason for _, reason, _ in runs]
+    assert reasons.count("precision") >= 18, reasons
+    estimates = [_estimate(evaluated, config) for evaluated, _, _ in runs]
+    assert np.mean([e.contains(OPTIMUM) for e in estimates]) >= 0.9
+    assert all(e.seeds == config.seeds == 10 for e in estimates)
