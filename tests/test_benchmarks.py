@@ -353,3 +353,24 @@ def test_peers_get_the_sweeps_lanes_and_are_judged_on_the_same_seeds(tmp_path):
     for method in runs.values():
         (run,) = method
         assert run["log_distance"] == pytest.approx(abs(math.log(run["chosen"] / optimum)))
+
+
+def test_the_dense_reference_trains_the_truths_lanes_and_finds_a_quadratics_vertex(
+    tmp_path, monkeypatch
+):
+    rates = np.geomspace(0.01, 0.04, 9)
+    curve = 0.2 * np.log(rates / 0.023) ** 2 + 0.14  # vertex at 0.023 in log rate
+    assert coverage._quadratic_minimum(rates, curve[:, None] + np.zeros((1, 3))) == (
+        pytest.approx(0.023, rel=1e-9)
+    )
+    # on the truth's own grid and keys, its lanes are the truth's lanes
+    monkeypatch.setitem(coverage.DENSE_GRIDS, "tiny", coverage.PROBLEMS["tiny"].grid)
+    dense = coverage.dense_truth("tiny", 2, str(tmp_path), chunk=16)
+    truth = coverage.cached_truth("tiny", 2, 0.03, str(tmp_path), chunk=16)
+    np.testing.assert_allclose(dense["losses"], truth["losses"], rtol=1e-6)
+    assert dense["optimum"] == coverage._quadratic_minimum(
+        np.asarray(truth["rates"]), np.asarray(truth["losses"])
+    )
+    assert coverage.dense_truth("tiny", 2, str(tmp_path)) == json.loads(
+        Path(tmp_path, "coverage-dense-tiny.json").read_text()
+    )
