@@ -233,9 +233,14 @@ def make_config(
     if max_lanes is not None:
         max_lanes = _integer("max_lanes", max_lanes, 1)
         if max_lanes < lanes:
+            chosen = (
+                f" (seeds={count}: what precision={precision:g} needs; give seeds= for fewer)"
+                if seeds is None and precision is not None
+                else ""
+            )
             raise ValueError(
-                f"max_lanes: a stage trains points_per_stage x seeds = {lanes} lanes, so at least "
-                f"{lanes} are needed, got {max_lanes}"
+                f"max_lanes: a stage trains points_per_stage x seeds = {lanes} lanes{chosen}, so "
+                f"at least {lanes} are needed, got {max_lanes}"
             )
     target_steps, target_epochs = (
         _optional("target_steps", target_steps),

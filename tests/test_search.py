@@ -297,6 +297,10 @@ def test_precision_and_max_lanes_are_checked():
         _config(precision="0.5")
     with pytest.raises(ValueError, match="max_lanes"):
         _config(max_lanes=10)  # a stage alone trains 15
+    # the seeds a precision brings count, and the message says where they came from
+    with pytest.raises(ValueError, match=r"50 lanes \(seeds=10: what precision=0.5 needs"):
+        _config(precision=0.5, seeds=None, max_lanes=45)
+    assert _config(precision=0.5, max_lanes=45).max_lanes == 45  # 3 seeds given: 15 a stage
     assert _config(precision=0.5).stages == 20 and _config().stages == 5
 
 
