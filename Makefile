@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install test test-fast lint demo bench bench-quick bench-coverage bench-coverage-search bench-horizon bench-peers bench-source-memory clean
+.PHONY: install test test-fast lint demo bench bench-quick bench-coverage bench-coverage-search bench-precision-study bench-horizon bench-peers bench-source-memory clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-coverage: $(STAMP)
 # the search's own comparison: the defaults against precision=0.5 (digits MLP, 20 sweeps each)
 bench-coverage-search: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all --only coverage --search --suffix=-coverage-search
+
+bench-precision-study: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all --only precision_study --suffix=-precision-study
 
 # the horizon check: the rate for a 12-epoch run from 3-epoch sweeps, against a truth trained without the engine
 bench-horizon: $(STAMP)

@@ -9,6 +9,7 @@ python -m benchmarks.run_all --only horizon --suffix -horizon     # 7 (make benc
 python -m benchmarks.run_all --only peers --suffix -peers         # 8: grid, random search, TPE
 python -m benchmarks.run_all --only source_memory --suffix -source-memory  # 9: large sources
 python -m benchmarks.run_all --only accelerator --suffix -accelerator  # 10 (gpu.sh runs it first)
+python -m benchmarks.run_all --only precision_study --suffix -precision-study  # 11
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from . import (
     horizon,
     peers,
     precision,
+    precision_study,
     source_memory,
     stage_throughput,
     whole_sweep,
@@ -48,12 +50,14 @@ BENCHMARKS = {
         peers,
         source_memory,
         accelerator,
+        precision_study,
     )
 }
 # the coverage, horizon and peers benchmarks train many sweeps, the source-memory one starts
 # a process per size, and the accelerator one trains models of real size (compiling them takes
-# minutes on a CPU): asked for by name, into their own file
-ASKED_BY_NAME = ("coverage", "horizon", "peers", "source_memory", "accelerator")
+# minutes on a CPU), and the precision study trains 60 sweeps of 12 stages: asked for by name,
+# into their own file
+ASKED_BY_NAME = ("coverage", "horizon", "peers", "source_memory", "accelerator", "precision_study")
 DEFAULT = tuple(name for name in BENCHMARKS if name not in ASKED_BY_NAME)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -806,12 +806,15 @@ def sweep_confidence(
     plateaus: Sequence = (),
     *,
     stable: bool = False,
+    every_window: bool | None = None,
 ) -> Confidence:
     """:func:`estimate` of a sweep's evaluations (``stages``: each one's stage); with
     ``stable`` (a sweep asked for a precision), each estimate's interval spans every fit
     window that closes (``every_window``) and the interval is :func:`stable_union` over the
-    estimates after each of the last stages (the refined value stays the latest)."""
-    latest = estimate(values, scores, seed_scores, scale, plateaus, every_window=stable)
+    estimates after each of the last stages (the refined value stays the latest).
+    ``every_window``: None follows ``stable``; a bool sets it alone (for comparing the two)."""
+    every_window = stable if every_window is None else every_window
+    latest = estimate(values, scores, seed_scores, scale, plateaus, every_window=every_window)
     if not stable or latest.best.method not in ("seed_curve", "not_worse"):
         return latest
     last = max(stages)
@@ -821,5 +824,5 @@ def sweep_confidence(
         if len(keep) >= 2:
             prefix = [values[i] for i in keep], [scores[i] for i in keep]
             rows = [seed_scores[i] for i in keep]
-            history.append(estimate(*prefix, rows, scale, every_window=True).best)
+            history.append(estimate(*prefix, rows, scale, every_window=every_window).best)
     return Confidence(best=stable_union([*history, latest.best]), refined=latest.refined)

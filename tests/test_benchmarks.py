@@ -23,6 +23,7 @@ from benchmarks import (
     engine_costs,
     peers,
     precision,
+    precision_study,
     stage_throughput,
     whole_sweep,
 )
@@ -374,3 +375,29 @@ def test_the_dense_reference_trains_the_truths_lanes_and_finds_a_quadratics_vert
     assert coverage.dense_truth("tiny", 2, str(tmp_path)) == json.loads(
         Path(tmp_path, "coverage-dense-tiny.json").read_text()
     )
+
+
+def test_precision_study_recomputes_each_stages_interval_from_the_sweeps_history(tmp_path):
+    record = precision_study.run(mode="dry", truth_dir=str(tmp_path), compile_cache=False)
+    _check_record(record, "precision_study")
+    block = record["data"]["seeds=2"]
+    (sweep,) = block["sweeps"]
+    assert len(sweep["values"]) == 3 * sweep["points_per_stage"]  # every stage ran
+    # the last stage's interval, recomputed here by the public function on the whole history
+    from jaxsweep import _confidence, _selector
+
+    stages = _selector.stage_indices(len(sweep["values"]), sweep["points_per_stage"])
+    rows = [tuple(r) for r in sweep["seed_scores"]]
+    means = [float(np.mean(r)) for r in rows]
+    for label, every in precision_study.RULES.items():
+        best = _confidence.sweep_confidence(
+            sweep["values"], means, rows, stages, stable=True, every_window=every
+        ).best
+        assert precision_study.intervals_by_stage(sweep, every)[-1][:2] == (best.low, best.high)
+        assert block[label]["sweeps"] == 1
+    # a stop is the first stage within the precision, and coverage is counted there
+    per_sweep = [[(0.5, 4.0, 1.0), (0.9, 1.1, 0.1), (2.0, 3.0, 0.05)]]
+    summary = precision_study.summarise(per_sweep, {"truth": 1.0}, (1, 3))
+    assert summary["reached"] == 1 and summary["median_stop_stage"] == 2
+    assert summary["covered_at_stop"] == {"truth": 1}
+    assert summary["covered_after"] == {"1": {"truth": 1}, "3": {"truth": 0}}
