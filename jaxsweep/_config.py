@@ -14,9 +14,10 @@ PRECISION_STAGES = 20  # the stage bound when a precision is asked for and stage
 SEEDS = 3  # seeds per value when none are given and no precision is asked for
 # Seeds per value when a precision is asked for and seeds are not given: 10 at 0.5, growing as
 # 1 / precision**2 (the interval's half-width shrinks as 1 / sqrt(seeds)), within 3 to 64.
-# On the digits MLP at precision=0.5, three seeds reached it in 5 of 20 sweeps and covered
-# the optimum in 2 of those 5 (an interval narrow by chance: two degrees of freedom for the
-# seeds' spread), six in 19 of 20 covering 11; ten reach it and cover it (README).
+# On the digits MLP at precision=0.5 (benchmarks/precision_study.py, 20 sweeps), three seeds
+# reached it in 4 of 20 sweeps and covered the optimum in 2 of those (an interval narrow by
+# chance: two degrees of freedom for the seeds' spread), six in 11 covering 10, ten in 19
+# covering 18.
 PRECISION_SEEDS, PRECISION_SEEDS_AT = 10, 0.5
 MAX_PRECISION_SEEDS = 64
 
