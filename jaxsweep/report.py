@@ -16,6 +16,7 @@ import re
 from typing import NamedTuple
 
 from . import _confidence, _selector
+from ._config import default_seeds
 from ._efficiency import efficiency
 from ._result import SweepResult
 from .plots import FIGURE_DIR, FIGURES, caption, curve_words, figures_for, metric_name
@@ -393,9 +394,13 @@ def precision_sentence(result: SweepResult) -> str:
             f"keeps shrinking as one over the square root of the lanes, about {more} more "
             "lanes would reach it (raise max_lanes or stages)."
         )
+    half = float(_g(reached / 2, 2))
+    seeds = int(result.config.get("seeds", 1))
     return sentence + (
-        f" Halving it (run with precision={_g(reached / 2, 2)}) would take about {3 * lanes} "
-        "more lanes, if the width keeps shrinking as one over the square root of the lanes."
+        f" Halving it would take about {3 * lanes} more lanes at {seeds} seed"
+        f"{'s' if seeds != 1 else ''} per value, if the width keeps shrinking as one over the "
+        f"square root of the lanes; run(precision={_g(half, 2)}) would train "
+        f"{default_seeds(half)} seeds per value unless seeds= is given."
     )
 
 

@@ -97,6 +97,10 @@ def test_a_bracketed_optimum_states_its_precision_and_no_plateau(valley):
     assert f"Precision reached: {reached:.3g}" in sentence
     lanes = sum(len(e.seed_scores) for e in valley.evaluations)
     assert f"after {lanes} lanes" in sentence and f"about {3 * lanes} more lanes" in sentence
+    # what a run asking for half the width would train: its seeds follow the precision
+    half = float(f"{reached / 2:.2g}")
+    wanted = min(max(math.ceil(10 * (0.5 / half) ** 2 - 1e-9), 3), 64)
+    assert f"run(precision={half:g}) would train {wanted} seeds per value" in sentence
     assert "score alike" not in markdown(valley) and "plateau" not in methods_tex(valley)
 
 
