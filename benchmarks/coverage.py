@@ -221,19 +221,25 @@ def smooth_minimum(rates: np.ndarray, losses: np.ndarray, band: float) -> dict[s
     }
 
 
+def truth_losses(
+    problem: Problem, rates: np.ndarray, seeds: int, chunk: int
+) -> tuple[np.ndarray, float]:
+    """The final validation losses ``(rates, seeds)`` on the truth's keys, and the seconds."""
+    keys = seed_keys(TRUTH_KEY_BASE, seeds)
+    started = time.perf_counter()
+    # the seeds are shared by all rates (as a sweep's are): lane = (rate, seed), rate-major
+    lanes = keys[np.tile(np.arange(seeds), len(rates))]
+    losses = train_lanes(problem, np.repeat(rates, seeds), lanes, chunk)
+    return losses.reshape(len(rates), seeds), time.perf_counter() - started
+
+
 def truth(
     problem: Problem, seeds: int, band: float, bootstrap: int = 200, chunk: int = 256
 ) -> dict[str, Any]:
     """The noise-averaged optimum of ``problem`` on its grid, trained without jaxsweep."""
     lo, hi, count = problem.grid
     rates = np.geomspace(lo, hi, count)
-    keys = seed_keys(TRUTH_KEY_BASE, seeds)
-    started = time.perf_counter()
-    # the seeds are shared by all rates (as a sweep's are): lane = (rate, seed), rate-major
-    lanes = keys[np.tile(np.arange(seeds), count)]
-    losses = train_lanes(problem, np.repeat(rates, seeds), lanes, chunk)
-    losses = losses.reshape(count, seeds)
-    seconds = time.perf_counter() - started
+    losses, seconds = truth_losses(problem, rates, seeds, chunk)
     fit = smooth_minimum(rates, losses, band)
     rng = np.random.default_rng(0)
     resampled = [
@@ -281,12 +287,7 @@ def dense_truth(
             stored = json.load(handle)
         if stored.get("seeds") == seeds and np.allclose(stored.get("rates"), rates):
             return stored
-    keys = seed_keys(TRUTH_KEY_BASE, seeds)
-    started = time.perf_counter()
-    lanes = keys[np.tile(np.arange(seeds), count)]
-    losses = train_lanes(PROBLEMS[name], np.repeat(rates, seeds), lanes, chunk)
-    losses = losses.reshape(count, seeds)
-    seconds = time.perf_counter() - started
+    losses, seconds = truth_losses(PROBLEMS[name], rates, seeds, chunk)
     rng = np.random.default_rng(0)
     resampled = [
         _quadratic_minimum(rates, losses[:, rng.integers(0, seeds, seeds)])
